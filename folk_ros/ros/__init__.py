@@ -1,0 +1,1 @@
+"""Thin rclpy layer of folk_ros: the node, message conversions, markers."""

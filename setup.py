@@ -1,0 +1,40 @@
+"""folk_ros: an ament_python ROS 2 package that is also pip-installable.
+
+`colcon build` installs it into a ROS 2 workspace; `pip install -e .` installs the
+library (folk_ros.core, folk_ros.ros) into a plain venv.
+"""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = "folk_ros"
+
+
+def _data(folder, pattern="*"):
+    files = sorted(f for f in glob(f"{folder}/{pattern}"))
+    return [(f"share/{package_name}/{folder}", files)] if files else []
+
+
+setup(
+    name=package_name,
+    version="0.1.0",
+    packages=find_packages(include=["folk_ros", "folk_ros.*"]),
+    package_data={"folk_ros.core": ["model_configs/*.json"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{package_name}"]),
+        (f"share/{package_name}", ["package.xml"]),
+        *_data("launch", "*.launch.py"),
+        *_data("config", "*.yaml"),
+        *_data("config", "*.rviz"),
+        *_data("msg", "*.msg"),
+    ],
+    python_requires=">=3.10",
+    install_requires=["setuptools", "numpy", "scipy", "tqdm"],
+    zip_safe=True,
+    maintainer="folk_ros developers",
+    maintainer_email="folk-ros@example.com",
+    description="Open-vocabulary 3D instance segmentation for robots (FOLK) as a ROS 2 package.",
+    license="Apache-2.0",
+    entry_points={"console_scripts": []},
+)

@@ -1,0 +1,23 @@
+"""Test-session settings: offline model hub and an isolated ROS 2 graph.
+
+Set at import so that every subprocess a test starts (nodes, players) inherits them.
+"""
+
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One ROS domain per test run, localhost only, logs out of the home directory
+# (../shared/notes/ros2-from-pypi.md, "Habits that keep tests reliable").
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 101)))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+_ros_home = tempfile.mkdtemp(prefix="folk_ros_test_")
+os.environ.setdefault("ROS_HOME", _ros_home)
+os.environ.setdefault("ROS_LOG_DIR", os.path.join(_ros_home, "log"))
