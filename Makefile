@@ -1,6 +1,6 @@
 # folk_ros: the two commands a new user runs are `make demo` and `make test`.
 # Both run the idempotent set-up first (venv with pinned versions + messages).
-VENV   ?= .venv
+VENV   ?= $(CURDIR)/.venv
 PY     := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1

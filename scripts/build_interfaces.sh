@@ -11,7 +11,7 @@
 #      were built with (/opt/python/cpXY-cpXY/...): point them at this venv's.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${VENV:-$root/.venv}
+venv=$(realpath -m "${VENV:-$root/.venv}")
 py=$venv/bin/python
 stamp=$venv/share/folk_ros_interfaces/.built
 

@@ -4,7 +4,7 @@
 # the venv. Re-running it does only what changed (requirements.txt hash, msg/ timestamps).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${VENV:-$root/.venv}
+venv=$(realpath -m "${VENV:-$root/.venv}")
 python=${PYTHON:-python3}
 cd "$root"
 t0=$(date +%s)
