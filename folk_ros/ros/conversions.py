@@ -1,0 +1,574 @@
+"""Pure conversions between ROS 2 messages and the numpy/core types of folk_ros.
+
+No Node here: every function takes messages or arrays and returns messages or arrays, so
+the node's callbacks only convert and enqueue, and all of this is unit-tested without
+spinning anything (DESIGN.md, "Callbacks convert and enqueue").
+
+- ``cloud_from_msg``: sensor_msgs/PointCloud2 -> :class:`PointCloud` (+ indices of the kept
+  points in the message's row-major point order), through a zero-copy structured-dtype view.
+- ``cloud_to_msg``: x, y, z, packed rgb and extra scalar fields -> PointCloud2 (``labeled_cloud``).
+- ``instances_to_msg``: instance arrays -> folk_ros_interfaces/InstanceArray.
+- ``markers_from_instances``: boxes, text labels and optional points -> visualization_msgs/MarkerArray.
+- Helpers between the Segmenter's masks and those messages: ``mask_point_indices``,
+  ``instance_geometry``, ``point_labels``, ``label_colors``.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from folk_ros_interfaces.msg import Instance, InstanceArray
+from geometry_msgs.msg import Point
+from sensor_msgs.msg import PointCloud2, PointField
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from folk_ros.core.cloud import PointCloud
+
+# PointField datatype -> numpy type code (without byte order).
+_NUMPY_CODE = {
+    PointField.INT8: "i1", PointField.UINT8: "u1", PointField.INT16: "i2", PointField.UINT16: "u2",
+    PointField.INT32: "i4", PointField.UINT32: "u4", PointField.FLOAT32: "f4", PointField.FLOAT64: "f8",
+}
+_DATATYPE_NAME = {
+    PointField.INT8: "INT8", PointField.UINT8: "UINT8", PointField.INT16: "INT16", PointField.UINT16: "UINT16",
+    PointField.INT32: "INT32", PointField.UINT32: "UINT32", PointField.FLOAT32: "FLOAT32",
+    PointField.FLOAT64: "FLOAT64",
+}
+_DATATYPE_OF_NUMPY = {np.dtype(code).newbyteorder("<"): dt for dt, code in _NUMPY_CODE.items()}
+_XYZ_TYPES = (PointField.FLOAT32, PointField.FLOAT64)
+_PACKED_TYPES = (PointField.FLOAT32, PointField.UINT32, PointField.INT32)  # 4 bytes, 0x00RRGGBB bits
+_CHANNEL_TYPES = (PointField.UINT8, PointField.FLOAT32, PointField.FLOAT64)
+
+assert array.array("I").itemsize == 4, "uint32[] message fields need a 4-byte array type code"
+
+# tab20 (matplotlib), dark shades first then light ones, so consecutive labels contrast.
+_TAB20 = np.array([
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
+    (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
+], np.uint8)
+UNLABELED_COLOR = (90, 90, 90)  # colour of label index -1 (no label / no instance)
+
+
+class CloudFormatError(ValueError):
+    """A PointCloud2 whose layout cannot be read (the message says what is wrong)."""
+
+
+@dataclass(frozen=True)
+class CloudConversion:
+    """The result of :func:`cloud_from_msg`.
+
+    Attributes:
+        cloud: the K finite points as a :class:`PointCloud`.
+        indices: (K,) int64 index of each kept point in the message's row-major point order
+            (``row * width + column``); use it to report instance points against the input cloud.
+        had_color: whether the message carried colour (``rgb``/``rgba`` or ``r``, ``g``, ``b``).
+        dropped_nonfinite: number of points dropped because x, y or z was NaN/inf.
+    """
+
+    cloud: PointCloud
+    indices: np.ndarray
+    had_color: bool
+    dropped_nonfinite: int
+
+
+# ---------------------------------------------------------------------------------------------
+# PointCloud2 -> PointCloud
+
+
+def cloud_from_msg(msg: PointCloud2, default_rgb=(0.5, 0.5, 0.5)) -> CloudConversion:
+    """Read a sensor_msgs/PointCloud2 into a :class:`PointCloud`, vectorised and without loops.
+
+    Accepted layouts:
+        - ``x``, ``y``, ``z``: FLOAT32 or FLOAT64, count 1 (required).
+        - colour, first match wins:
+            1. packed ``rgb`` then ``rgba``: FLOAT32, UINT32 or INT32, read as the raw 32 bits in the
+               PCL convention 0x00RRGGBB (the alpha byte of ``rgba`` is ignored);
+            2. separate ``r``, ``g``, ``b`` (all three, one datatype): UINT8 is 0..255; FLOAT32/FLOAT64
+               are taken as 0..1 when no finite kept value exceeds 1.0, else as 0..255 (one rule for
+               the whole cloud); the result is clipped to [0, 1] and NaN becomes 0;
+            3. none: every point gets ``default_rgb`` and ``had_color`` is False.
+        - any ``point_step``/``row_step`` padding, ``height`` > 1 (organised clouds), either
+          ``is_bigendian``; ``is_dense`` is ignored: points with NaN/inf x, y or z are always dropped
+          (and so are float64 coordinates that overflow float32).
+        - other fields are ignored (but must not overlap or stick out of ``point_step``).
+
+    Args:
+        msg: the message; ``msg.data`` may be array.array('B'), bytes or any buffer.
+        default_rgb: colour in [0, 1] for clouds without colour fields.
+
+    Raises:
+        CloudFormatError: missing x/y/z, wrong datatypes or counts, duplicate or overlapping fields,
+            point_step too small for the fields, width * point_step > row_step, or data shorter
+            than row_step * height.
+    """
+    if np.shape(default_rgb) != (3,):
+        raise ValueError(f"default_rgb must be 3 numbers in [0, 1], got {default_rgb!r}")
+    height, width = int(msg.height), int(msg.width)
+    point_step, row_step = int(msg.point_step), int(msg.row_step)
+    fields = _checked_fields(msg.fields, point_step)
+    xyz_fields = [_xyz_field(fields, axis) for axis in "xyz"]
+    color_fields, color_kind = _color_fields(fields)
+    n = height * width
+    if n > 0 and width * point_step > row_step:
+        raise CloudFormatError(f"PointCloud2 width * point_step = {width} * {point_step} = "
+                               f"{width * point_step} exceeds row_step {row_step}")
+    data = msg.data if isinstance(msg.data, (bytes, bytearray, memoryview, array.array)) \
+        else np.asarray(msg.data, np.uint8)
+    buf = np.frombuffer(data, np.uint8)
+    if n > 0 and row_step * height > buf.size:
+        raise CloudFormatError(f"PointCloud2 is truncated: row_step * height = {row_step} * {height} = "
+                               f"{row_step * height} bytes but data has {buf.size}")
+
+    byte_order = ">" if msg.is_bigendian else "<"
+    used = xyz_fields + color_fields
+    view_dtype = np.dtype({
+        "names": [f.name for f in used],
+        "formats": [byte_order + ("u4" if color_kind == "packed" and f in color_fields
+                                  else _NUMPY_CODE[f.datatype]) for f in used],
+        "offsets": [int(f.offset) for f in used],
+        "itemsize": max(point_step, 1),
+    })
+    if n > 0:
+        points = np.ndarray((height, width), view_dtype, buffer=buf, strides=(row_step, point_step))
+    else:
+        points = np.zeros((height, width), view_dtype)
+
+    xyz = np.empty((height, width, 3), np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 -> inf -> dropped
+        for axis, name in enumerate("xyz"):
+            xyz[..., axis] = points[name]
+    xyz = xyz.reshape(-1, 3)
+    finite = np.isfinite(xyz)
+    keep = finite[:, 0] & finite[:, 1] & finite[:, 2]  # 3x faster than .all(axis=1)
+    indices = np.flatnonzero(keep).astype(np.int64)
+    all_kept = indices.size == n
+    if not all_kept:
+        xyz = xyz.take(indices, axis=0)
+
+    if color_kind == "packed":
+        packed = np.empty((height, width), "<u4")
+        packed[...] = points[color_fields[0].name]
+        rgb = packed.reshape(-1, 1).view(np.uint8)[:, 2::-1]  # little-endian bytes B, G, R, A -> R, G, B
+        rgb = rgb if all_kept else rgb.take(indices, axis=0)
+    elif color_kind == "channels":
+        rgb = _channels_to_rgb(points, color_fields, None if all_kept else indices)
+    else:
+        rgb = np.empty((indices.size, 3), np.float32)
+        rgb[...] = np.asarray(default_rgb, np.float32)
+    if rgb.dtype == np.uint8:
+        rgb = np.divide(rgb, np.float32(255.0), dtype=np.float32)  # as PointCloud.from_arrays does
+    # The PointCloud constructor validates (finite xyz, rgb in [0, 1]) without from_arrays' extra copies.
+    cloud = PointCloud(xyz, np.ascontiguousarray(rgb, np.float32))
+    return CloudConversion(cloud=cloud, indices=indices, had_color=color_kind is not None,
+                           dropped_nonfinite=int(n - indices.size))
+
+
+def _checked_fields(fields: Sequence[PointField], point_step: int) -> dict[str, PointField]:
+    """Fields by name, after checking names are unique and extents fit and do not overlap."""
+    dup = sorted(name for name, c in Counter(f.name for f in fields).items() if c > 1)
+    if dup:
+        raise CloudFormatError(f"PointCloud2 has duplicate fields: {', '.join(dup)}")
+    extents = []
+    for f in fields:
+        if f.datatype not in _NUMPY_CODE or f.count == 0:
+            continue  # unknown size or empty: cannot overlap anything we read (used fields are checked)
+        end = int(f.offset) + np.dtype(_NUMPY_CODE[f.datatype]).itemsize * int(f.count)
+        if end > point_step:
+            raise CloudFormatError(f"PointCloud2 point_step {point_step} is too small: field '{f.name}' "
+                                   f"ends at byte {end}")
+        extents.append((int(f.offset), end, f.name))
+    extents.sort()
+    for (_, end_a, name_a), (start_b, _, name_b) in zip(extents, extents[1:]):
+        if start_b < end_a:
+            raise CloudFormatError(f"PointCloud2 fields '{name_a}' and '{name_b}' overlap")
+    return {f.name: f for f in fields}
+
+
+def _xyz_field(fields: Mapping[str, PointField], name: str) -> PointField:
+    if name not in fields:
+        raise CloudFormatError(f"PointCloud2 has no '{name}' field (fields: {', '.join(fields) or 'none'})")
+    f = fields[name]
+    if f.datatype not in _XYZ_TYPES:
+        raise CloudFormatError(f"PointCloud2 field '{name}' has datatype {_datatype_name(f.datatype)}; "
+                               f"expected FLOAT32 or FLOAT64")
+    if f.count != 1:
+        raise CloudFormatError(f"PointCloud2 field '{name}' has count {f.count}; expected 1")
+    return f
+
+
+def _color_fields(fields: Mapping[str, PointField]) -> tuple[list[PointField], str | None]:
+    """The colour fields to read and their kind: 'packed', 'channels' or None."""
+    for name in ("rgb", "rgba"):
+        if name in fields:
+            f = fields[name]
+            if f.datatype not in _PACKED_TYPES or f.count != 1:
+                raise CloudFormatError(f"PointCloud2 field '{name}' has datatype {_datatype_name(f.datatype)} "
+                                       f"and count {f.count}; expected one FLOAT32 or UINT32 (0x00RRGGBB)")
+            return [f], "packed"
+    present = [c for c in "rgb" if c in fields]
+    if not present:
+        return [], None
+    if len(present) < 3:
+        missing = [c for c in "rgb" if c not in fields]
+        raise CloudFormatError(f"PointCloud2 has colour fields {', '.join(present)} "
+                               f"but not {', '.join(missing)}")
+    chans = [fields[c] for c in "rgb"]
+    types = {f.datatype for f in chans}
+    if len(types) != 1 or chans[0].datatype not in _CHANNEL_TYPES or any(f.count != 1 for f in chans):
+        raise CloudFormatError("PointCloud2 fields r, g, b must share one datatype (UINT8, FLOAT32 or FLOAT64) "
+                               "with count 1, got " + ", ".join(f"{_datatype_name(f.datatype)} x{f.count}"
+                                                                for f in chans))
+    return chans, "channels"
+
+
+def _channels_to_rgb(points: np.ndarray, chans: list[PointField], indices: np.ndarray | None) -> np.ndarray:
+    """(K, 3) uint8 or float32 [0, 1] colours from separate r, g, b fields (rule in cloud_from_msg)."""
+    is_u8 = chans[0].datatype == PointField.UINT8
+    out = np.empty(points.shape + (3,), np.uint8 if is_u8 else np.float32)
+    for k, f in enumerate(chans):
+        out[..., k] = points[f.name]
+    out = out.reshape(-1, 3)
+    out = out if indices is None else out.take(indices, axis=0)
+    if is_u8:
+        return out
+    finite = np.isfinite(out)
+    if finite.any() and out[finite].max() > 1.0:
+        out = out / np.float32(255.0)
+    return np.clip(np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+def _datatype_name(datatype: int) -> str:
+    return _DATATYPE_NAME.get(int(datatype), f"{int(datatype)} (unknown)")
+
+
+# ---------------------------------------------------------------------------------------------
+# arrays -> PointCloud2
+
+
+def cloud_to_msg(xyz: np.ndarray, rgb: np.ndarray | None, header: Header,
+                 extra_fields: Mapping[str, np.ndarray] | None = None) -> PointCloud2:
+    """An unorganised (height 1) little-endian PointCloud2: x, y, z FLOAT32, rgb, then extra fields.
+
+    Args:
+        xyz: (N, 3) real positions (converted to float32).
+        rgb: (N, 3) uint8 0..255, or float in [0, 1]; packed into a FLOAT32 ``rgb`` field with the
+            bits 0x00RRGGBB (what RViz's RGB8 colour transformer reads); None leaves the field out.
+        header: copied (frame_id and stamp) into the message.
+        extra_fields: name -> (N,) array of int8/uint8/int16/uint16/int32/uint32/float32/float64
+            (bool becomes uint8), e.g. ``instance_id`` int32, ``label_index`` int32, ``score`` float32.
+
+    Fields are packed without padding in the order above; ``is_dense`` is True when all xyz are finite.
+    """
+    xyz = np.asarray(xyz)
+    if xyz.ndim != 2 or xyz.shape[1] != 3 or not np.issubdtype(xyz.dtype, np.number):
+        raise ValueError(f"xyz must be a numeric (N, 3) array, got shape {xyz.shape} dtype {xyz.dtype}")
+    n = len(xyz)
+    columns: list[tuple[str, np.dtype, np.ndarray]] = [
+        (axis, np.dtype("<f4"), xyz[:, k]) for k, axis in enumerate("xyz")]
+    if rgb is not None:
+        columns.append(("rgb", np.dtype("<u4"), _pack_rgb(rgb, n)))
+    for name, values in (extra_fields or {}).items():
+        values = np.asarray(values)
+        if values.dtype == np.bool_:
+            values = values.astype(np.uint8)
+        dtype = values.dtype.newbyteorder("<")
+        if not name or name in ("x", "y", "z", "rgb") or any(name == c[0] for c in columns):
+            raise ValueError(f"extra field name {name!r} is empty or clashes with another field")
+        if values.shape != (n,):
+            raise ValueError(f"extra field {name!r} must have shape ({n},), got {values.shape}")
+        if dtype not in _DATATYPE_OF_NUMPY:
+            raise ValueError(f"extra field {name!r} has dtype {values.dtype}, which PointField cannot hold")
+        columns.append((name, dtype, values))
+
+    record = np.dtype([(name, dt) for name, dt, _ in columns])  # packed, no alignment padding
+    table = np.empty(n, record)
+    for name, _, values in columns:
+        table[name] = values
+    fields = [PointField(name=name, offset=record.fields[name][1],
+                         datatype=PointField.FLOAT32 if name == "rgb" else _DATATYPE_OF_NUMPY[dt], count=1)
+              for name, dt, _ in columns]
+    data = array.array("B")
+    data.frombytes(table.view(np.uint8))
+    return PointCloud2(header=_copy_header(header), height=1, width=n, fields=fields, is_bigendian=False,
+                       point_step=record.itemsize, row_step=record.itemsize * n, data=data,
+                       is_dense=bool(np.isfinite(xyz).all()))
+
+
+def _pack_rgb(rgb: np.ndarray, n: int) -> np.ndarray:
+    """(N,) uint32 0x00RRGGBB from (N, 3) uint8 or float [0, 1] colours."""
+    rgb = np.asarray(rgb)
+    if rgb.shape != (n, 3):
+        raise ValueError(f"rgb must have shape ({n}, 3), got {rgb.shape}")
+    if rgb.dtype != np.uint8:
+        if not np.issubdtype(rgb.dtype, np.floating):
+            raise ValueError(f"rgb must be uint8 0..255 or float 0..1, got dtype {rgb.dtype}")
+        rgb = np.round(np.clip(np.nan_to_num(rgb), 0.0, 1.0) * 255.0).astype(np.uint8)
+    rgb = rgb.astype(np.uint32)
+    return (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+
+
+# ---------------------------------------------------------------------------------------------
+# Segmenter output -> per-point and per-instance arrays
+
+
+def mask_point_indices(masks: np.ndarray, point_ids: np.ndarray) -> list[np.ndarray]:
+    """Per instance, the ids of its points: ``point_ids[masks[i]]``.
+
+    Args:
+        masks: (M, N) bool instance masks over the N points the Segmenter saw.
+        point_ids: (N,) int, e.g. ``CloudConversion.indices[keep]`` after voxel downsampling, so that
+            the result is in the original message's point order.
+
+    Returns:
+        M arrays of (K_i,) int64.
+    """
+    masks, point_ids = np.asarray(masks, bool), np.asarray(point_ids)
+    if masks.ndim != 2 or point_ids.shape != (masks.shape[1],):
+        raise ValueError(f"masks must be (M, N) and point_ids (N,), got {masks.shape} and {point_ids.shape}")
+    return [point_ids[m].astype(np.int64) for m in masks]
+
+
+def instance_geometry(xyz: np.ndarray, point_indices_per_instance: Sequence[np.ndarray]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Centroid and axis-aligned box of each instance's points.
+
+    Args:
+        xyz: (N, 3) positions.
+        point_indices_per_instance: M arrays of (K_i,) int indices into ``xyz``, each non-empty.
+
+    Returns:
+        centroids (M, 3), boxes_min (M, 3), boxes_max (M, 3), float64.
+    """
+    xyz = np.asarray(xyz, np.float64)
+    m = len(point_indices_per_instance)
+    if m == 0:
+        empty = np.zeros((0, 3))
+        return empty, empty.copy(), empty.copy()
+    sizes = np.array([len(p) for p in point_indices_per_instance])
+    if (sizes == 0).any():
+        raise ValueError(f"instance {int(np.argmax(sizes == 0))} has no points")
+    pts = xyz[np.concatenate([np.asarray(p, np.int64) for p in point_indices_per_instance])]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    centroids = np.add.reduceat(pts, starts, axis=0) / sizes[:, None]
+    return centroids, np.minimum.reduceat(pts, starts, axis=0), np.maximum.reduceat(pts, starts, axis=0)
+
+
+def point_labels(masks: np.ndarray, label_indices: np.ndarray, scores: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-point instance id, label index and score for the ``labeled_cloud`` extra fields.
+
+    Where masks overlap, the higher-scoring instance wins; points in no mask get -1, -1, 0.
+
+    Args:
+        masks: (M, N) bool; label_indices: (M,) int (-1: no label); scores: (M,) float.
+
+    Returns:
+        instance_id (N,) int32, label_index (N,) int32, score (N,) float32.
+    """
+    masks = np.asarray(masks, bool)
+    label_indices, scores = np.asarray(label_indices), np.asarray(scores, np.float32)
+    if masks.ndim != 2 or label_indices.shape != (len(masks),) or scores.shape != (len(masks),):
+        raise ValueError(f"masks must be (M, N) with (M,) label_indices and scores, got {masks.shape}, "
+                         f"{label_indices.shape}, {scores.shape}")
+    n = masks.shape[1]
+    instance_id = np.full(n, -1, np.int32)
+    for i in np.argsort(scores, kind="stable"):  # M vectorised writes; the best score is written last
+        instance_id[masks[i]] = i
+    has = instance_id >= 0
+    label = np.where(has, label_indices.astype(np.int32)[instance_id], np.int32(-1)).astype(np.int32)
+    score = np.where(has, scores[instance_id], np.float32(0)).astype(np.float32)
+    return instance_id, label, score
+
+
+def label_colors(label_indices: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 colour of each label index from a fixed 20-colour palette (tab20).
+
+    The same label index always gets the same colour (index mod 20); -1 (or any negative index)
+    gets ``UNLABELED_COLOR``. Works on (M,) instance labels and (N,) per-point labels alike.
+    """
+    idx = np.asarray(label_indices)
+    if not np.issubdtype(idx.dtype, np.integer):
+        raise ValueError(f"label_indices must be integers, got dtype {idx.dtype}")
+    out = _TAB20[np.mod(idx, len(_TAB20))]
+    out[idx < 0] = UNLABELED_COLOR
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# folk_ros_interfaces/InstanceArray
+
+
+def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_per_instance: Sequence[np.ndarray],
+                     label_indices: np.ndarray, scores: np.ndarray, centroids: np.ndarray,
+                     boxes_min: np.ndarray, boxes_max: np.ndarray) -> InstanceArray:
+    """An InstanceArray with one Instance per row; instance ``id`` is the row index.
+
+    Args:
+        header: copied (the input cloud's frame_id and stamp).
+        vocabulary: the V names the labels index into.
+        point_indices_per_instance: M arrays of (K_i,) int, indices in the input message's row-major
+            point order (0 <= i < 2**32).
+        label_indices: (M,) int in [-1, V); -1 gives label "".
+        scores: (M,) float. centroids, boxes_min, boxes_max: (M, 3).
+    """
+    vocabulary = list(vocabulary)
+    if not all(isinstance(v, str) for v in vocabulary):
+        raise ValueError("vocabulary must be a list of strings")
+    label_indices = np.asarray(label_indices)
+    if label_indices.size and not np.issubdtype(label_indices.dtype, np.integer):
+        raise ValueError(f"label_indices must be integers, got dtype {label_indices.dtype}")
+    m = len(label_indices)
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    geometry = {name: np.asarray(a, np.float64) for name, a in
+                (("centroids", centroids), ("boxes_min", boxes_min), ("boxes_max", boxes_max))}
+    if len(point_indices_per_instance) != m or scores.shape != (m,) or label_indices.ndim != 1:
+        raise ValueError(f"need M point index arrays, (M,) label_indices and (M,) scores; got "
+                         f"{len(point_indices_per_instance)}, {label_indices.shape}, {scores.shape}")
+    for name, a in geometry.items():
+        if a.shape != (m, 3):
+            raise ValueError(f"{name} must have shape ({m}, 3), got {a.shape}")
+    if m and (label_indices.min() < -1 or label_indices.max() >= len(vocabulary)):
+        raise ValueError(f"label_indices must lie in [-1, {len(vocabulary)}), got "
+                         f"[{label_indices.min()}, {label_indices.max()}]")
+    instances = []
+    for i in range(m):
+        li = int(label_indices[i])
+        instances.append(Instance(
+            id=i, label=vocabulary[li] if li >= 0 else "", label_index=li, score=float(scores[i]),
+            point_indices=_uint32_array(point_indices_per_instance[i], f"point indices of instance {i}"),
+            centroid=_point(geometry["centroids"][i]), bbox_min=_point(geometry["boxes_min"][i]),
+            bbox_max=_point(geometry["boxes_max"][i])))
+    return InstanceArray(header=_copy_header(header), vocabulary=vocabulary, instances=instances)
+
+
+def _uint32_array(values: np.ndarray, what: str) -> array.array:
+    values = np.asarray(values).reshape(-1)
+    if values.size and (not np.issubdtype(values.dtype, np.integer) or values.min() < 0
+                        or values.max() >= 2 ** 32):
+        raise ValueError(f"{what} must be integers in [0, 2**32), got dtype {values.dtype}")
+    out = array.array("I")
+    out.frombytes(np.ascontiguousarray(values, np.uint32).view(np.uint8))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# visualization_msgs/MarkerArray
+
+# The 12 edges of a box as pairs of corner numbers; corner c has bit 0/1/2 = max in x/y/z.
+_BOX_EDGES = np.array([(0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7),
+                       (0, 4), (1, 5), (2, 6), (3, 7)])
+_CORNER_BITS = (np.arange(8)[:, None] >> np.arange(3)) & 1  # (8, 3)
+
+
+def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndarray, boxes_min: np.ndarray,
+                           boxes_max: np.ndarray, colors: np.ndarray, lifetime_s: float,
+                           namespace: str = "folk", point_sets: Sequence[np.ndarray] | None = None, *,
+                           box_style: str = "wire", line_width: float = 0.02, text_height: float = 0.15,
+                           point_size: float = 0.02, max_marker_points: int = 2000) -> MarkerArray:
+    """RViz markers for M instances: DELETEALL, then per instance a box, a label and optionally points.
+
+    Marker ids are stable: instance i has id i in each of the namespaces ``{namespace}/boxes``,
+    ``{namespace}/labels`` and ``{namespace}/points`` (RViz shows them as separately toggled groups);
+    the leading DELETEALL (RViz 2 clears every marker of the display) removes the previous cloud's
+    markers even when fewer instances follow.
+
+    Args:
+        header: copied into every marker.
+        names: M label strings ("" shows as "unlabeled"); the text reads e.g. "chair 0.87".
+        scores: (M,) float. boxes_min, boxes_max: (M, 3) axis-aligned box corners.
+        colors: (M, 3) uint8 or float [0, 1] colour of each instance's box and points.
+        lifetime_s: marker lifetime in seconds (0: until deleted).
+        namespace: prefix of the marker namespaces.
+        point_sets: optional M arrays of (K_i, 3) points, drawn as a POINTS marker each; every marker
+            point is a Python message object, so at most ``max_marker_points`` (evenly strided) are kept.
+        box_style: "wire" (LINE_LIST, 12 edges, ``line_width`` metres) or "cube" (CUBE, 35% opaque).
+        text_height: text height in metres; the label sits that far above the box top.
+        point_size: POINTS marker point width in metres.
+    """
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    m = len(scores)
+    bmin, bmax = np.asarray(boxes_min, np.float64), np.asarray(boxes_max, np.float64)
+    rgba = _marker_colors(colors, m)
+    if len(names) != m or bmin.shape != (m, 3) or bmax.shape != (m, 3):
+        raise ValueError(f"need M names, (M,) scores and (M, 3) boxes; got {len(names)}, {scores.shape}, "
+                         f"{bmin.shape}, {bmax.shape}")
+    if point_sets is not None and len(point_sets) != m:
+        raise ValueError(f"point_sets must hold {m} arrays, got {len(point_sets)}")
+    if box_style not in ("wire", "cube"):
+        raise ValueError(f"box_style must be 'wire' or 'cube', got {box_style!r}")
+    if not lifetime_s >= 0 or not math.isfinite(lifetime_s):
+        raise ValueError(f"lifetime_s must be a finite number >= 0, got {lifetime_s}")
+    lifetime_sec, lifetime_ns = divmod(int(round(lifetime_s * 1e9)), 1_000_000_000)
+    lifetime = Duration(sec=lifetime_sec, nanosec=lifetime_ns)
+
+    def marker(ns: str, marker_id: int, kind: int) -> Marker:
+        mk = Marker(header=_copy_header(header), ns=ns, id=marker_id, type=kind, action=Marker.ADD,
+                    lifetime=lifetime, frame_locked=False)
+        mk.pose.orientation.w = 1.0
+        return mk
+
+    markers = [Marker(header=_copy_header(header), ns=namespace, id=0, action=Marker.DELETEALL)]
+    center, size = (bmin + bmax) / 2.0, bmax - bmin
+    for i in range(m):
+        if box_style == "cube":
+            box = marker(f"{namespace}/boxes", i, Marker.CUBE)
+            box.pose.position = _point(center[i])
+            box.scale.x, box.scale.y, box.scale.z = (float(s) for s in np.maximum(size[i], 1e-3))
+            box.color = ColorRGBA(r=rgba[i, 0], g=rgba[i, 1], b=rgba[i, 2], a=0.35)
+        else:
+            box = marker(f"{namespace}/boxes", i, Marker.LINE_LIST)
+            corners = np.where(_CORNER_BITS == 1, bmax[i], bmin[i])  # (8, 3)
+            box.points = [_point(p) for p in corners[_BOX_EDGES.reshape(-1)]]
+            box.scale.x = float(line_width)
+            box.color = ColorRGBA(r=rgba[i, 0], g=rgba[i, 1], b=rgba[i, 2], a=1.0)
+        markers.append(box)
+
+        text = marker(f"{namespace}/labels", i, Marker.TEXT_VIEW_FACING)
+        text.pose.position = _point((center[i, 0], center[i, 1], bmax[i, 2] + text_height))
+        text.scale.z = float(text_height)
+        text.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+        text.text = f"{names[i] or 'unlabeled'} {scores[i]:.2f}"
+        markers.append(text)
+
+        if point_sets is not None:
+            pts = np.asarray(point_sets[i], np.float64).reshape(-1, 3)
+            if len(pts) > max_marker_points:
+                pts = pts[:: math.ceil(len(pts) / max_marker_points)]
+            cloud = marker(f"{namespace}/points", i, Marker.POINTS)
+            cloud.points = [Point(x=x, y=y, z=z) for x, y, z in pts.tolist()]
+            cloud.scale.x = cloud.scale.y = float(point_size)
+            cloud.color = ColorRGBA(r=rgba[i, 0], g=rgba[i, 1], b=rgba[i, 2], a=1.0)
+            markers.append(cloud)
+    return MarkerArray(markers=markers)
+
+
+def _marker_colors(colors: np.ndarray, m: int) -> np.ndarray:
+    """(M, 3) Python-float-ready float64 colours in [0, 1] from uint8 or float input."""
+    colors = np.asarray(colors)
+    if colors.shape != (m, 3):
+        raise ValueError(f"colors must have shape ({m}, 3), got {colors.shape}")
+    out = colors / 255.0 if colors.dtype == np.uint8 else colors.astype(np.float64)
+    return np.clip(out, 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# small message helpers
+
+
+def _copy_header(header: Header) -> Header:
+    """A new Header with the same stamp and frame_id (messages must not share mutable parts)."""
+    return Header(stamp=Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec)),
+                  frame_id=str(header.frame_id))
+
+
+def _point(p) -> Point:
+    return Point(x=float(p[0]), y=float(p[1]), z=float(p[2]))
