@@ -1,0 +1,99 @@
+"""Mask3D (Schult et al., ICRA 2023) on the pure-PyTorch sparse backend.
+
+``Mask3D = Res16UNet34C backbone + QueryDecoder``; the state dict has the
+official key names (``backbone.*``, ``cross_attention.0.0.*``, ``pos_enc.gauss_B``...),
+so an official checkpoint loads with :func:`folk_ros.core.mask3d.checkpoint.load_checkpoint`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..sparse import SparseTensor
+from .backbone import Res16UNet34C
+from .config import Mask3DConfig, PostprocessConfig
+from .decoder import QueryDecoder
+from .postprocess import class_agnostic_proposals
+from .preprocess import normalize_colors, to_uint8_colors, voxelize
+
+
+@dataclass(frozen=True, eq=False)
+class Proposals:
+    """Class-agnostic instance proposals of one cloud.
+
+    masks (M, N) bool over the input points; scores (M,) float32 in [0, 1],
+    descending; point_features (N, D) float32 (D = 96 backbone or 128 mask features).
+    """
+
+    masks: torch.Tensor
+    scores: torch.Tensor
+    point_features: torch.Tensor
+
+
+class Mask3D(QueryDecoder):
+    """Backbone + query decoder.  See :meth:`forward` and :meth:`predict`."""
+
+    def __init__(self, cfg: Mask3DConfig = Mask3DConfig()):
+        super().__init__(cfg)
+        self.backbone = Res16UNet34C(cfg.backbone)
+
+    def forward(self, coords: torch.Tensor, feats: torch.Tensor, raw_xyz: torch.Tensor,
+                point2segment: list[torch.Tensor] | None = None, is_eval: bool | None = None) -> dict:
+        """Raw Mask3D outputs for voxelised input.
+
+        Args:
+            coords: (V, 3) int voxel coordinates of one cloud, or (V, 4) ``[b, x, y, z]``
+                grouped by batch.
+            feats: (V, in_channels) normalised colours.
+            raw_xyz: (V, 3) float metres of each voxel (its first point).
+            point2segment: per batch item (V_b,) int64 segment ids, or None.
+            is_eval: attend to all voxels (default: ``not self.training``).
+
+        Returns the dict of :meth:`QueryDecoder.decode`.
+        """
+        if raw_xyz.shape != (coords.shape[0], 3):
+            raise ValueError(f"raw_xyz must be ({coords.shape[0]}, 3), got {tuple(raw_xyz.shape)}")
+        x = SparseTensor.from_coords(coords, feats)
+        pcd, maps = self.backbone(x)
+        return self.decode(x, pcd, maps, raw_xyz, point2segment,
+                           is_eval=(not self.training) if is_eval is None else is_eval)
+
+    def predict(self, xyz, rgb, point_features: str = "backbone",
+                post: PostprocessConfig = PostprocessConfig(use_dbscan=False)) -> Proposals:
+        """Class-agnostic proposals for one cloud (FOLK's use of Mask3D).
+
+        Args:
+            xyz: (N, 3) metres (numpy or torch).
+            rgb: (N, 3) uint8, or float in [0, 1].
+            point_features: ``"backbone"`` (D = planes[7], 96) or ``"mask"`` (D = hidden_dim, 128).
+            post: NMS IoU, optional DBSCAN split, score floor.
+
+        Runs under ``torch.inference_mode`` on the model's device.
+        """
+        if point_features not in ("backbone", "mask"):
+            raise ValueError(f"point_features must be 'backbone' or 'mask', got {point_features!r}")
+        xyz_np = np.asarray(xyz.detach().cpu() if torch.is_tensor(xyz) else xyz, dtype=np.float32)
+        rgb_np = np.asarray(rgb.detach().cpu() if torch.is_tensor(rgb) else rgb)
+        if rgb_np.shape != xyz_np.shape:
+            raise ValueError(f"rgb must have the shape of xyz {xyz_np.shape}, got {rgb_np.shape}")
+        vox = voxelize(xyz_np, self.cfg.voxel_size)
+        colors = normalize_colors(to_uint8_colors(rgb_np), self.cfg.color_mean, self.cfg.color_std)
+        dev = next(self.parameters()).device
+        with torch.inference_mode():
+            was_training = self.training
+            self.eval()
+            try:
+                out = self(torch.from_numpy(vox.coords).to(dev),
+                           torch.from_numpy(colors[vox.unique_map]).to(dev),
+                           torch.from_numpy(xyz_np[vox.unique_map]).to(dev))
+            finally:
+                self.train(was_training)
+            inverse = torch.from_numpy(vox.inverse_map).to(dev)
+            masks, scores = class_agnostic_proposals(
+                out["pred_logits"][0], out["pred_masks"][0], inverse,
+                torch.from_numpy(xyz_np[vox.unique_map]).to(dev), post)
+            feats = out["backbone_features"] if point_features == "backbone" else out["mask_features"]
+            return Proposals(masks, scores, feats[inverse].float())

@@ -1,0 +1,262 @@
+"""Mask3D post-processing (trainer.eval_instance_step) and FOLK's class-agnostic proposals.
+
+Official path (ScanNet200 evaluation): softmax over classes without no-object,
+optional DBSCAN split of every query mask, top-k over candidates x classes,
+``mask = logit > 0``, ``score = class prob * mean(sigmoid(logit) inside the mask)``,
+full-resolution masks by a segment majority vote.  Class-agnostic path (FOLK):
+one proposal per query (or per DBSCAN part) with
+``score = objectness * mean(sigmoid inside the mask)``, objectness = 1 - p(no-object),
+then greedy mask NMS at IoU 0.9.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from .config import PostprocessConfig
+
+
+# ------------------------------------------------------------- DBSCAN -------
+
+def _first_occurrence_labels(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels 0..K-1 in order of their first occurrence (sklearn's DBSCAN order)."""
+    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return rank[inv.reshape(-1)]
+
+
+def eps_components(xyz: np.ndarray, eps: float) -> np.ndarray:
+    """Connected components of the graph ``|p - q| <= eps`` = DBSCAN with min_samples 1.
+
+    xyz: (M, 3) float.  Returns (M,) int64 labels numbered by first occurrence.
+    Exact and fast for large eps: points are binned into cells of diagonal
+    ``eps / 2`` (a cell is a clique); two cells whose centres are within
+    ``eps / 2`` are certainly connected, cells further than ``eps + diag`` never
+    are, and only the remaining cell pairs that join different components are
+    checked point by point.
+    """
+    xyz = np.asarray(xyz, dtype=np.float64)
+    m = xyz.shape[0]
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    side = eps / (2.0 * np.sqrt(3.0))
+    cell = np.floor((xyz - xyz.min(0)) / side).astype(np.int64)
+    ucell, point_cell = np.unique(cell, axis=0, return_inverse=True)
+    point_cell = point_cell.reshape(-1)
+    nc = ucell.shape[0]
+    centres = (ucell + 0.5) * side
+    diag = side * np.sqrt(3.0)
+    tree = cKDTree(centres)
+    sure = tree.query_pairs(eps - diag, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(sure)), (sure[:, 0], sure[:, 1])), shape=(nc, nc)) if len(sure) \
+        else coo_matrix((nc, nc))
+    _, comp = connected_components(graph, directed=False)
+    maybe = tree.query_pairs(eps + diag, output_type="ndarray")
+    if len(maybe):
+        maybe = maybe[comp[maybe[:, 0]] != comp[maybe[:, 1]]]
+    if len(maybe):
+        order = np.argsort(point_cell, kind="stable")
+        starts = np.searchsorted(point_cell[order], np.arange(nc + 1))
+        n_comp = int(comp.max()) + 1
+        parent = np.arange(n_comp)
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        for ca, cb in maybe.tolist():          # exact point checks, skipped once joined
+            ra, rb = find(comp[ca]), find(comp[cb])
+            if ra == rb:
+                continue
+            pa = xyz[order[starts[ca]:starts[ca + 1]]]
+            pb = xyz[order[starts[cb]:starts[cb + 1]]]
+            if ((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1).min() <= eps * eps:
+                parent[rb] = ra
+        comp = np.array([find(c) for c in range(n_comp)], dtype=np.int64)[comp]
+    return _first_occurrence_labels(comp[point_cell])
+
+
+def dbscan(xyz: np.ndarray, eps: float, min_samples: int = 1) -> np.ndarray:
+    """DBSCAN labels (M,) int64 (-1 = noise), clusters numbered by first occurrence.
+
+    ``min_samples == 1`` equals sklearn exactly (components of the eps-graph).
+    For larger values, core points (>= min_samples neighbours within eps, self
+    included) form clusters by eps-connectivity and a border point joins the
+    cluster of its nearest core point (sklearn joins the first cluster that
+    reaches it, which can differ on points between two clusters).
+    """
+    xyz = np.asarray(xyz, dtype=np.float64)
+    if min_samples <= 1:
+        return eps_components(xyz, eps)
+    tree = cKDTree(xyz)
+    counts = tree.query_ball_point(xyz, eps, return_length=True)
+    core = counts >= min_samples
+    labels = np.full(xyz.shape[0], -1, dtype=np.int64)
+    if not core.any():
+        return labels
+    labels[core] = eps_components(xyz[core], eps)
+    core_idx = np.flatnonzero(core)
+    d, nn = cKDTree(xyz[core]).query(xyz[~core], k=1, distance_upper_bound=eps)
+    border = np.isfinite(d)
+    lab = labels[~core]
+    lab[border] = labels[core_idx[nn[border]]]
+    labels[~core] = lab
+    keep = labels >= 0
+    labels[keep] = _first_occurrence_labels(labels[keep])
+    return labels
+
+
+def dbscan_split(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int):
+    """Split every query mask into its DBSCAN clusters (Mask3D's use_dbscan).
+
+    mask_logits (V, Q); voxel_xyz (V, 3).  Returns (candidate logits (V, K), source
+    query (K,) int64): candidate = query logits zeroed outside the cluster; order:
+    by query, then by cluster id.  Queries with an empty mask give no candidate.
+    """
+    xyz = voxel_xyz.detach().cpu().numpy()
+    positive = (mask_logits > 0).cpu().numpy()
+    cols, src = [], []
+    for q in range(mask_logits.shape[1]):
+        sel = np.flatnonzero(positive[:, q])
+        if sel.size == 0:
+            continue
+        labels = dbscan(xyz[sel], eps, min_points)
+        for c in np.unique(labels):
+            if c < 0:
+                continue
+            keep = torch.zeros(mask_logits.shape[0], dtype=torch.bool)
+            keep[torch.from_numpy(sel[labels == c])] = True
+            cols.append(mask_logits[:, q] * keep.to(mask_logits.device))
+            src.append(q)
+    if not cols:
+        return mask_logits.new_zeros((mask_logits.shape[0], 0)), torch.zeros(0, dtype=torch.int64)
+    return torch.stack(cols, dim=1), torch.tensor(src, dtype=torch.int64)
+
+
+# ---------------------------------------------------------- scoring ---------
+
+def mask_scores(mask_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, K) logits -> (binary (V, K) bool, mean sigmoid inside each mask (K,))."""
+    binary = mask_logits > 0
+    heat = mask_logits.float().sigmoid()
+    fb = binary.float()
+    return binary, (heat * fb).sum(0) / (fb.sum(0) + 1e-6)
+
+
+def get_mask_and_scores(class_probs: torch.Tensor, mask_logits: torch.Tensor, topk: int):
+    """Mask3D's top-k over candidates x classes.
+
+    class_probs (K, C) (no no-object column); mask_logits (V, K).
+    Returns scores (T,), binary masks (V, T) bool, classes (T,) int64, heatmaps (V, T),
+    with ``T = min(topk, K*C)`` sorted by class probability (as torch.topk).
+    """
+    num_classes = class_probs.shape[1]
+    probs, idx = class_probs.flatten().topk(min(topk, class_probs.numel()), sorted=True)
+    classes = idx % num_classes
+    cand = torch.div(idx, num_classes, rounding_mode="floor")
+    logits = mask_logits[:, cand]
+    binary, mscore = mask_scores(logits)
+    return probs * mscore, binary, classes, logits.float().sigmoid()
+
+
+def full_resolution_masks(voxel_masks: torch.Tensor, inverse_map: torch.Tensor,
+                          point2segment_full: torch.Tensor | None = None) -> torch.Tensor:
+    """(V, K) bool voxel masks -> (N, K) bool point masks; with segments a majority vote
+    (mean over the segment's points > 0.5), as get_full_res_mask with eval_on_segments."""
+    m = voxel_masks[inverse_map].float()
+    if point2segment_full is None:
+        return m > 0
+    seg = point2segment_full.to(m.device)
+    n_seg = int(seg.max()) + 1
+    acc = torch.zeros((n_seg, m.shape[1]), dtype=m.dtype, device=m.device).index_add_(0, seg, m)
+    cnt = torch.bincount(seg, minlength=n_seg).clamp_(min=1).to(m.dtype)
+    return (acc / cnt[:, None] > 0.5)[seg]
+
+
+def remap_scannet200_classes(classes: torch.Tensor, valid_ids, label_offset: int = 2) -> torch.Tensor:
+    """Model class c (0..199) -> ScanNet200 id as Mask3D does: c == 0 -> -1, + label_offset,
+    then index i -> valid_ids[i] (values outside the table stay raw)."""
+    c = classes.clone()
+    c[c == 0] = -1
+    c = c + label_offset
+    table = torch.as_tensor(list(valid_ids), dtype=torch.int64)
+    inside = (c >= 0) & (c < table.numel())
+    out = c.clone()
+    out[inside] = table[c[inside]]
+    return out
+
+
+def scannet200_instances(pred_logits: torch.Tensor, mask_logits: torch.Tensor, voxel_xyz: torch.Tensor,
+                         inverse_map: torch.Tensor, point2segment_full: torch.Tensor | None,
+                         cfg: PostprocessConfig = PostprocessConfig()) -> dict:
+    """Mask3D's ``eval_instance_step`` for one scene.
+
+    pred_logits (Q, C+1) final class logits; mask_logits (V, Q) voxel mask logits
+    (segment logits already broadcast to voxels); voxel_xyz (V, 3) metres;
+    inverse_map (N,) point -> voxel; point2segment_full (N,) or None.
+    Returns dict masks (N, T) bool, scores (T,), classes (T,) model class ids
+    (0..C-1; map with :func:`remap_scannet200_classes`), sorted by score descending.
+    """
+    probs = pred_logits.float().softmax(-1)[:, :-1]
+    if cfg.use_dbscan:
+        mask_logits, src = dbscan_split(mask_logits, voxel_xyz, cfg.dbscan_eps, cfg.dbscan_min_points)
+        probs = probs[src.to(probs.device)]
+    scores, binary, classes, _ = get_mask_and_scores(probs, mask_logits, cfg.topk_per_image)
+    masks = full_resolution_masks(binary, inverse_map, point2segment_full)
+    order = torch.sort(scores, descending=True, stable=True).indices
+    return {"masks": masks[:, order], "scores": scores[order], "classes": classes[order]}
+
+
+# ------------------------------------------------------ class-agnostic ------
+
+def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
+             weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy mask NMS. masks (V, K) bool, scores (K,), weights (V,) points per row.
+
+    Returns kept column indices (int64), by descending score; a mask is dropped
+    when its IoU with a kept higher-scoring mask exceeds ``iou_threshold``.
+    """
+    order = torch.sort(scores, descending=True, stable=True).indices
+    m = masks[:, order].float()
+    w = m if weights is None else m * weights.float()[:, None]
+    inter = w.T @ m                                   # (K, K) weighted intersections
+    area = inter.diagonal()
+    iou = inter / (area[:, None] + area[None, :] - inter).clamp_(min=1e-9)
+    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    keep = []
+    iou_cpu = iou.cpu()
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= iou_cpu[i] > iou_threshold
+    return order[torch.tensor(keep, dtype=torch.int64, device=order.device)]
+
+
+def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tensor, inverse_map: torch.Tensor,
+                             voxel_xyz: torch.Tensor, cfg: PostprocessConfig = PostprocessConfig()):
+    """One proposal per query (or DBSCAN part), mask NMS; FOLK's use of Mask3D.
+
+    pred_logits (Q, C+1); mask_logits (V, Q); inverse_map (N,); voxel_xyz (V, 3).
+    score = (1 - p(no-object)) * mean sigmoid inside the mask.  Empty masks and
+    scores <= ``cfg.min_score`` are dropped; NMS at ``cfg.nms_iou`` (IoU over points).
+    Returns masks (M, N) bool and scores (M,) float32, by descending score.
+    """
+    objectness = 1.0 - pred_logits.float().softmax(-1)[:, -1]
+    if cfg.use_dbscan:
+        mask_logits, src = dbscan_split(mask_logits, voxel_xyz, cfg.dbscan_eps, cfg.dbscan_min_points)
+        objectness = objectness[src.to(objectness.device)]
+    binary, mscore = mask_scores(mask_logits)
+    scores = objectness * mscore
+    keep = (binary.any(0) & (scores > cfg.min_score)).nonzero().flatten()
+    binary, scores = binary[:, keep], scores[keep]
+    points_per_voxel = torch.bincount(inverse_map, minlength=binary.shape[0])
+    kept = mask_nms(binary, scores, cfg.nms_iou, points_per_voxel)
+    return binary[:, kept][inverse_map].T.contiguous(), scores[kept]
