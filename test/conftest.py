@@ -3,8 +3,10 @@
 Set at import so that every subprocess a test starts (nodes, players) inherits them.
 """
 
+import atexit
 import os
 import random
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,5 +21,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 101)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 _ros_home = tempfile.mkdtemp(prefix="folk_ros_test_")
+atexit.register(shutil.rmtree, _ros_home, ignore_errors=True)
 os.environ.setdefault("ROS_HOME", _ros_home)
 os.environ.setdefault("ROS_LOG_DIR", os.path.join(_ros_home, "log"))
