@@ -1,0 +1,115 @@
+"""Model bundles: one folder with Mask3D, the CLIP model, the student and a manifest.
+
+Layout (paths in the manifest are relative to the folder)::
+
+    manifest.json   {"format": "folk_ros.bundle", "version": 1,
+                     "mask3d": "mask3d.pt", "clip": "clip", "student": "student.pt",
+                     "vocabulary": [...], "prompt_template": "a {} in the scene",
+                     "temperature": 0.07, "point_features": "backbone",
+                     "sha256": {"mask3d.pt": "...", ...}, "provenance": {...}}
+    mask3d.pt       folk_ros.core.mask3d checkpoint (carries its config)
+    clip/           open_clip folder (open_clip_config.json + open_clip_model.safetensors)
+    student.pt      folk_ros.core.student checkpoint (carries its config)
+
+``provenance`` records how our own pipeline produced the files (commands, seeds, data
+seeds, metrics). Loading verifies every listed sha256, so a truncated or swapped file is
+one clear error instead of a wrong answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FORMAT = "folk_ros.bundle"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle folder that cannot be used: missing, malformed or corrupted files."""
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """The parsed ``manifest.json`` of a bundle; paths resolved against ``root``."""
+
+    root: Path
+    mask3d: str = "mask3d.pt"
+    clip: str = "clip"
+    student: str = "student.pt"
+    vocabulary: tuple[str, ...] = ()
+    prompt_template: str = "a {} in the scene"
+    temperature: float = 0.07          # softmax temperature of the student's similarity logits (training's tau)
+    point_features: str = "backbone"   # which Mask3D point features the student pools ("backbone" | "mask")
+    sha256: dict = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+
+    def path(self, name: str) -> Path:
+        return self.root / getattr(self, name)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "mask3d": self.mask3d, "clip": self.clip,
+                "student": self.student, "vocabulary": list(self.vocabulary),
+                "prompt_template": self.prompt_template, "temperature": self.temperature,
+                "point_features": self.point_features, "sha256": self.sha256, "provenance": self.provenance}
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (sorted relative paths and contents)."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(root: str | os.PathLike, verify: bool = True) -> BundleManifest:
+    """Parse and check ``<root>/manifest.json``; BundleError says what is wrong."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"no model bundle at {root}: {MANIFEST} is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path} is not valid JSON: {e}") from e
+    if data.get("format") != FORMAT or data.get("version") != VERSION:
+        raise BundleError(f"{path}: expected format {FORMAT!r} version {VERSION}, "
+                          f"got {data.get('format')!r} version {data.get('version')!r}")
+    known = set(BundleManifest.__dataclass_fields__) - {"root"}
+    fields = {k: v for k, v in data.items() if k in known}
+    fields["vocabulary"] = tuple(fields.get("vocabulary", ()))
+    manifest = BundleManifest(root=root, **fields)
+    for name in ("mask3d", "clip", "student"):
+        if not manifest.path(name).exists():
+            raise BundleError(f"bundle {root}: {name} file {getattr(manifest, name)!r} is missing")
+    if verify:
+        for rel, want in manifest.sha256.items():
+            got = file_sha256(root / rel)
+            if got != want:
+                raise BundleError(f"bundle {root}: {rel} is corrupted or was replaced "
+                                  f"(sha256 {got[:12]}... != manifest {want[:12]}...)")
+    return manifest
+
+
+def write_manifest(manifest: BundleManifest) -> Path:
+    """Hash the bundle's files into the manifest and write it atomically; returns its path."""
+    hashes = {getattr(manifest, n): file_sha256(manifest.path(n)) for n in ("mask3d", "clip", "student")}
+    data = manifest.to_json()
+    data["sha256"] = hashes
+    fd, tmp = tempfile.mkstemp(dir=manifest.root, prefix=MANIFEST + ".", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    out = manifest.root / MANIFEST
+    os.replace(tmp, out)
+    return out

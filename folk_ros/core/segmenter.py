@@ -1,0 +1,204 @@
+"""The runtime FOLK pipeline: cloud -> Mask3D proposals -> student embeddings -> labels.
+
+``Segmenter.segment(cloud, vocabulary)`` needs only the point cloud (paper section 3.3,
+inference): Mask3D proposes class-agnostic masks and per-point features, the student
+(Eq. 7) embeds each proposal into CLIP space, and each embedding is classified against
+the CLIP text embeddings of the vocabulary (cached per vocabulary) with one matmul.
+
+The confidence of an instance is ``proposal score x softmax(similarity / tau)[label]``
+(tau: the temperature the student was trained with), never a constant.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from folk_ros.core.bundle import read_manifest
+from folk_ros.core.clip import ClipModel, resolve_device
+from folk_ros.core.cloud import PointCloud
+from folk_ros.core.mask3d.checkpoint import load_checkpoint
+from folk_ros.core.mask3d.config import PostprocessConfig
+from folk_ros.core.mask3d.model import Mask3D
+from folk_ros.core.student import Student
+
+
+@dataclass(frozen=True)
+class SegmenterConfig:
+    prompt_template: str = "a {} in the scene"   # CLIP text prompt; {} is the class name
+    temperature: float = 0.07                    # tau of the label softmax (from distillation)
+    score_threshold: float = 0.05                # drop instances whose confidence is below
+    max_instances: int = 100                     # keep at most this many, best first
+    min_points: int = 20                         # drop proposals with fewer points
+    point_features: str = "backbone"             # Mask3D features the student pools: backbone | mask
+    nms_iou: float = 0.9                         # class-agnostic mask NMS of the proposals (FOLK)
+
+    def __post_init__(self):
+        if "{}" not in self.prompt_template:
+            raise ValueError(f"prompt_template must contain '{{}}', got {self.prompt_template!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.max_instances < 1 or self.min_points < 1:
+            raise ValueError("max_instances and min_points must be >= 1")
+        if self.point_features not in ("backbone", "mask"):
+            raise ValueError(f"point_features must be 'backbone' or 'mask', got {self.point_features!r}")
+
+
+@dataclass
+class Instances:
+    """Labeled instances of one cloud, best first.
+
+    Attributes:
+        masks: (M, N) bool over the input cloud's points.
+        label_indices: (M,) int64 index into ``vocabulary``.
+        scores: (M,) float32 confidence = proposal_scores x label_probs.
+        label_probs: (M,) float32 softmax probability of the chosen label.
+        proposal_scores: (M,) float32 Mask3D proposal score.
+        embeddings: (M, C) float32 unit-norm student embeddings.
+        boxes: (M, 2, 3) float32 axis-aligned (min, max) corners.
+        centroids: (M, 3) float32 mean point.
+        vocabulary: the names the labels index.
+        timings: milliseconds per stage (proposals, student, text, classify, total).
+    """
+
+    masks: np.ndarray
+    label_indices: np.ndarray
+    scores: np.ndarray
+    label_probs: np.ndarray
+    proposal_scores: np.ndarray
+    embeddings: np.ndarray
+    boxes: np.ndarray
+    centroids: np.ndarray
+    vocabulary: tuple[str, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    @property
+    def labels(self) -> list[str]:
+        return [self.vocabulary[i] for i in self.label_indices]
+
+
+def validate_vocabulary(vocabulary) -> tuple[str, ...]:
+    """A non-empty sequence of distinct non-empty strings, or ValueError saying what is wrong."""
+    if isinstance(vocabulary, str) or not isinstance(vocabulary, Sequence):
+        raise ValueError(f"vocabulary must be a list of names, got {type(vocabulary).__name__}")
+    names = tuple(vocabulary)
+    if not names:
+        raise ValueError("vocabulary is empty: give at least one name")
+    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
+    if bad:
+        raise ValueError(f"vocabulary entries must be non-empty strings, got {bad!r}")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"vocabulary has duplicate names {dupes}")
+    return names
+
+
+def mask_geometry(xyz: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mask boxes and centroids: xyz (N, 3), masks (M, N) bool -> ((M, 2, 3), (M, 3)).
+
+    One pass over the (instance, point) pairs with scatter reductions, no (M, N, 3) tensor.
+    """
+    m = masks.shape[0]
+    inst, pts = masks.nonzero(as_tuple=True)
+    p = xyz[pts]
+    idx = inst[:, None].expand(-1, 3)
+    lo = torch.full((m, 3), float("inf"), dtype=xyz.dtype, device=xyz.device).scatter_reduce(0, idx, p, "amin")
+    hi = torch.full((m, 3), float("-inf"), dtype=xyz.dtype, device=xyz.device).scatter_reduce(0, idx, p, "amax")
+    sums = torch.zeros((m, 3), dtype=xyz.dtype, device=xyz.device).index_add_(0, inst, p)
+    counts = masks.sum(1).clamp(min=1).to(xyz.dtype)
+    return torch.stack([lo, hi], dim=1), sums / counts[:, None]
+
+
+class Segmenter:
+    """Mask3D + student + CLIP text encoder; ``segment(cloud, vocabulary) -> Instances``."""
+
+    def __init__(self, mask3d: Mask3D, student: Student, clip: ClipModel,
+                 cfg: SegmenterConfig = SegmenterConfig(), device: str | torch.device = "auto"):
+        if student.cfg.out_dim != clip.embed_dim:
+            raise ValueError(f"student embeds into {student.cfg.out_dim}-d but the CLIP model's "
+                             f"embedding size is {clip.embed_dim}: they were not trained together")
+        feat_dim = mask3d.cfg.hidden_dim if cfg.point_features == "mask" else mask3d.cfg.backbone.planes[-1]
+        if student.cfg.in_dim != feat_dim:
+            raise ValueError(f"student pools {student.cfg.in_dim}-d features but Mask3D's "
+                             f"{cfg.point_features!r} features are {feat_dim}-d")
+        self.device = resolve_device(device)
+        self.mask3d = mask3d.to(self.device).eval()
+        self.student = student.to(self.device).eval()
+        self.clip = clip
+        self.cfg = cfg
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, device: str | torch.device = "auto", **overrides) -> "Segmenter":
+        """Load a model bundle (see :mod:`folk_ros.core.bundle`); ``overrides`` replace config fields."""
+        manifest = read_manifest(path)
+        dev = resolve_device(device)
+        mask3d, report = load_checkpoint(manifest.path("mask3d"), map_location=dev)
+        student = Student.from_checkpoint(torch.load(manifest.path("student"), map_location="cpu",
+                                                     weights_only=False))
+        clip = ClipModel(f"local-dir:{manifest.path('clip')}", device=dev)
+        cfg = SegmenterConfig(prompt_template=manifest.prompt_template, temperature=manifest.temperature,
+                              point_features=manifest.point_features)
+        return cls(mask3d, student, clip, replace(cfg, **overrides), device=dev)
+
+    def text_embeddings(self, vocabulary: Sequence[str]) -> torch.Tensor:
+        """(K, C) unit-norm text embeddings, cached by the CLIP wrapper per vocabulary."""
+        return self.clip.encode_text(list(validate_vocabulary(vocabulary)), self.cfg.prompt_template).to(self.device)
+
+    def segment(self, cloud: PointCloud, vocabulary: Sequence[str]) -> Instances:
+        """Label the instances of ``cloud`` with names from ``vocabulary`` (see module docstring)."""
+        names = validate_vocabulary(vocabulary)
+        timings: dict[str, float] = {}
+        t_start = tick = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal tick
+            now = time.perf_counter()
+            timings[stage] = (now - tick) * 1e3
+            tick = now
+
+        text = self.text_embeddings(names)
+        lap("text")
+        if len(cloud) == 0:
+            return self._empty(names, len(cloud), text.shape[1], timings)
+        post = PostprocessConfig(use_dbscan=False, nms_iou=self.cfg.nms_iou)
+        proposals = self.mask3d.predict(cloud.xyz, cloud.rgb, point_features=self.cfg.point_features, post=post)
+        lap("proposals")
+        with torch.inference_mode():
+            masks = proposals.masks.to(self.device)
+            keep = masks.sum(1) >= self.cfg.min_points
+            masks, prop_scores = masks[keep], proposals.scores.to(self.device)[keep]
+            embeddings = self.student(proposals.point_features.to(self.device), masks)
+            lap("student")
+            probs = (embeddings @ text.T / self.cfg.temperature).softmax(dim=-1)   # (M, K), one matmul
+            label_probs, labels = probs.max(dim=-1)
+            scores = prop_scores * label_probs
+            order = torch.argsort(scores, descending=True)
+            order = order[scores[order] >= self.cfg.score_threshold][: self.cfg.max_instances]
+            masks, labels, scores = masks[order], labels[order], scores[order]
+            xyz = torch.from_numpy(cloud.xyz).to(self.device)
+            boxes, centroids = mask_geometry(xyz, masks)
+            lap("classify")
+        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        return Instances(
+            masks=masks.cpu().numpy(), label_indices=labels.cpu().numpy().astype(np.int64),
+            scores=scores.float().cpu().numpy(), label_probs=label_probs[order].float().cpu().numpy(),
+            proposal_scores=prop_scores[order].float().cpu().numpy(),
+            embeddings=embeddings[order].float().cpu().numpy(), boxes=boxes.float().cpu().numpy(),
+            centroids=centroids.float().cpu().numpy(), vocabulary=names, timings=timings)
+
+    @staticmethod
+    def _empty(names: tuple[str, ...], n: int, dim: int, timings: dict[str, float]) -> Instances:
+        timings["total"] = sum(timings.values())
+        f32 = np.zeros(0, np.float32)
+        return Instances(masks=np.zeros((0, n), bool), label_indices=np.zeros(0, np.int64), scores=f32,
+                         label_probs=f32, proposal_scores=f32, embeddings=np.zeros((0, dim), np.float32),
+                         boxes=np.zeros((0, 2, 3), np.float32), centroids=np.zeros((0, 3), np.float32),
+                         vocabulary=names, timings=timings)

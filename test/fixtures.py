@@ -1,0 +1,57 @@
+"""Shared test doubles: an UNTRAINED model bundle and small synthetic clouds.
+
+The bundle holds randomly initialised weights (Mask3D 'small' preset, the folk-tiny-vit
+CLIP config, a student) written through the real bundle format, so every loading path is
+exercised; its labels mean nothing. Tests that need meaningful labels use the trained
+bundle in models/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from folk_ros.core.bundle import BundleManifest, write_manifest
+from folk_ros.core.clip import ClipModel
+from folk_ros.core.cloud import PointCloud
+from folk_ros.core.mask3d.checkpoint import save_checkpoint
+from folk_ros.core.mask3d.config import preset
+from folk_ros.core.mask3d.model import Mask3D
+from folk_ros.core.student import Student, StudentConfig
+
+VOCABULARY = ("chair", "table", "lamp", "box")
+
+
+def make_untrained_bundle(root: Path, seed: int = 0) -> Path:
+    """Write an untrained bundle (random weights, seeded) into ``root``; returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    mask3d = Mask3D(preset("small"))
+    save_checkpoint(root / "mask3d.pt", mask3d)
+    clip = ClipModel.from_config("folk-tiny-vit", device="cpu", seed=seed)
+    clip.save(root / "clip")
+    student = Student(StudentConfig(in_dim=mask3d.cfg.backbone.planes[-1], hidden_dim=64,
+                                    out_dim=clip.embed_dim))
+    torch.save(student.to_checkpoint(), root / "student.pt")
+    write_manifest(BundleManifest(root=root, vocabulary=VOCABULARY,
+                                  provenance={"note": "UNTRAINED test double: random weights"}))
+    return root
+
+
+def box_room_cloud(seed: int = 0, points_per_box: int = 1500) -> tuple[PointCloud, np.ndarray]:
+    """A floor with three coloured boxes; returns (cloud, (N,) int instance id, 0 = floor)."""
+    rng = np.random.default_rng(seed)
+    floor = np.c_[rng.uniform(0, 3, (3000, 2)), rng.normal(0, 0.003, 3000)]
+    parts, ids, colors = [floor], [np.zeros(3000, int)], [np.full((3000, 3), 0.6)]
+    for i, (cx, cy, size, rgb) in enumerate([(0.7, 0.7, 0.5, (0.8, 0.2, 0.2)), (2.2, 0.8, 0.4, (0.2, 0.7, 0.2)),
+                                             (1.5, 2.2, 0.6, (0.2, 0.3, 0.9))], start=1):
+        u = rng.uniform(-0.5, 0.5, (points_per_box, 3))
+        face = rng.integers(0, 3, points_per_box)
+        u[np.arange(points_per_box), face] = np.sign(u[np.arange(points_per_box), face]) * 0.5
+        box = u * size + [cx, cy, size / 2]
+        parts.append(box)
+        ids.append(np.full(points_per_box, i))
+        colors.append(np.tile(rgb, (points_per_box, 1)))
+    return PointCloud.from_arrays(np.concatenate(parts), np.concatenate(colors)), np.concatenate(ids)

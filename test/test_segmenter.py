@@ -1,0 +1,89 @@
+"""Segmenter plumbing on an UNTRAINED bundle (random weights: shapes, confidences, errors)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from folk_ros.core.bundle import BundleError, read_manifest
+from folk_ros.core.cloud import PointCloud
+from folk_ros.core.segmenter import Segmenter, mask_geometry, validate_vocabulary
+from test.fixtures import VOCABULARY, box_room_cloud, make_untrained_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_untrained_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def segmenter(bundle):
+    return Segmenter.from_bundle(bundle, device="cpu", score_threshold=0.0, min_points=1)
+
+
+def test_segment_shapes_and_confidence(segmenter):
+    cloud, _ = box_room_cloud()
+    out = segmenter.segment(cloud, VOCABULARY)
+    m = len(out)
+    assert m > 0 and out.masks.shape == (m, len(cloud)) and out.masks.dtype == bool
+    assert out.embeddings.shape == (m, segmenter.clip.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(out.embeddings, axis=1), 1.0, rtol=1e-5)
+    assert ((out.label_indices >= 0) & (out.label_indices < len(VOCABULARY))).all()
+    np.testing.assert_allclose(out.scores, out.proposal_scores * out.label_probs, rtol=1e-6)
+    assert (np.diff(out.scores) <= 0).all(), "instances come best first"
+    assert set(out.timings) >= {"text", "proposals", "student", "classify", "total"}
+    # boxes and centroids agree with the masks
+    i = 0
+    pts = cloud.xyz[out.masks[i]]
+    np.testing.assert_allclose(out.boxes[i], [pts.min(0), pts.max(0)], atol=1e-6)
+    np.testing.assert_allclose(out.centroids[i], pts.mean(0), atol=1e-5)
+
+
+def test_vocabulary_change_uses_one_matmul_over_new_names(segmenter):
+    cloud, _ = box_room_cloud(seed=1)
+    a = segmenter.segment(cloud, VOCABULARY)
+    b = segmenter.segment(cloud, ["mug"])
+    assert b.vocabulary == ("mug",) and (b.label_indices == 0).all()
+    # with one name the label probability is 1, so the confidence is the proposal score
+    np.testing.assert_allclose(b.label_probs, 1.0, rtol=1e-6)
+    assert len(a) >= 1
+
+
+def test_empty_cloud_gives_no_instances(segmenter):
+    empty = PointCloud.from_arrays(np.zeros((0, 3)))
+    out = segmenter.segment(empty, VOCABULARY)
+    assert len(out) == 0 and out.masks.shape == (0, 0)
+
+
+@pytest.mark.parametrize("vocab, match", [([], "empty"), ("chair", "list of names"), (["a", ""], "non-empty"),
+                                          (["a", 3], "non-empty"), (["a", "a"], "duplicate")])
+def test_bad_vocabulary_is_a_clear_error(vocab, match):
+    with pytest.raises(ValueError, match=match):
+        validate_vocabulary(vocab)
+
+
+def test_mask_geometry_by_hand():
+    xyz = torch.tensor([[0.0, 0, 0], [1, 2, 3], [-1, 5, 0], [4, 4, 4]])
+    masks = torch.tensor([[True, True, False, False], [False, True, True, True]])
+    boxes, centroids = mask_geometry(xyz, masks)
+    torch.testing.assert_close(boxes[0], torch.tensor([[0.0, 0, 0], [1, 2, 3]]))
+    torch.testing.assert_close(boxes[1], torch.tensor([[-1.0, 2, 0], [4, 5, 4]]))
+    torch.testing.assert_close(centroids[1], torch.tensor([4 / 3, 11 / 3, 7 / 3]))
+
+
+def test_corrupted_or_mismatched_bundle_is_one_clear_error(bundle, tmp_path):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    with open(broken / "student.pt", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(BundleError, match="student.pt is corrupted"):
+        read_manifest(broken)
+    (broken / "mask3d.pt").unlink()
+    with pytest.raises(BundleError, match="mask3d file 'mask3d.pt' is missing"):
+        read_manifest(broken)
+    with pytest.raises(BundleError, match="manifest.json is missing"):
+        read_manifest(tmp_path / "nowhere")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["provenance"]["note"].startswith("UNTRAINED")
