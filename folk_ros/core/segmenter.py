@@ -173,7 +173,7 @@ class Segmenter:
         lap("proposals")
         with torch.inference_mode():
             masks = proposals.masks.to(self.device)
-            keep = masks.sum(1) >= self.cfg.min_points
+            keep = masks.view(torch.uint8).sum(1, dtype=torch.int32) >= self.cfg.min_points  # bool sum is slow
             masks, prop_scores = masks[keep], proposals.scores.to(self.device)[keep]
             embeddings = self.student(proposals.point_features.to(self.device), masks)
             lap("student")
