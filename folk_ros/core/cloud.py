@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from folk_ros.core.voxelize import voxelize
+
 
 @dataclass(frozen=True)
 class PointCloud:
@@ -93,17 +95,13 @@ def voxel_downsample(cloud: PointCloud, voxel_size: float) -> tuple[PointCloud, 
         (sub-cloud of V points, keep (V,) int64 indices into ``cloud``,
         inverse (N,) int64 index of each original point's voxel in the sub-cloud).
     """
-    if not voxel_size > 0:
-        raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
     if len(cloud) == 0:
+        if not voxel_size > 0:
+            raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
         empty = np.zeros(0, np.int64)
         return cloud, empty, empty
-    keys = np.floor(cloud.xyz / voxel_size).astype(np.int64)
-    _, keep, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(keep, kind="stable")  # keep input order of the first points
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return cloud.select(keep[order]), keep[order].astype(np.int64), rank[inverse.reshape(-1)].astype(np.int64)
+    vox = voxelize(cloud.xyz, voxel_size)  # the same quantisation Mask3D uses
+    return cloud.select(vox.unique_map), vox.unique_map, vox.inverse_map
 
 
 def _check_points(name: str, arr: np.ndarray, n: int | None = None) -> None:

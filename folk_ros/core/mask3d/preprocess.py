@@ -10,38 +10,9 @@ Colours: ``(c - 255 * mean) * 1 / (255 * std)`` in float32 on 0..255 values
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-
-@dataclass(frozen=True, eq=False)
-class Voxelization:
-    """coords (V, 3) int32 voxel indices in model order; unique_map (V,) int64 first point
-    of each voxel; inverse_map (N,) int64 point -> voxel."""
-
-    coords: np.ndarray
-    unique_map: np.ndarray
-    inverse_map: np.ndarray
-
-
-def voxelize(xyz: np.ndarray, voxel_size: float = 0.02) -> Voxelization:
-    """Quantise (N, 3) metres; voxels ordered by their first point (ME sparse_quantize on CPU)."""
-    xyz = np.asarray(xyz)
-    if xyz.ndim != 2 or xyz.shape[1] != 3 or xyz.shape[0] == 0:
-        raise ValueError(f"xyz must be (N, 3) with N > 0, got {xyz.shape}")
-    if not np.isfinite(xyz).all():
-        raise ValueError("xyz contains NaN or inf")
-    if voxel_size <= 0:
-        raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
-    grid = np.floor(xyz.astype(np.float32) / np.float32(voxel_size)).astype(np.int64)
-    _, first, inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")            # sorted cells -> first-occurrence order
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    unique_map = first[order].astype(np.int64)
-    return Voxelization(grid[unique_map].astype(np.int32), unique_map,
-                        rank[inverse.reshape(-1)].astype(np.int64))
+from folk_ros.core.voxelize import Voxelization, voxelize  # noqa: F401  (the model's quantisation)
 
 
 def to_uint8_colors(rgb: np.ndarray) -> np.ndarray:
