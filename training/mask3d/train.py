@@ -1,0 +1,194 @@
+"""Class-agnostic Mask3D training on ScanNet-layout scenes (FOLK's proposal network).
+
+    python -m training.mask3d.train --train data/synth/train --val data/synth/val \\
+        --out runs/mask3d-small --preset small --epochs 30 --seed 0
+
+One scene per step; Hungarian matching + BCE/dice/CE set criterion with auxiliary
+losses per decoder layer (:mod:`training.mask3d.losses`); AdamW with a one-cycle
+schedule; seeded augmentation (:mod:`training.mask3d.augment`). After every epoch the
+model is evaluated with the ScanNet protocol (class-agnostic: every GT object is one
+class) and ``last.pt`` / ``best.pt`` are written atomically; ``--resume`` continues
+from ``last.pt`` (model, optimiser, schedule, RNG and epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from folk_ros.core.mask3d.checkpoint import load_checkpoint, save_checkpoint
+from folk_ros.core.mask3d.config import PostprocessConfig, preset
+from folk_ros.core.mask3d.model import Mask3D
+from training.evaluate.instance_ap import EvalResult, GTScene, PredScene, evaluate
+from training.mask3d.augment import AugmentConfig
+from training.mask3d.data import Scene, find_scenes, load_scene, make_sample
+from training.mask3d.losses import CriterionConfig, SetCriterion
+
+log = logging.getLogger("training.mask3d.train")
+OBJECT_ID = 1  # the single class of class-agnostic evaluation
+
+
+@dataclass
+class TrainConfig:
+    train: list[str] = field(default_factory=list)   # folders of training scenes
+    val: list[str] = field(default_factory=list)     # folders of validation scenes
+    out: str = "runs/mask3d"                         # checkpoints and metrics
+    preset: str = "small"                            # Mask3D preset ("small" for CPU, "scannet200")
+    epochs: int = 30
+    lr: float = 1e-3                                 # one-cycle peak learning rate
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0                           # max gradient norm (0: off)
+    augment: bool = True
+    seed: int = 0
+    resume: bool = False
+    device: str = "cpu"
+    max_val_scenes: int = 0                          # 0: all
+
+
+def class_agnostic_ap(model: Mask3D, scenes: list[Scene], post: PostprocessConfig | None = None) -> EvalResult:
+    """ScanNet-protocol AP of the model's proposals, every GT object being one class."""
+    post = post or PostprocessConfig(use_dbscan=False)
+    gts, preds = [], []
+    for s in scenes:
+        p = model.predict(s.xyz, s.rgb, post=post)
+        gts.append(GTScene.from_labels(s.scene_id, np.where(s.instance > 0, OBJECT_ID, 0), s.instance))
+        masks = p.masks.cpu().numpy()
+        preds.append(PredScene(s.scene_id, masks, np.full(len(masks), OBJECT_ID), p.scores.cpu().numpy()))
+    return evaluate(gts, preds, class_ids=(OBJECT_ID,), class_names=("object",), ignored_labels=())
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run the training; returns the final metrics dict (also in ``<out>/metrics.json``)."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _seed_everything(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    dev = torch.device(cfg.device)
+    train_scenes = [load_scene(p) for p in tqdm(find_scenes([Path(p) for p in cfg.train]), desc="load train")]
+    val_dirs = find_scenes([Path(p) for p in cfg.val]) if cfg.val else []
+    if cfg.max_val_scenes:
+        val_dirs = val_dirs[:cfg.max_val_scenes]
+    val_scenes = [load_scene(p) for p in val_dirs]
+
+    model_cfg = replace(preset(cfg.preset), num_classes=2)  # object / no-object
+    model = Mask3D(model_cfg).to(dev)
+    criterion = SetCriterion(CriterionConfig(num_classes=1)).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.epochs * len(train_scenes)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1))
+    history, start_epoch, best = [], 0, -math.inf
+    last = out / "last.pt"
+    if cfg.resume and last.exists():
+        ckpt = torch.load(last, map_location=dev, weights_only=False)
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(rng, ckpt["rng"])
+        start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best_ap50"]
+        log.info("resumed from %s at epoch %d", last, start_epoch)
+
+    augment = AugmentConfig() if cfg.augment else None
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0, losses = time.perf_counter(), []
+        order = rng.permutation(len(train_scenes))
+        bar = tqdm(order, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+        for i in bar:
+            sample = make_sample(train_scenes[i], model_cfg, rng, augment)
+            outputs = model(sample.coords.to(dev), sample.feats.to(dev), sample.raw_xyz.to(dev))
+            terms = criterion(outputs, [{"labels": sample.labels.to(dev), "masks": sample.masks.to(dev)}])
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append({k: float(v) for k, v in terms.items() if "_aux" not in k})
+            bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
+        row = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
+               **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
+        if val_scenes:
+            model.eval()
+            res = class_agnostic_ap(model, val_scenes)
+            row.update({f"val_{k}": v for k, v in res.mean.items()})
+        history.append(row)
+        log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 4) for k, v in row.items()}))
+        score = row.get("val_ap50", -row["loss"])
+        extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(rng),
+                 "epoch": epoch, "history": history, "best_ap50": max(best, score), "train_config": asdict(cfg)}
+        save_checkpoint(last, model, **extra)
+        if score > best:
+            best = score
+            save_checkpoint(out / "best.pt", model, history=history, train_config=asdict(cfg))
+    metrics = {"history": history, "best": best, "train_scenes": len(train_scenes), "val_scenes": len(val_scenes)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def parse_args(argv=None) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="python -m training.mask3d.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = TrainConfig()
+    p.add_argument("--train", nargs="+", required=True, help="folders of training scenes (ScanNet layout)")
+    p.add_argument("--val", nargs="*", default=[], help="folders of validation scenes")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--preset", default=d.preset, choices=["small", "scannet200"])
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
+    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--max-val-scenes", type=int, default=d.max_val_scenes)
+    a = p.parse_args(argv)
+    return TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset, epochs=a.epochs, lr=a.lr,
+                       weight_decay=a.weight_decay, grad_clip=a.grad_clip, augment=a.augment, seed=a.seed,
+                       resume=a.resume, device=a.device, max_val_scenes=a.max_val_scenes)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    metrics = train(parse_args(argv))
+    print(json.dumps(metrics["history"][-1] if metrics["history"] else {}, indent=2))
+    return 0
+
+
+def load_trained(path: str | Path, device: str = "cpu") -> Mask3D:
+    """The trained model of a checkpoint written by this trainer (strict load)."""
+    model, report = load_checkpoint(path, map_location=device)
+    if not report.ok:
+        raise ValueError(f"{path}: {report}")
+    return model
+
+
+if __name__ == "__main__":
+    sys.exit(main())
