@@ -5,6 +5,7 @@ library (folk_ros.core, folk_ros.ros) into a plain venv.
 """
 
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -14,6 +15,13 @@ package_name = "folk_ros"
 def _data(folder, pattern="*"):
     files = sorted(f for f in glob(f"{folder}/{pattern}"))
     return [(f"share/{package_name}/{folder}", files)] if files else []
+
+
+def _tree(root):
+    """Every file under ``root`` (e.g. a model bundle with sub-folders), keeping the layout."""
+    files = sorted(p for p in Path(root).rglob("*") if p.is_file())
+    return [(f"share/{package_name}/{d}", [str(p) for p in files if str(p.parent) == d])
+            for d in sorted({str(p.parent) for p in files})]
 
 
 setup(
@@ -28,6 +36,7 @@ setup(
         *_data("config", "*.yaml"),
         *_data("config", "*.rviz"),
         *_data("msg", "*.msg"),
+        *_tree("models"),
     ],
     python_requires=">=3.10",
     install_requires=["setuptools", "numpy", "scipy", "tqdm"],
@@ -36,5 +45,5 @@ setup(
     maintainer_email="folk-ros@example.com",
     description="Open-vocabulary 3D instance segmentation for robots (FOLK) as a ROS 2 package.",
     license="Apache-2.0",
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["folk_segmenter = folk_ros.ros.node:main"]},
 )

@@ -1,0 +1,129 @@
+"""Latency of the folk_segmenter node per cloud, by stage, at 50k / 100k / 200k points (CPU by default).
+
+Runs exactly what the node's subscription callback and worker run for one cloud, in process and
+without a ROS graph: PointCloud2 -> ``cloud_from_msg`` (convert) -> ``fit_point_budget``
+(downsample, only above max_points) -> ``Segmenter.segment`` (text, proposals, student, classify) ->
+``label_points`` + ``build_outputs`` (messages) -> ``serialize_message`` of the three outputs
+(serialize, the CPU part of publishing). DDS transport is not included (over loopback a 200k-point
+cloud takes ~30-50 ms stamp-to-callback, see the shared ROS 2 notes).
+
+The clouds are rooms (floor, four walls, eight boxes) sampled uniformly over their surface area, so a
+bigger cloud is a denser scan of the same room, like a fused map. The default model is the UNTRAINED
+test bundle (random weights: same architecture and cost as a trained one, labels meaningless).
+
+Usage::
+
+    python -m bench.bench_node_latency [--sizes 50000 100000 200000] [--repeats 3] [--threads 2]
+                                       [--bundle models/folk-synth] [--device cpu] [--max-points 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rclpy.serialization import serialize_message
+from std_msgs.msg import Header
+from tqdm import tqdm
+
+from folk_ros.core.segmenter import Segmenter
+from folk_ros.ros import parameters as params
+from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
+from folk_ros.ros.node import build_outputs, fit_point_budget, label_points
+
+STAGES = ("convert", "downsample", "text", "proposals", "student", "classify", "messages", "serialize")
+VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant")
+
+
+def room_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 3) float32 xyz and (n, 3) uint8 rgb sampled uniformly over a 6 x 5 x 2.5 m room with 8 boxes."""
+    rng = np.random.default_rng(seed)
+    # axis-aligned rectangles: (origin (3,), edge u (3,), edge v (3,)), colour
+    rects = [((0, 0, 0), (6, 0, 0), (0, 5, 0), (150, 150, 150)),          # floor
+             ((0, 0, 0), (6, 0, 0), (0, 0, 2.5), (220, 220, 210)), ((0, 5, 0), (6, 0, 0), (0, 0, 2.5), (220, 220, 210)),
+             ((0, 0, 0), (0, 5, 0), (0, 0, 2.5), (210, 210, 220)), ((6, 0, 0), (0, 5, 0), (0, 0, 2.5), (210, 210, 220))]
+    for _ in range(8):   # five visible faces of a box resting on the floor
+        lo = np.r_[rng.uniform(0.3, 5.0), rng.uniform(0.3, 4.0), 0.0]
+        size = rng.uniform(0.3, 1.0, 3)
+        color = tuple(int(c) for c in rng.integers(30, 230, 3))
+        sx, sy, sz = np.diag(size)
+        rects += [(lo + sz, sx, sy, color), (lo, sx, sz, color), (lo + sy, sx, sz, color),
+                  (lo, sy, sz, color), (lo + sx, sy, sz, color)]
+    origin, u, v, colors = (np.array([r[k] for r in rects], np.float64) for k in range(4))
+    area = np.linalg.norm(np.cross(u, v), axis=1)
+    which = rng.choice(len(rects), size=n, p=area / area.sum())
+    st = rng.random((n, 2))
+    xyz = origin[which] + st[:, :1] * u[which] + st[:, 1:] * v[which] + rng.normal(0, 0.002, (n, 3))
+    return xyz.astype(np.float32), colors[which].astype(np.uint8)
+
+
+def time_cloud(segmenter: Segmenter, msg, settings: params.NodeSettings) -> dict[str, float]:
+    """Milliseconds per stage for one cloud, through the node's own functions."""
+    timings = {}
+    t0 = time.perf_counter()
+    conv = cloud_from_msg(msg)
+    t1 = time.perf_counter()
+    cloud, inverse, _ = fit_point_budget(conv.cloud, settings.max_points, settings.voxel_size)
+    t2 = time.perf_counter()
+    timings.update(convert=(t1 - t0) * 1e3, downsample=(t2 - t1) * 1e3)
+    instances = segmenter.segment(cloud, settings.vocabulary)
+    timings.update({k: v for k, v in instances.timings.items() if k != "total"})
+    t0 = time.perf_counter()
+    outputs = build_outputs(msg.header, conv, msg.width * msg.height, instances,
+                            label_points(instances, inverse), settings)
+    t1 = time.perf_counter()
+    for out in (outputs.instances, outputs.markers, outputs.labeled_cloud):
+        serialize_message(out)
+    timings.update(messages=(t1 - t0) * 1e3, serialize=(time.perf_counter() - t1) * 1e3)
+    timings["instances"] = len(instances)
+    timings["segmented"] = len(cloud)
+    return timings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 100_000, 200_000])
+    parser.add_argument("--repeats", type=int, default=3, help="timed clouds per size (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", choices=params.DEVICES)
+    parser.add_argument("--bundle", type=Path, default=None, help="model bundle (default: untrained test bundle)")
+    parser.add_argument("--max-points", type=int, default=params.SPECS["max_points"].default)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        bundle = args.bundle
+        if bundle is None:
+            from test.fixtures import make_untrained_bundle   # the test double lives with the tests
+            bundle = make_untrained_bundle(Path(tmp) / "bundle")
+        defaults = {p.name: p.default for p in params.PARAMETERS}
+        settings = replace(params.read_settings(defaults), max_points=args.max_points,
+                           vocabulary=VOCABULARY, score_threshold=0.0)
+        segmenter = Segmenter.from_bundle(bundle, device=args.device, **params.segmenter_overrides(settings))
+        rows = []
+        for n in tqdm(args.sizes, desc="sizes"):
+            xyz, rgb = room_cloud(n)
+            msg = cloud_to_msg(xyz, rgb, Header(frame_id="map"))
+            runs = [time_cloud(segmenter, msg, settings) for _ in tqdm(range(args.repeats + 1), desc=f"{n:,}",
+                                                                       leave=False)][1:]
+            rows.append((n, {k: float(np.median([r[k] for r in runs])) for k in runs[0]}))
+
+    print(f"\nfolk_segmenter latency per cloud, median of {args.repeats} (ms); device {segmenter.device}, "
+          f"{args.threads} torch threads, max_points {args.max_points:,}, bundle {bundle}")
+    header = f"{'points':>9} {'segm.':>8} {'inst':>5} " + " ".join(f"{s:>10}" for s in STAGES) + f" {'total':>9}"
+    print(header)
+    print("-" * len(header))
+    for n, t in rows:
+        total = sum(t[s] for s in STAGES)
+        print(f"{n:>9,} {int(t['segmented']):>8,} {int(t['instances']):>5} "
+              + " ".join(f"{t[s]:>10.1f}" for s in STAGES) + f" {total:>9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""The parameters of the ``folk_segmenter`` node: one table, declared once, read once.
+
+``PARAMETERS`` is the only place a parameter is named. It feeds ``declare_parameters`` (with a
+ParameterDescriptor each: type, description, read-only flag, range), ``--help`` and the test that
+``config/segment.yaml`` documents exactly these names. ``read_settings`` turns the declared values
+into a frozen :class:`NodeSettings` and ``segmenter_overrides`` into the keyword overrides of
+``Segmenter.from_bundle`` (``SegmenterConfig`` fields).
+
+Three parameters are live (``LIVE``): ``vocabulary``, ``prompt_template`` and ``score_threshold``.
+``check_live_update`` validates a proposed change (rclpy has already checked type and range against
+the descriptor) and returns the new :class:`LiveSettings`, or raises ValueError with the reason that
+the node hands back in its SetParametersResult. Everything else is read-only: it shapes the model,
+the subscription or the published messages, which are built once at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.parameter import Parameter
+
+from folk_ros.core.segmenter import validate_vocabulary
+
+PACKAGE = "folk_ros"
+NODE_NAME = "folk_segmenter"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the source tree (or site-packages when pip-installed)
+
+DEVICES = ("auto", "cpu", "cuda")
+RELIABILITIES = ("reliable", "best_effort")
+DEFAULT_VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant",
+                      "monitor", "trash can", "toilet", "sink", "door", "window")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One row of the parameter table.
+
+    ``limits`` is (low, high) for numbers (inclusive; becomes the descriptor's range) or a tuple of
+    allowed strings (written into ``additional_constraints`` and checked by :func:`read_settings`).
+    """
+
+    name: str
+    default: Any
+    type: Parameter.Type
+    description: str
+    read_only: bool = True
+    limits: tuple = ()
+
+    def descriptor(self) -> ParameterDescriptor:
+        d = ParameterDescriptor(name=self.name, type=self.type.value, description=self.description,
+                                read_only=self.read_only)
+        if self.limits and isinstance(self.limits[0], str):
+            d.additional_constraints = "one of: " + ", ".join(self.limits)
+        elif self.limits and self.type == Parameter.Type.INTEGER:
+            d.integer_range = [IntegerRange(from_value=int(self.limits[0]), to_value=int(self.limits[1]), step=1)]
+        elif self.limits and self.type == Parameter.Type.DOUBLE:
+            d.floating_point_range = [FloatingPointRange(from_value=float(self.limits[0]),
+                                                         to_value=float(self.limits[1]), step=0.0)]
+        return d
+
+
+T = Parameter.Type
+PARAMETERS: tuple[ParamSpec, ...] = (
+    # --- live: changeable with `ros2 param set` while the node runs
+    ParamSpec("vocabulary", list(DEFAULT_VOCABULARY), T.STRING_ARRAY,
+              "Names to label instances with (non-empty, distinct). Live: the text is encoded once on "
+              "change and the next cloud uses it.", read_only=False),
+    ParamSpec("prompt_template", "", T.STRING,
+              "CLIP prompt with '{}' for the name, e.g. 'a {} in the scene'; '' = the template the "
+              "bundle was trained with. Live.", read_only=False),
+    ParamSpec("score_threshold", 0.05, T.DOUBLE,
+              "Drop instances whose confidence (proposal score x label probability) is below. Live.",
+              read_only=False, limits=(0.0, 1.0)),
+    # --- model (start-up)
+    ParamSpec("model_bundle", "models/folk-synth", T.STRING,
+              "Model bundle folder (manifest.json, mask3d.pt, clip/, student.pt). A relative path is "
+              "looked up in the working directory, then the package share directory, then the source tree."),
+    ParamSpec("device", "auto", T.STRING, "Torch device: auto (cuda if available), cpu or cuda.",
+              limits=DEVICES),
+    ParamSpec("num_threads", 0, T.INTEGER, "CPU threads for torch; 0 = torch's default.", limits=(0, 256)),
+    ParamSpec("max_instances", 100, T.INTEGER, "Keep at most this many instances per cloud, best first.",
+              limits=(1, 1000)),
+    ParamSpec("min_points", 20, T.INTEGER,
+              "Drop proposals with fewer points (counted after downsampling).", limits=(1, 1_000_000)),
+    ParamSpec("nms_iou", 0.9, T.DOUBLE, "Class-agnostic mask NMS IoU of the Mask3D proposals (FOLK: 0.9).",
+              limits=(0.0, 1.0)),
+    # --- input
+    ParamSpec("max_points", 200_000, T.INTEGER,
+              "Voxel-downsample clouds with more points before Mask3D (voxel grown from voxel_size until "
+              "at most this many remain); results are mapped back to every input point. 0 = never.",
+              limits=(0, 50_000_000)),
+    ParamSpec("voxel_size", 0.02, T.DOUBLE, "First voxel edge (m) tried when downsampling.",
+              limits=(0.001, 1.0)),
+    ParamSpec("max_input_points", 2_000_000, T.INTEGER,
+              "Reject (with a warning) clouds with more points than this before reading them.",
+              limits=(1, 500_000_000)),
+    ParamSpec("default_color", [0.5, 0.5, 0.5], T.DOUBLE_ARRAY,
+              "RGB in [0, 1] given to clouds without colour fields (warned about once)."),
+    ParamSpec("qos_reliability", "reliable", T.STRING,
+              "Reliability of the cloud_in subscription: reliable or best_effort (matches any publisher).",
+              limits=RELIABILITIES),
+    ParamSpec("qos_depth", 1, T.INTEGER, "History depth (keep-last) of the cloud_in subscription.",
+              limits=(1, 100)),
+    # --- output
+    ParamSpec("publish_labeled_cloud", True, T.BOOL,
+              "Publish labeled_cloud (x, y, z, rgb by label, instance_id, label_index, score per input point)."),
+    ParamSpec("marker_lifetime", 0.0, T.DOUBLE, "Marker lifetime in seconds; 0 = until the next cloud's DELETEALL.",
+              limits=(0.0, 3600.0)),
+    ParamSpec("marker_points", False, T.BOOL,
+              "Also draw each instance's points (subsampled) as a POINTS marker coloured by label."),
+    ParamSpec("log_throttle_s", 5.0, T.DOUBLE,
+              "At most one per-cloud log line, one drop report and one of each distinct warning per this "
+              "many seconds; 0 = every time.", limits=(0.0, 3600.0)),
+)
+del T
+SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
+LIVE = tuple(p.name for p in PARAMETERS if not p.read_only)
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """What the worker reads before every cloud; replaced as a whole on a parameter change."""
+
+    vocabulary: tuple[str, ...]
+    prompt_template: str   # resolved: never '' (the bundle's template stands in)
+    score_threshold: float
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """All parameter values, read once at start-up (``live`` is only the initial live state)."""
+
+    model_bundle: str
+    device: str
+    num_threads: int
+    max_instances: int
+    min_points: int
+    nms_iou: float
+    max_points: int
+    voxel_size: float
+    max_input_points: int
+    default_color: tuple[float, float, float]
+    qos_reliability: str
+    qos_depth: int
+    publish_labeled_cloud: bool
+    marker_lifetime: float
+    marker_points: bool
+    log_throttle_s: float
+    vocabulary: tuple[str, ...]
+    prompt_template: str   # as given: '' = the bundle's
+    score_threshold: float
+
+
+def declarations() -> list[tuple[str, Any, ParameterDescriptor]]:
+    """(name, default, descriptor) for ``Node.declare_parameters(namespace='', parameters=...)``."""
+    return [(p.name, p.default, p.descriptor()) for p in PARAMETERS]
+
+
+def read_settings(values: Mapping[str, Any]) -> NodeSettings:
+    """Check the declared values beyond what descriptors express; ValueError names the parameter."""
+    missing = sorted(set(SPECS) - set(values))
+    if missing:
+        raise ValueError(f"parameters not declared: {missing}")
+    for p in PARAMETERS:
+        if p.limits and isinstance(p.limits[0], str) and values[p.name] not in p.limits:
+            raise ValueError(f"parameter {p.name} must be one of {', '.join(p.limits)}, got {values[p.name]!r}")
+    color = tuple(float(c) for c in values["default_color"])
+    if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
+        raise ValueError(f"parameter default_color must be 3 numbers in [0, 1], got {list(color)}")
+    vocabulary = _checked_vocabulary(values["vocabulary"])
+    template = _checked_template(values["prompt_template"])
+    fields = {name: values[name] for name in NodeSettings.__dataclass_fields__}
+    return NodeSettings(**{**fields, "default_color": color, "vocabulary": vocabulary, "prompt_template": template})
+
+
+def segmenter_overrides(settings: NodeSettings) -> dict[str, Any]:
+    """``Segmenter.from_bundle(**overrides)`` keyword arguments (SegmenterConfig fields).
+
+    ``prompt_template`` is left out: the loaded config keeps the bundle's (the fallback for ''), and
+    the node applies the live template per cloud.
+    """
+    return {"score_threshold": float(settings.score_threshold), "max_instances": int(settings.max_instances),
+            "min_points": int(settings.min_points), "nms_iou": float(settings.nms_iou)}
+
+
+def initial_live(settings: NodeSettings, bundle_template: str) -> LiveSettings:
+    """The live settings at start-up; '' as prompt_template means ``bundle_template``."""
+    return LiveSettings(vocabulary=settings.vocabulary, prompt_template=settings.prompt_template or bundle_template,
+                        score_threshold=float(settings.score_threshold))
+
+
+def check_live_update(current: LiveSettings, changes: Sequence[Parameter], bundle_template: str) -> LiveSettings:
+    """The live settings after ``changes``; ValueError with the reason if one is unacceptable.
+
+    Read-only parameters never get here (rclpy rejects them by descriptor); types and numeric ranges
+    are checked by rclpy too, but are checked again so the function stands on its own.
+    """
+    new = current
+    for param in changes:
+        if param.name == "vocabulary":
+            new = replace(new, vocabulary=_checked_vocabulary(param.value))
+        elif param.name == "prompt_template":
+            new = replace(new, prompt_template=_checked_template(param.value) or bundle_template)
+        elif param.name == "score_threshold":
+            value = param.value
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"score_threshold must be a number in [0, 1], got {value!r}")
+            new = replace(new, score_threshold=float(value))
+    return new
+
+
+def _checked_vocabulary(value) -> tuple[str, ...]:
+    if value is None:  # rclpy gives `[]` from the command line or a yaml no type, hence no value
+        raise ValueError("vocabulary rejected: vocabulary is empty: give at least one name")
+    try:
+        return validate_vocabulary(list(value) if isinstance(value, (list, tuple)) else value)
+    except ValueError as err:
+        raise ValueError(f"vocabulary rejected: {err}") from None
+
+
+def _checked_template(value) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"prompt_template must be a string, got {type(value).__name__}")
+    if value and "{}" not in value:
+        raise ValueError(f"prompt_template must contain '{{}}' where the name goes (or be '' for the "
+                         f"bundle's), got {value!r}")
+    return value
+
+
+def resolve_bundle(value: str, cwd: Path | None = None) -> Path:
+    """The bundle folder for the ``model_bundle`` parameter; FileNotFoundError lists where it looked.
+
+    Absolute paths are used as given (``~`` expanded). A relative path is tried against the working
+    directory, then the package's share directory (installed by colcon; found through
+    ``ament_index_python`` when importable), then the source tree this module lives in.
+    """
+    path = Path(os.path.expanduser(value))
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        bases = [cwd or Path.cwd()]
+        share = _package_share()
+        if share is not None:
+            bases.append(share)
+        bases.append(REPO_ROOT)
+        candidates = [base / path for base in bases]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"model bundle {value!r} not found (looked in: "
+                            f"{', '.join(str(c) for c in candidates)}); set the model_bundle parameter "
+                            f"to a bundle folder")
+
+
+def _package_share() -> Path | None:
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return None
+    try:
+        return Path(get_package_share_directory(PACKAGE))
+    except (PackageNotFoundError, LookupError, ValueError, OSError):  # not installed, or no AMENT_PREFIX_PATH
+        return None
+
+
+def help_text() -> str:
+    """The parameter table as text, for ``--help``."""
+    rows = []
+    for p in PARAMETERS:
+        flag = "live" if not p.read_only else "start-up"
+        rows.append(f"  {p.name} ({p.type.name.lower()}, {flag}, default {p.default!r})\n      {p.description}")
+    return "parameters (set with --ros-args -p name:=value or --params-file config/segment.yaml):\n" + "\n".join(rows)

@@ -1,0 +1,530 @@
+"""The folk_segmenter node: helpers, parameters, launch/config files, and the node over real rclpy.
+
+The node runs once per module as a subprocess (``python -m folk_ros.ros.node --ros-args
+--params-file config/segment.yaml ...``) with the UNTRAINED test bundle (random weights: labels are
+meaningless, so these tests check plumbing and agreement, not accuracy). conftest.py isolates the
+ROS graph (ROS_DOMAIN_ID per run, localhost only). Tests that share the node run in file order and
+the SIGINT test comes last.
+"""
+
+from __future__ import annotations
+
+import array
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from folk_ros.core.segmenter import Instances
+from folk_ros.ros import parameters as params
+from folk_ros.ros.node import (TOPIC_IN, TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS, LatestSlot, Throttle,
+                               fit_point_budget, input_problem, label_points)
+from test.fixtures import box_room_cloud, make_untrained_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+TIMEOUT = 30.0  # generous: two shared cores; only reached when something is broken
+AUTO_PARAMS = {"use_sim_time", "start_type_description_service"}  # declared by rclpy itself
+
+
+# ---------------------------------------------------------------------------------------------
+# pure helpers
+
+
+def test_latest_slot_keeps_only_the_newest():
+    slot = LatestSlot()
+    assert slot.put("a") is None
+    assert slot.put("b") == "a"          # "a" was waiting: replaced, returned to be counted as dropped
+    assert slot.take(timeout=0) == "b"
+    assert slot.take(timeout=0.01) is None
+    got = []
+    t = threading.Thread(target=lambda: got.append(slot.take()))
+    t.start()
+    slot.put("c")
+    t.join(2)
+    assert got == ["c"]
+    slot.put("d")
+    slot.close()
+    assert slot.take() is None           # closed: the worker stops, a waiting item is discarded
+
+
+def test_throttle_per_key():
+    now = [0.0]
+    th = Throttle(5.0, clock=lambda: now[0])
+    assert th.ready("a") and not th.ready("a") and th.ready("b")
+    now[0] = 5.0
+    assert th.ready("a")
+    always = Throttle(0.0, clock=lambda: 0.0)
+    assert always.ready("a") and always.ready("a")
+
+
+def test_input_problem_checks_size_only():
+    from sensor_msgs.msg import PointCloud2
+    assert "empty cloud" in input_problem(PointCloud2(width=0, height=1), 10)
+    assert "exceeds max_input_points" in input_problem(PointCloud2(width=11, height=1), 10)
+    assert input_problem(PointCloud2(width=5, height=2), 10) is None
+
+
+def test_fit_point_budget_and_mapping_back():
+    cloud, _ = box_room_cloud()
+    same, inverse, voxel = fit_point_budget(cloud, 0, 0.02)
+    assert same is cloud and inverse is None and voxel == 0.0
+    sub, inverse, voxel = fit_point_budget(cloud, 2000, 0.02)
+    assert len(sub) <= 2000 and voxel > 0.02 and inverse.shape == (len(cloud),)
+    # every input point lies in the voxel of the point that represents it
+    np.testing.assert_array_equal(np.floor(sub.xyz[inverse] / voxel), np.floor(cloud.xyz / voxel))
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, len(sub))) < 0.3
+    inst = Instances(masks=masks, label_indices=np.array([2, 0, 1]), scores=np.array([0.9, 0.5, 0.2], np.float32),
+                     label_probs=np.ones(3, np.float32), proposal_scores=np.ones(3, np.float32),
+                     embeddings=np.zeros((3, 4), np.float32), boxes=np.zeros((3, 2, 3), np.float32),
+                     centroids=np.zeros((3, 3), np.float32), vocabulary=("a", "b", "c"))
+    labels = label_points(inst, inverse)
+    for i in range(3):   # an input point belongs to an instance iff its voxel's point does
+        np.testing.assert_array_equal(labels.point_ids[i], np.flatnonzero(masks[i][inverse]))
+    assert labels.instance_id.shape == (len(cloud),)
+    first = labels.instance_id == 0    # instance 0 has the best score: it wins every overlap
+    np.testing.assert_array_equal(first, masks[0][inverse])
+    assert (labels.label_index[first] == 2).all() and np.allclose(labels.score[first], 0.9)
+    direct = label_points(inst, None)                 # not downsampled: masks are over the input points
+    np.testing.assert_array_equal(direct.point_ids[1], np.flatnonzero(masks[1]))
+    assert direct.instance_id.shape == (len(sub),)
+
+
+# ---------------------------------------------------------------------------------------------
+# parameters, config, launch, RViz (no node)
+
+
+def _yaml_parameters() -> dict:
+    doc = yaml.safe_load((REPO / "config/segment.yaml").read_text())
+    assert list(doc) == [params.NODE_NAME]
+    return doc[params.NODE_NAME]["ros__parameters"]
+
+
+def test_yaml_documents_exactly_the_declared_parameters():
+    values = _yaml_parameters()
+    assert set(values) == {p.name for p in params.PARAMETERS}
+    settings = params.read_settings(values)   # the yaml's values pass the node's own checks
+    assert settings.vocabulary == tuple(values["vocabulary"])
+
+
+def test_read_settings_and_live_updates_reject_with_reasons():
+    values = {p.name: p.default for p in params.PARAMETERS}
+    settings = params.read_settings(values)
+    assert "prompt_template" not in params.segmenter_overrides(settings)      # applied live, per cloud
+    assert params.initial_live(settings, "bundle {}").prompt_template == "bundle {}"   # '' -> the bundle's
+    mine = params.read_settings({**values, "prompt_template": "a photo of a {}"})
+    assert params.initial_live(mine, "bundle {}").prompt_template == "a photo of a {}"
+    with pytest.raises(ValueError, match="device"):
+        params.read_settings({**values, "device": "tpu"})
+    with pytest.raises(ValueError, match="empty"):
+        params.read_settings({**values, "vocabulary": []})
+    from rclpy.parameter import Parameter
+    live = params.LiveSettings(("chair",), "a {} in the scene", 0.1)
+    new = params.check_live_update(live, [Parameter("vocabulary", value=["mug", "cup"]),
+                                          Parameter("prompt_template", value="")], "bundle {}")
+    assert new == params.LiveSettings(("mug", "cup"), "bundle {}", 0.1)
+    for bad, match in [(Parameter("vocabulary", Parameter.Type.STRING_ARRAY, []), "empty"),
+                       (Parameter("vocabulary", value=["mug", ""]), "non-empty strings"),
+                       (Parameter("vocabulary", value=["mug", "mug"]), "duplicate"),
+                       (Parameter("vocabulary", value=[1, 2]), "non-empty strings"),
+                       (Parameter("prompt_template", value="no placeholder"), "{}"),
+                       (Parameter("score_threshold", value=1.5), r"\[0, 1\]")]:
+        with pytest.raises(ValueError, match=match):
+            params.check_live_update(live, [bad], "bundle {}")
+
+
+def test_resolve_bundle(tmp_path):
+    (tmp_path / "b").mkdir()
+    assert params.resolve_bundle("b", cwd=tmp_path) == tmp_path / "b"
+    assert params.resolve_bundle(str(tmp_path / "b")) == tmp_path / "b"
+    with pytest.raises(FileNotFoundError, match="looked in"):
+        params.resolve_bundle("no/such/bundle", cwd=tmp_path)
+
+
+class _Recorded:
+    """Stands in for a launch action: remembers its arguments."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+
+class _LaunchConfiguration:
+    def __init__(self, name):
+        self.name = name
+
+    def perform(self, context):
+        return context[self.name]
+
+
+def _load_launch_file(monkeypatch):
+    """Import launch/segment.launch.py with recording stand-ins for launch/launch_ros (not installable here)."""
+    stubs = {
+        "launch": {"LaunchDescription": lambda entities: list(entities)},
+        "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded},
+        "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
+        "launch_ros": {}, "launch_ros.actions": {"Node": _Recorded},
+        "ament_index_python": {}, "ament_index_python.packages": {"get_package_share_directory": lambda pkg: str(REPO)},
+    }
+    for name, attrs in stubs.items():
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
+    spec = importlib.util.spec_from_file_location("segment_launch", REPO / "launch/segment.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launch_file_names_match_the_node(monkeypatch):
+    launch = _load_launch_file(monkeypatch)
+    entities = launch.generate_launch_description()
+    args = {e.args[0]: e.kwargs["default_value"] for e in entities if "default_value" in e.kwargs}
+    assert set(args) == {"params_file", "cloud_topic", "vocabulary", "namespace", "rviz"}
+    assert Path(args["params_file"]) == REPO / "config/segment.yaml"
+    setup = entities[-1].kwargs["function"]
+
+    context = {**args, "cloud_topic": "/mapping/cloud", "vocabulary": "[mug, 'fire extinguisher']",
+               "namespace": "robot1", "rviz": "true"}
+    node, rviz = setup(context)
+    kw = node.kwargs
+    assert (kw["package"], kw["executable"], kw["name"]) == ("folk_ros", "folk_segmenter", params.NODE_NAME)
+    assert kw["namespace"] == "robot1"
+    (parameters,) = kw["parameters"]
+    assert set(parameters) == {p.name for p in params.PARAMETERS}
+    assert parameters["vocabulary"] == ["mug", "fire extinguisher"]
+    ((src, dst),) = kw["remappings"]
+    assert src == TOPIC_IN and dst.perform(context) == "/mapping/cloud"
+    assert rviz.kwargs["executable"] == "rviz2" and rviz.kwargs["namespace"] == "robot1"
+    assert Path(rviz.kwargs["arguments"][1]) == REPO / "config/folk.rviz"
+    assert {src for src, _ in rviz.kwargs["remappings"]} == {f"/{TOPIC_LABELED}", f"/{TOPIC_MARKERS}"}
+
+    (only_node,) = setup({**args, "rviz": "false"})
+    assert only_node.kwargs["parameters"][0]["vocabulary"] == _yaml_parameters()["vocabulary"]
+    assert launch.parse_vocabulary("mug, chair") == ["mug", "chair"]
+    with pytest.raises(RuntimeError, match="non-empty list"):
+        launch.parse_vocabulary("[]")
+    setup_py = (REPO / "setup.py").read_text()
+    if "folk_segmenter" in setup_py:   # the console_scripts entry the launch file starts
+        assert "folk_segmenter = folk_ros.ros.node:main" in setup_py
+
+
+def test_rviz_config_shows_the_node_outputs():
+    cfg = yaml.safe_load((REPO / "config/folk.rviz").read_text())["Visualization Manager"]
+    assert cfg["Global Options"]["Fixed Frame"] == "map"
+    displays = {d["Class"]: d for d in cfg["Displays"]}
+    cloud = displays["rviz_default_plugins/PointCloud2"]
+    assert cloud["Topic"]["Value"] == f"/{TOPIC_LABELED}" and cloud["Color Transformer"] == "RGB8"
+    assert displays["rviz_default_plugins/MarkerArray"]["Topic"]["Value"] == f"/{TOPIC_MARKERS}"
+
+
+def test_missing_bundle_is_one_error_line_and_nonzero_exit(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "folk_ros.ros.node", "--ros-args", "-p",
+                           f"model_bundle:={tmp_path / 'nowhere'}", "-p", "device:=cpu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(errors) == 1 and "[ERROR]" in errors[0] and "nowhere" in errors[0], errors
+
+
+# ---------------------------------------------------------------------------------------------
+# the node over rclpy
+
+
+class NodeProcess:
+    """The node as a subprocess; its log goes to a file the tests read."""
+
+    def __init__(self, args: list[str], log_path: Path):
+        self.log_path = log_path
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
+               "RCUTILS_COLORIZED_OUTPUT": "0"}
+        self._log = open(log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "folk_ros.ros.node", "--ros-args", *args],
+                                     cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, grace: float = 10.0) -> list[str]:
+        """SIGINT, then SIGTERM, then SIGKILL, ``grace`` s apart (shared notes, ros2-from-pypi); returns those sent."""
+        sent = []
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                break
+            self.proc.send_signal(sig)
+            sent.append(sig.name)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                continue
+        self.proc.wait()
+        self._log.close()
+        return sent
+
+
+class Probe:
+    """A test-side node on its own context: publishes clouds, collects the outputs by stamp."""
+
+    def __init__(self):
+        import rclpy
+        from folk_ros_interfaces.msg import InstanceArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.parameter_client import AsyncParameterClient
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("folk_test_probe", context=self.context)
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.outputs: dict[tuple[int, int], dict] = {}
+        self.cond = threading.Condition()
+        for topic, kind in ((TOPIC_INSTANCES, InstanceArray), (TOPIC_MARKERS, MarkerArray),
+                            (TOPIC_LABELED, PointCloud2)):
+            self.node.create_subscription(kind, topic, lambda msg, t=topic: self._store(t, msg), qos)
+        self.pub = self.node.create_publisher(PointCloud2, TOPIC_IN, qos)
+        self.params = AsyncParameterClient(self.node, params.NODE_NAME)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+        self._next_sec = 100
+
+    def _store(self, topic, msg):
+        header = msg.markers[0].header if topic == TOPIC_MARKERS else msg.header
+        with self.cond:
+            self.outputs.setdefault((header.stamp.sec, header.stamp.nanosec), {})[topic] = msg
+            self.cond.notify_all()
+
+    def wait_until(self, predicate, timeout=TIMEOUT, what="condition"):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out waiting for {what}")
+                self.cond.wait(min(left, 0.1))
+
+    def publish(self, msg) -> tuple[int, int]:
+        """Publish with a fresh stamp; returns the stamp."""
+        self._next_sec += 1
+        msg.header.stamp.sec, msg.header.stamp.nanosec = self._next_sec, 7
+        msg.header.frame_id = "map"
+        self.pub.publish(msg)
+        return (self._next_sec, 7)
+
+    def result(self, stamp, topics=(TOPIC_INSTANCES, TOPIC_MARKERS, TOPIC_LABELED)) -> dict:
+        self.wait_until(lambda: set(topics) <= set(self.outputs.get(stamp, {})), what=f"outputs of {stamp}")
+        return self.outputs[stamp]
+
+    def call(self, future):
+        self.wait_until(future.done, what="parameter service")
+        return future.result()
+
+    def close(self):
+        import rclpy
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+@pytest.fixture(scope="module")
+def node_proc(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("node")
+    bundle = make_untrained_bundle(tmp / "bundle")
+    proc = NodeProcess(["--params-file", "config/segment.yaml", "-p", f"model_bundle:={bundle}",
+                        "-p", "device:=cpu", "-p", "num_threads:=1", "-p", "score_threshold:=0.0",
+                        "-p", "min_points:=5", "-p", "max_points:=6000", "-p", "log_throttle_s:=60.0",
+                        "-p", "marker_points:=true"], tmp / "node.log")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def probe(node_proc):
+    p = Probe()
+    try:
+        p.wait_until(lambda: p.pub.get_subscription_count() > 0 or node_proc.proc.poll() is not None,
+                     timeout=120, what="the node's cloud_in subscription")
+        assert node_proc.proc.poll() is None, f"node exited:\n{node_proc.log()}"
+        p.wait_until(lambda: all(p.node.count_publishers(t) > 0
+                                 for t in (TOPIC_INSTANCES, TOPIC_MARKERS, TOPIC_LABELED)), what="publishers")
+        assert p.params.wait_for_services(timeout_sec=TIMEOUT)
+        yield p
+    finally:
+        p.close()
+
+
+def _room_msg(seed=0, nan_rows=(5, 17, 4000), color=True, points_per_box=1500):
+    """A box room as an organised 2 x N/2 PointCloud2 with a few NaN points; also returns its (N, 3) xyz."""
+    from folk_ros.ros.conversions import cloud_to_msg
+    from std_msgs.msg import Header
+    cloud, _ = box_room_cloud(seed=seed, points_per_box=points_per_box)
+    xyz = cloud.xyz.copy()
+    xyz[list(nan_rows)] = np.nan
+    msg = cloud_to_msg(xyz, cloud.rgb if color else None, Header())
+    msg.height, msg.width, msg.row_step = 2, len(xyz) // 2, msg.point_step * (len(xyz) // 2)
+    return msg, xyz
+
+
+def _fields(msg) -> dict[str, np.ndarray]:
+    names = [f.name for f in msg.fields]
+    offsets = [f.offset for f in msg.fields]
+    codes = {7: "<f4", 6: "<u4", 5: "<i4"}
+    dtype = np.dtype({"names": names, "formats": [codes[f.datatype] for f in msg.fields], "offsets": offsets,
+                      "itemsize": msg.point_step})
+    return np.frombuffer(msg.data, dtype, count=msg.width * msg.height)
+
+
+def test_outputs_agree_with_each_other_and_the_input(probe, node_proc):
+    from visualization_msgs.msg import Marker
+    msg, xyz = _room_msg()
+    stamp = probe.publish(msg)
+    out = probe.result(stamp)
+    inst, markers, labeled = out[TOPIC_INSTANCES], out[TOPIC_MARKERS], out[TOPIC_LABELED]
+    for header in (inst.header, markers.markers[0].header, labeled.header):
+        assert header.frame_id == "map" and (header.stamp.sec, header.stamp.nanosec) == stamp
+    n, finite = len(xyz), np.isfinite(xyz).all(1)
+    assert list(inst.vocabulary) == _yaml_parameters()["vocabulary"]
+    m = len(inst.instances)
+    assert m >= 1, "the untrained bundle finds at least one proposal in the box room"
+
+    # labeled cloud: point i is input point i; NaN stays NaN and unlabeled
+    pts = _fields(labeled)
+    assert labeled.width * labeled.height == n
+    np.testing.assert_array_equal(np.c_[pts["x"], pts["y"], pts["z"]][finite], xyz[finite])
+    assert (pts["instance_id"][~finite] == -1).all()
+    assert set(np.unique(pts["instance_id"])) <= set(range(-1, m))
+
+    assert markers.markers[0].action == Marker.DELETEALL
+    by_ns = {(mk.ns, mk.id): mk for mk in markers.markers[1:]}
+    assert len(by_ns) == 3 * m   # box, label, points per instance
+    for i, it in enumerate(inst.instances):
+        idx = np.asarray(it.point_indices, np.int64)
+        assert it.id == i and it.label == inst.vocabulary[it.label_index]
+        assert idx.size > 0 and finite[idx].all() and (np.diff(idx) > 0).all()
+        # every point the labeled cloud gives to instance i is one of its points, with its label and score
+        mine = np.flatnonzero(pts["instance_id"] == i)
+        assert np.isin(mine, idx).all()
+        assert (pts["label_index"][mine] == it.label_index).all() and np.allclose(pts["score"][mine], it.score)
+        p = xyz[idx]
+        np.testing.assert_allclose([it.centroid.x, it.centroid.y, it.centroid.z], p.mean(0), atol=1e-4)
+        np.testing.assert_allclose([it.bbox_min.x, it.bbox_min.y, it.bbox_min.z], p.min(0), atol=1e-6)
+        np.testing.assert_allclose([it.bbox_max.x, it.bbox_max.y, it.bbox_max.z], p.max(0), atol=1e-6)
+        box = np.array([[q.x, q.y, q.z] for q in by_ns[("folk/boxes", i)].points])
+        np.testing.assert_allclose(box.min(0), p.min(0), atol=1e-6)
+        np.testing.assert_allclose(box.max(0), p.max(0), atol=1e-6)
+        assert by_ns[("folk/labels", i)].text == f"{it.label} {it.score:.2f}"
+        assert len(by_ns[("folk/points", i)].points) > 0
+    log = node_proc.log()
+    assert "-> %d instances" % m in log and "proposals" in log and "segmented)" in log   # per-cloud log line
+
+
+def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
+    from rclpy.parameter import Parameter
+    results = probe.call(probe.params.set_parameters([Parameter("vocabulary", value=["mug", "plant"]),
+                                                      Parameter("prompt_template", value="a photo of a {}")])).results
+    assert all(r.successful for r in results), [r.reason for r in results]
+    msg, _ = _room_msg(seed=1)
+    inst = probe.result(probe.publish(msg), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
+    assert list(inst.vocabulary) == ["mug", "plant"]
+    assert inst.instances and {i.label for i in inst.instances} <= {"mug", "plant"}
+
+
+def test_invalid_parameter_values_are_rejected_and_old_kept(probe):
+    from rclpy.parameter import Parameter
+    bad = [(Parameter("vocabulary", Parameter.Type.STRING_ARRAY, []), "empty"),
+           (Parameter("vocabulary", value=["mug", ""]), "non-empty strings"),
+           (Parameter("vocabulary", value=["mug", "mug"]), "duplicate"),
+           (Parameter("vocabulary", value=[1, 2]), "type"),                 # rclpy: descriptor type
+           (Parameter("prompt_template", value="no placeholder"), "{}"),
+           (Parameter("score_threshold", value=1.5), "range"),              # rclpy: descriptor range
+           (Parameter("max_instances", value=5), "read-only")]
+    for param, reason in bad:
+        (res,) = probe.call(probe.params.set_parameters([param])).results
+        assert not res.successful and reason in res.reason.lower() + res.reason, (param.name, res.reason)
+    values = probe.call(probe.params.get_parameters(["vocabulary", "prompt_template", "max_instances"])).values
+    assert list(values[0].string_array_value) == ["mug", "plant"]
+    assert values[1].string_value == "a photo of a {}" and values[2].integer_value == 100
+    msg, _ = _room_msg(seed=2)
+    inst = probe.result(probe.publish(msg), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
+    assert list(inst.vocabulary) == ["mug", "plant"]
+
+
+def _raw_cloud(fields, point_step, width, data, height=1):
+    from sensor_msgs.msg import PointCloud2, PointField
+    buf = array.array("B")
+    buf.frombytes(data)
+    return PointCloud2(height=height, width=width, point_step=point_step, row_step=point_step * width,
+                       fields=[PointField(name=n, offset=o, datatype=d, count=1) for n, o, d in fields],
+                       is_bigendian=False, is_dense=False, data=buf)
+
+
+def test_bad_input_gets_one_warning_each_and_the_node_survives(probe, node_proc):
+    from sensor_msgs.msg import PointField
+    f32, i32 = PointField.FLOAT32, PointField.INT32
+    xyz_fields = [("x", 0, f32), ("y", 4, f32), ("z", 8, f32)]
+    nan = np.full((100, 3), np.nan, np.float32).tobytes()
+    huge = 5_000_000
+    cases = [
+        ("empty", _raw_cloud(xyz_fields, 12, 0, b""), "empty cloud"),
+        ("all-NaN", _raw_cloud(xyz_fields, 12, 100, nan), "all 100 points have NaN"),
+        ("missing z", _raw_cloud(xyz_fields[:2], 8, 100, bytes(800)), "has no 'z' field"),
+        ("int32 x/y/z", _raw_cloud([("x", 0, i32), ("y", 4, i32), ("z", 8, i32)], 12, 100, bytes(1200)),
+         "datatype INT32"),
+        ("truncated", _raw_cloud(xyz_fields, 12, 1000, bytes(1200)), "is truncated"),
+        ("5M points", _raw_cloud(xyz_fields, 12, huge, bytes(12 * huge)), "exceeds max_input_points"),
+        ("no colour", _room_msg(seed=3, color=False)[0], "no colour fields"),
+    ]
+    for name, msg, warning in cases:
+        probe.publish(msg)
+        probe.wait_until(lambda: warning in node_proc.log(), what=f"the warning for the {name} cloud")
+        assert node_proc.proc.poll() is None, f"node died on the {name} cloud"
+    probe.publish(cases[0][1])                       # the same problem again: throttled, not repeated
+    good, _ = _room_msg(seed=4)
+    assert probe.result(probe.publish(good))[TOPIC_INSTANCES].instances
+    log = node_proc.log()
+    for name, _, warning in cases:
+        lines = [line for line in log.splitlines() if warning in line]
+        assert len(lines) == 1 and "[WARN]" in lines[0], (name, lines)
+    assert "Traceback" not in log
+
+
+def test_clouds_arriving_while_one_is_processed(probe, node_proc):
+    big, _ = _room_msg(seed=5, points_per_box=6000)   # ~21k points: takes a while on one CPU thread
+    small = [_room_msg(seed=6 + k)[0] for k in range(2)]
+    first = probe.publish(big)
+    waiting = []
+    for m in small:      # paced so that each reaches the node's callback (not only its DDS queue)
+        time.sleep(0.1)
+        waiting.append(probe.publish(m))
+    # the parameter service answers while the big cloud is being segmented
+    answer = probe.params.get_parameters(["score_threshold"])
+    probe.wait_until(answer.done, what="get_parameters during segmentation")
+    answered_before_output = first not in probe.outputs
+    probe.result(waiting[-1])                        # the latest cloud is always processed
+    done = [s for s in [first, *waiting] if TOPIC_INSTANCES in probe.outputs.get(s, {})]
+    assert waiting[-1] in done and len(done) < 3, done   # latest-only: a waiting cloud was replaced
+    assert answered_before_output
+    assert "clouds dropped so far (latest-only)" in node_proc.log()
+
+
+def test_declared_parameters_equal_the_yaml(probe):
+    names = probe.call(probe.params.list_parameters()).result.names
+    assert set(names) - AUTO_PARAMS == set(_yaml_parameters())
+
+
+def test_sigint_shuts_down_cleanly(node_proc, probe):
+    sent = node_proc.stop()
+    assert sent == ["SIGINT"], f"needed {sent} to stop"
+    assert node_proc.proc.returncode == 0
+    log = node_proc.log()
+    assert "shut down" in log and "Traceback" not in log and "Failed to publish" not in log
