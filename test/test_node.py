@@ -4,12 +4,14 @@ The node runs once per module as a subprocess (``python -m folk_ros.ros.node --r
 --params-file config/segment.yaml ...``) with the UNTRAINED test bundle (random weights: labels are
 meaningless, so these tests check plumbing and agreement, not accuracy). conftest.py isolates the
 ROS graph (ROS_DOMAIN_ID per run, localhost only). Tests that share the node run in file order and
-the SIGINT test comes last.
+the SIGINT test comes last. The latest-only test starts its own node (test/slow_node.py) in its own
+namespace.
 """
 
 from __future__ import annotations
 
 import array
+import contextlib
 import importlib.util
 import os
 import signal
@@ -241,12 +243,12 @@ def test_missing_bundle_is_one_error_line_and_nonzero_exit(tmp_path):
 class NodeProcess:
     """The node as a subprocess; its log goes to a file the tests read."""
 
-    def __init__(self, args: list[str], log_path: Path):
+    def __init__(self, args: list[str], log_path: Path, module: list[str] = ("folk_ros.ros.node",)):
         self.log_path = log_path
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
                "RCUTILS_COLORIZED_OUTPUT": "0"}
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "folk_ros.ros.node", "--ros-args", *args],
+        self.proc = subprocess.Popen([sys.executable, "-m", *module, "--ros-args", *args],
                                      cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
@@ -272,7 +274,7 @@ class NodeProcess:
 class Probe:
     """A test-side node on its own context: publishes clouds, collects the outputs by stamp."""
 
-    def __init__(self):
+    def __init__(self, namespace: str = ""):
         import rclpy
         from folk_ros_interfaces.msg import InstanceArray
         from rclpy.executors import SingleThreadedExecutor
@@ -283,7 +285,7 @@ class Probe:
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
-        self.node = rclpy.create_node("folk_test_probe", context=self.context)
+        self.node = rclpy.create_node("folk_test_probe", namespace=namespace, context=self.context)
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.outputs: dict[tuple[int, int], dict] = {}
         self.cond = threading.Condition()
@@ -291,7 +293,7 @@ class Probe:
                             (TOPIC_LABELED, PointCloud2)):
             self.node.create_subscription(kind, topic, lambda msg, t=topic: self._store(t, msg), qos)
         self.pub = self.node.create_publisher(PointCloud2, TOPIC_IN, qos)
-        self.params = AsyncParameterClient(self.node, params.NODE_NAME)
+        self.params = AsyncParameterClient(self.node, f"{namespace}/{params.NODE_NAME}")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -336,21 +338,26 @@ class Probe:
         rclpy.try_shutdown(context=self.context)
 
 
-@pytest.fixture(scope="module")
-def node_proc(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("node")
-    bundle = make_untrained_bundle(tmp / "bundle")
-    proc = NodeProcess(["--params-file", "config/segment.yaml", "-p", f"model_bundle:={bundle}",
-                        "-p", "device:=cpu", "-p", "num_threads:=1", "-p", "score_threshold:=0.0",
-                        "-p", "min_points:=5", "-p", "max_points:=6000", "-p", "log_throttle_s:=60.0",
-                        "-p", "marker_points:=true"], tmp / "node.log")
-    yield proc
-    proc.stop()
+NODE_ARGS = ["--params-file", "config/segment.yaml", "-p", "device:=cpu", "-p", "num_threads:=1",
+             "-p", "score_threshold:=0.0", "-p", "min_points:=5", "-p", "max_points:=6000",
+             "-p", "log_throttle_s:=60.0", "-p", "marker_points:=true"]
 
 
-@pytest.fixture(scope="module")
-def probe(node_proc):
-    p = Probe()
+@contextlib.contextmanager
+def _running_node(tmp: Path, extra_args=(), module=("folk_ros.ros.node",)):
+    bundle = tmp / "bundle"
+    if not bundle.exists():
+        make_untrained_bundle(bundle)
+    proc = NodeProcess([*NODE_ARGS, "-p", f"model_bundle:={bundle}", *extra_args], tmp / "node.log", module)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def _ready_probe(node_proc: NodeProcess, namespace: str = ""):
+    p = Probe(namespace)
     try:
         p.wait_until(lambda: p.pub.get_subscription_count() > 0 or node_proc.proc.poll() is not None,
                      timeout=120, what="the node's cloud_in subscription")
@@ -361,6 +368,18 @@ def probe(node_proc):
         yield p
     finally:
         p.close()
+
+
+@pytest.fixture(scope="module")
+def node_proc(tmp_path_factory):
+    with _running_node(tmp_path_factory.mktemp("node")) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def probe(node_proc):
+    with _ready_probe(node_proc) as p:
+        yield p
 
 
 def _room_msg(seed=0, nan_rows=(5, 17, 4000), color=True, points_per_box=1500):
@@ -498,23 +517,26 @@ def test_bad_input_gets_one_warning_each_and_the_node_survives(probe, node_proc)
     assert "Traceback" not in log
 
 
-def test_clouds_arriving_while_one_is_processed(probe, node_proc):
-    big, _ = _room_msg(seed=5, points_per_box=6000)   # ~21k points: takes a while on one CPU thread
-    small = [_room_msg(seed=6 + k)[0] for k in range(2)]
-    first = probe.publish(big)
-    waiting = []
-    for m in small:      # paced so that each reaches the node's callback (not only its DDS queue)
-        time.sleep(0.1)
-        waiting.append(probe.publish(m))
-    # the parameter service answers while the big cloud is being segmented
-    answer = probe.params.get_parameters(["score_threshold"])
-    probe.wait_until(answer.done, what="get_parameters during segmentation")
-    answered_before_output = first not in probe.outputs
-    probe.result(waiting[-1])                        # the latest cloud is always processed
-    done = [s for s in [first, *waiting] if TOPIC_INSTANCES in probe.outputs.get(s, {})]
-    assert waiting[-1] in done and len(done) < 3, done   # latest-only: a waiting cloud was replaced
-    assert answered_before_output
-    assert "clouds dropped so far (latest-only)" in node_proc.log()
+def test_clouds_arriving_while_one_is_processed(tmp_path):
+    # test/slow_node.py: the real node, each segmentation held 1.5 s, so that on any machine the clouds below
+    # arrive while the first is processed; its own namespace keeps it apart from the module's node
+    ns = "/slow"
+    with _running_node(tmp_path, ["-r", f"__ns:={ns}"], module=("test.slow_node", "1.5")) as node, \
+            _ready_probe(node, ns) as probe:
+        first = probe.publish(_room_msg(seed=5)[0])
+        waiting = []
+        for k in range(3):   # paced so that each reaches the node's callback (not only its DDS queue)
+            time.sleep(0.1)
+            waiting.append(probe.publish(_room_msg(seed=6 + k)[0]))
+        # the parameter service answers while the first cloud is being segmented
+        answer = probe.params.get_parameters(["score_threshold"])
+        probe.wait_until(answer.done, what="get_parameters during segmentation")
+        answered_before_output = first not in probe.outputs
+        probe.result(waiting[-1])                        # the latest cloud is always processed
+        done = [s for s in [first, *waiting] if TOPIC_INSTANCES in probe.outputs.get(s, {})]
+        assert done == [first, waiting[-1]], done       # latest-only: the clouds in between were replaced
+        assert answered_before_output
+        assert "clouds dropped so far (latest-only)" in node.log()
 
 
 def test_declared_parameters_equal_the_yaml(probe):
