@@ -217,3 +217,174 @@ def test_cuda_matches_cpu():
     gpu_out, gpu_grad = run("cuda")
     torch.testing.assert_close(gpu_out, cpu_out, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gpu_grad, cpu_grad, rtol=1e-4, atol=1e-3)
+
+
+# ------------------------------------------------------ gather vs pair form --
+
+def _maps(m: CoordinateManager):
+    """Every map kind at stride 1: submanifold k3 / k5, strided k2s2 and its transpose."""
+    return {"sub3": m.submanifold_map(1, 3), "sub5": m.submanifold_map(1, 5),
+            "down": m.down_map(1), "up": m.down_map(1).transposed()}
+
+
+@pytest.mark.parametrize("kind", ["sub3", "sub5", "down", "up"])
+def test_gather_form_equals_pair_form_and_reference(kind):
+    """Forward, input and kernel gradients: gather form == pair form (float64), and the forward
+    equals the brute-force dense reference."""
+    torch.manual_seed(4)
+    coords = random_coords(120, 4)
+    m = CoordinateManager()
+    m.add(coords, 1)
+    kmap = _maps(m)[kind]
+    k_vol = kmap.kernel_volume
+    feats = torch.randn(kmap.n_in, 3, dtype=torch.float64)
+    kernel = torch.randn(k_vol, 3, 4, dtype=torch.float64)
+    grad = torch.randn(kmap.n_out, 4, dtype=torch.float64)
+    res = {}
+    for method in ("pairs", "gather"):
+        f, w = feats.clone().requires_grad_(), kernel.clone().requires_grad_()
+        out = sparse_conv(f, w, kmap, method=method)
+        out.backward(grad)
+        res[method] = (out.detach(), f.grad, w.grad)
+    for a, b in zip(res["pairs"], res["gather"]):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    if kind.startswith("sub"):
+        ref = ref_submanifold(coords, feats, kernel, int(kind[3]), 1)
+        torch.testing.assert_close(res["gather"][0], ref, rtol=1e-10, atol=1e-10)
+    elif kind == "down":
+        ref_c, ref_f = ref_strided(coords, feats, kernel, 1)
+        order = torch.argsort(pack_keys(m.coords(2)))
+        assert torch.equal(m.coords(2)[order], ref_c)
+        torch.testing.assert_close(res["gather"][0][order], ref_f, rtol=1e-10, atol=1e-10)
+
+
+def test_gather_form_float32_is_bitwise_pair_form():
+    """Same summation order (centre first, then offsets ascending): identical float32 results."""
+    torch.manual_seed(5)
+    coords = random_coords(400, 6)
+    m = CoordinateManager()
+    m.add(coords, 1)
+    feats = torch.randn(coords.shape[0], 8)
+    for kmap in _maps(m).values():
+        kernel = torch.randn(kmap.kernel_volume, 8, 5)
+        f = feats if kmap.n_in == coords.shape[0] else torch.randn(kmap.n_in, 8)
+        assert torch.equal(sparse_conv(f, kernel, kmap, method="gather"), sparse_conv(f, kernel, kmap, method="pairs"))
+
+
+@pytest.mark.parametrize("kind", ["sub3", "down", "up"])
+def test_gather_form_gradcheck(kind):
+    torch.manual_seed(6)
+    coords = random_coords(30, 3, batch=1)
+    m = CoordinateManager()
+    m.add(coords, 1)
+    kmap = _maps(m)[kind]
+    feats = torch.randn(kmap.n_in, 2, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(kmap.kernel_volume, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f, w: sparse_conv(f, w, kmap, method="gather"), (feats, kernel))
+
+
+def test_gather_plan_layout():
+    """Groups cover every pair once, padding slots read row 0 and are listed, bags are complete."""
+    from folk_ros.core.sparse.plan import GROUP_RATIO
+
+    coords = random_coords(200, 5)
+    m = CoordinateManager()
+    m.add(coords, 1)
+    kmap = m.submanifold_map(1, 3)
+    plan = kmap.plan()
+    assert kmap.plan() is plan and kmap.transposed() is kmap.transposed()
+    assert kmap.transposed().plan().out_bag is plan.in_bag          # derived, not rebuilt
+    counts = [kmap.ptr[k + 1] - kmap.ptr[k] for k in range(27)]
+    used = sorted(plan.offsets.tolist())
+    assert used == [k for k in range(27) if counts[k] > 0]
+    for first, g, rows, start in plan.groups:
+        ks = plan.offsets[first:first + g].tolist()
+        assert rows == max(counts[k] for k in ks) and min(counts[k] for k in ks) >= GROUP_RATIO * rows
+        for j, k in enumerate(ks):
+            s = start + j * rows
+            i, o = kmap.pairs(k)
+            assert torch.equal(plan.in_slots[s:s + counts[k]], i) and torch.equal(plan.out_slots[s:s + counts[k]], o)
+    assert plan.out_bag.numel() == plan.in_bag.numel() == kmap.in_idx.numel()
+    assert plan.pad_slots.numel() == plan.num_slots - kmap.in_idx.numel()
+    assert torch.equal(plan.in_slots[plan.pad_slots], torch.zeros_like(plan.pad_slots))
+    # bag of output row r: centre slot first, then kernel offsets ascending
+    r = int(torch.argmax(torch.bincount(kmap.out_idx, minlength=kmap.n_out)))
+    start = int(plan.out_bag_offsets[r])
+    stop = int(plan.out_bag_offsets[r + 1]) if r + 1 < kmap.n_out else plan.out_bag.numel()
+    k_of_slot = torch.full((plan.num_slots,), -1)
+    for first, g, rows, st in plan.groups:
+        for j, k in enumerate(plan.offsets[first:first + g].tolist()):
+            k_of_slot[st + j * rows: st + j * rows + counts[k]] = k
+    ks = k_of_slot[plan.out_bag[start:stop]].tolist()
+    assert ks[0] == 13 and ks[1:] == sorted(ks[1:]) and 13 not in ks[1:]
+    assert all(int(plan.out_slots[s]) == r for s in plan.out_bag[start:stop].tolist())
+    with pytest.raises(ValueError, match="method"):
+        sparse_conv(torch.zeros(kmap.n_in, 1), torch.zeros(27, 1, 1), kmap, method="dense")
+
+
+# ------------------------------------------- voxelize keys, FPS tie order --
+
+def test_voxelize_packed_keys_equal_row_unique():
+    """1-D packed keys (and the void fallback for huge ranges) give np.unique(axis=0)'s voxels."""
+    import numpy as np
+
+    from folk_ros.core.voxelize import cell_keys, voxelize
+    rs = np.random.RandomState(0)
+    for xyz in (rs.rand(3000, 3).astype(np.float32) * 2 - 1, rs.randn(500, 3) * 1e14):
+        v = voxelize(xyz, 0.05)
+        grid = np.floor(xyz.astype(np.float32) / np.float32(0.05)).astype(np.int64)
+        _, first, inv = np.unique(grid, axis=0, return_index=True, return_inverse=True)
+        assert np.array_equal(np.sort(v.unique_map), np.sort(first))
+        assert np.all(np.diff(v.unique_map) > 0)                       # first-occurrence order
+        assert np.array_equal(v.coords[v.inverse_map], grid.astype(np.int32))
+        assert np.array_equal(v.unique_map[v.inverse_map], first[inv.reshape(-1)])
+    assert cell_keys((rs.randn(10, 3) * 1e17).astype(np.int64)).dtype.kind == "V"
+
+
+def _fps_tree_reference(pts: torch.Tensor, num: int) -> list[int]:
+    """pointnet2's CUDA kernel step by step: per-thread first maximum, then the tree reduction."""
+    n = pts.shape[0]
+    b = min(512, 1 << (n.bit_length() - 1))
+    valid = (pts * pts).sum(1) > 1e-3
+    temp = [1e10] * n
+    idx, old = [0], 0
+    for _ in range(1, num):
+        best, best_i = [-1.0] * b, [0] * b
+        for t in range(b):
+            for k in range(t, n, b):
+                if not valid[k]:
+                    continue
+                d = pts[k] - pts[old]
+                temp[k] = min(temp[k], float((d[0] * d[0] + d[1] * d[1]) + d[2] * d[2]))
+                if temp[k] > best[t]:
+                    best[t], best_i[t] = temp[k], k
+        off = b // 2
+        while off >= 1:
+            for s in range(off):
+                if best[s + off] > best[s]:
+                    best[s], best_i[s] = best[s + off], best_i[s + off]
+            off //= 2
+        old = best_i[0]
+        idx.append(old)
+    return idx
+
+
+@pytest.mark.parametrize("n", [1, 5, 37, 300])
+def test_fps_tie_order_equals_kernel(n):
+    from folk_ros.core.mask3d.decoder import furthest_point_sample
+    g = torch.Generator().manual_seed(n)
+    pts = torch.randint(-3, 4, (n, 3), generator=g).float()          # many equal distances, some zeros
+    assert furthest_point_sample(pts, 12).tolist() == _fps_tree_reference(pts, 12)
+
+
+def test_auto_method_follows_threads():
+    from folk_ros.core.sparse.functional import resolve_method
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert resolve_method("auto", torch.device("cpu")) == "pairs"
+        torch.set_num_threads(2)
+        assert resolve_method("auto", torch.device("cpu")) == "gather"
+    finally:
+        torch.set_num_threads(threads)
+    assert resolve_method("pairs", torch.device("cpu")) == "pairs"

@@ -24,6 +24,21 @@ class Voxelization:
     inverse_map: np.ndarray
 
 
+def cell_keys(grid: np.ndarray) -> np.ndarray:
+    """(N, 3) int64 cells -> (N,) keys, equal iff the rows are equal and ordered as the rows
+    lexicographically: ``((x - x0) * Ry + (y - y0)) * Rz + (z - z0)`` with per-axis ranges R.
+
+    Falls back to a structured (void) view of the rows when the ranges do not fit in 63 bits.
+    """
+    lo = grid.min(0)
+    span = grid.max(0) - lo + 1
+    if float(span[0]) * float(span[1]) * float(span[2]) < 2.0 ** 62:
+        g = grid - lo
+        return (g[:, 0] * span[1] + g[:, 1]) * span[2] + g[:, 2]
+    rows = np.ascontiguousarray(grid)
+    return rows.view(np.dtype((np.void, rows.dtype.itemsize * 3))).reshape(-1)
+
+
 def voxelize(xyz: np.ndarray, voxel_size: float = 0.02) -> Voxelization:
     """Quantise (N, 3) metres; voxels ordered by their first point (ME sparse_quantize on CPU)."""
     xyz = np.asarray(xyz)
@@ -34,7 +49,7 @@ def voxelize(xyz: np.ndarray, voxel_size: float = 0.02) -> Voxelization:
     if voxel_size <= 0:
         raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
     grid = np.floor(xyz.astype(np.float32) / np.float32(voxel_size)).astype(np.int64)
-    _, first, inverse = np.unique(grid, axis=0, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(cell_keys(grid), return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")            # sorted cells -> first-occurrence order
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)

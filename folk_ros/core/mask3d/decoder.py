@@ -29,48 +29,57 @@ def furthest_point_sample(coords: torch.Tensor | np.ndarray, num_samples: int) -
     coords: (N, 3) float (Mask3D passes integer voxel coordinates as float32).
     Returns (num_samples,) int64 indices.  Emulates the kernel exactly: start at
     index 0; running distance initialised to 1e10; points with
-    ``x^2 + y^2 + z^2 <= 1e-3`` are never picked; float32 squared distances;
-    ties broken as the kernel does (thread ``t`` of ``b = min(512, 2**floor(log2 N))``
-    scans ``k = t, t + b, ...`` keeping the first strict maximum, then a tree
-    reduction with offsets ``b/2 .. 1`` keeps the lower slot unless the upper is
-    strictly greater).
+    ``x^2 + y^2 + z^2 <= 1e-3`` are never picked; float32 squared distances
+    ``(dx*dx + dy*dy) + dz*dz``; ties broken as the kernel does: thread ``t`` of
+    ``b = min(512, 2**floor(log2 N))`` scans ``k = t, t + b, ...`` keeping the
+    first strict maximum, then a tree reduction with offsets ``b/2 .. 1`` keeps
+    the lower slot unless the upper is strictly greater.  In that reduction a tie
+    between threads goes to the one with a 0 at their lowest differing bit, so
+    the pick is the point of maximum distance with the smallest
+    ``(bit_reverse(k mod b), k div b)``.
+
+    Runs in numpy (one core, no per-step thread synchronisation): ~7 array
+    passes per sample.
     """
-    pts = torch.as_tensor(coords).detach().to("cpu", torch.float32)
+    pts = torch.as_tensor(coords).detach().to("cpu", torch.float32).numpy()
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise ValueError(f"coords must be (N, 3), got {tuple(pts.shape)}")
     n = pts.shape[0]
     if n == 0 or num_samples <= 0:
         raise ValueError(f"need N > 0 points and num_samples > 0, got N={n}, num_samples={num_samples}")
-    b = min(512, 1 << int(math.floor(math.log2(n))))
+    bits = min(9, int(math.floor(math.log2(n))))
+    b = 1 << bits
+    thread = np.arange(b)
+    rev = np.zeros(b, dtype=np.int64)                 # bit-reversed thread index: the tie order
+    for i in range(bits):
+        rev |= ((thread >> i) & 1) << (bits - 1 - i)
     rows = -(-n // b)
-    valid = torch.zeros(rows * b, dtype=torch.bool)
-    valid[:n] = (pts * pts).sum(1) > 1e-3
-    padded = torch.zeros((rows * b, 3), dtype=torch.float32)
-    padded[:n] = pts
-    temp = torch.full((rows * b,), 1e10, dtype=torch.float32)
-    neg = torch.tensor(-1.0, dtype=torch.float32)
-    slot = torch.arange(rows * b).view(rows, b)
-    idxs = torch.zeros(num_samples, dtype=torch.int64)
+    x, y, z = (np.ascontiguousarray(pts[:, a]) for a in range(3))
+    valid = (x * x + y * y + z * z) > np.float32(1e-3)
+    # running distance; never-picked points pinned at -1 (distances are >= 0, so they stay below)
+    temp = np.where(valid, np.float32(1e10), np.float32(-1.0)).astype(np.float32)
+    idxs = np.zeros(num_samples, dtype=np.int64)
+    d = np.empty(n, dtype=np.float32)
+    tmp = np.empty(n, dtype=np.float32)
     old = 0
     for j in range(1, num_samples):
-        diff = padded - padded[old]
-        d = diff[:, 0] * diff[:, 0] + diff[:, 1] * diff[:, 1] + diff[:, 2] * diff[:, 2]
-        temp = torch.where(valid, torch.minimum(d, temp), temp)
-        cand = torch.where(valid, temp, neg).view(rows, b)          # [scan step, thread]
-        best, r = cand.max(dim=0)                                    # first strict maximum per thread
-        best_i = slot.gather(0, r[None]).squeeze(0)
-        none = best <= -1.0                                          # thread saw no valid point
-        best = torch.where(none, neg, best)
-        best_i = torch.where(none, torch.zeros_like(best_i), best_i)
-        off = b // 2
-        while off >= 1:
-            upper = best[off:2 * off] > best[:off]
-            best[:off] = torch.where(upper, best[off:2 * off], best[:off])
-            best_i[:off] = torch.where(upper, best_i[off:2 * off], best_i[:off])
-            off //= 2
-        old = int(best_i[0])
+        np.subtract(x, x[old], out=d)
+        np.multiply(d, d, out=d)
+        np.subtract(y, y[old], out=tmp)
+        np.multiply(tmp, tmp, out=tmp)
+        np.add(d, tmp, out=d)
+        np.subtract(z, z[old], out=tmp)
+        np.multiply(tmp, tmp, out=tmp)
+        np.add(d, tmp, out=d)
+        np.minimum(temp, d, out=temp)
+        best = temp.max()
+        if best < 0:                                   # no valid point: every thread reports index 0
+            old = 0
+        else:
+            cand = np.flatnonzero(temp == best)
+            old = int(cand[0]) if cand.size == 1 else int(cand[np.argmin(rev[cand % b] * rows + cand // b)])
         idxs[j] = old
-    return idxs
+    return torch.from_numpy(idxs)
 
 
 # ---------------------------------------------------------- positional enc --

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .plan import GatherPlan, bags_by_row, build_plan
+
 AXIS_BITS = 18
 """Bits per spatial axis in a packed key: |coordinate| < 2**17 (2.6 km at 2 cm voxels)."""
 _AXIS_RANGE = 1 << AXIS_BITS
@@ -90,6 +92,7 @@ class KernelMap:
     n_in: int
     n_out: int
     identity_k: int = -1
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # plan, transposed map, pool bags
 
     @property
     def kernel_volume(self) -> int:
@@ -100,8 +103,35 @@ class KernelMap:
         return self.in_idx[self.ptr[k]:self.ptr[k + 1]], self.out_idx[self.ptr[k]:self.ptr[k + 1]]
 
     def transposed(self) -> "KernelMap":
-        """The same pairs read the other way (used by transposed convolution)."""
-        return KernelMap(self.out_idx, self.in_idx, self.ptr, self.n_out, self.n_in, self.identity_k)
+        """The same pairs read the other way (used by transposed convolution); cached, so its
+        gather plan is built once."""
+        if "transposed" not in self._cache:
+            t = KernelMap(self.out_idx, self.in_idx, self.ptr, self.n_out, self.n_in, self.identity_k)
+            t._cache["transposed"] = self
+            self._cache["transposed"] = t
+        return self._cache["transposed"]
+
+    def plan(self) -> GatherPlan:
+        """The :class:`~folk_ros.core.sparse.plan.GatherPlan` of this map (built once, cached)."""
+        if "plan" not in self._cache:
+            other = self._cache.get("transposed")
+            if other is not None and "plan" in other._cache:
+                self._cache["plan"] = other._cache["plan"].transposed()
+            else:
+                # centre first, then offsets ascending: the summation order of the pair form
+                self._cache["plan"] = build_plan(self.in_idx, self.out_idx, self.ptr, self.n_in, self.n_out,
+                                                 first_k=self.identity_k)
+        return self._cache["plan"]
+
+    def pool_bags(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input rows of each output row, offsets ascending: ``(rows (E,), starts (n_out,), counts (n_out,))``."""
+        if "pool" not in self._cache:
+            k_of = torch.repeat_interleave(
+                torch.arange(self.kernel_volume, device=self.in_idx.device),
+                torch.tensor([self.ptr[k + 1] - self.ptr[k] for k in range(self.kernel_volume)],
+                             device=self.in_idx.device))
+            self._cache["pool"] = bags_by_row(self.out_idx, k_of, self.in_idx, self.n_out, self.kernel_volume)
+        return self._cache["pool"]
 
 
 @dataclass
