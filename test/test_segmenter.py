@@ -87,3 +87,16 @@ def test_corrupted_or_mismatched_bundle_is_one_clear_error(bundle, tmp_path):
         read_manifest(tmp_path / "nowhere")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["provenance"]["note"].startswith("UNTRAINED")
+
+
+def test_sparse_backend_choice(bundle):
+    from folk_ros.core.sparse.minkowski import minkowski_available, sparse_backend_of
+    seg = Segmenter.from_bundle(bundle, device="cpu", sparse_backend="torch")
+    assert sparse_backend_of(seg.mask3d) == "torch"
+    auto = Segmenter.from_bundle(bundle, device="cpu", sparse_backend="auto")
+    assert sparse_backend_of(auto.mask3d) == ("minkowski" if minkowski_available() else "torch")
+    with pytest.raises(ValueError, match="sparse backend must be one of"):
+        Segmenter.from_bundle(bundle, device="cpu", sparse_backend="spconv")
+    if not minkowski_available():
+        with pytest.raises(ImportError, match="scripts/build_minkowski.sh"):
+            Segmenter.from_bundle(bundle, device="cpu", sparse_backend="minkowski")

@@ -25,6 +25,7 @@ from folk_ros.core.cloud import PointCloud
 from folk_ros.core.mask3d.checkpoint import load_checkpoint
 from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.mask3d.model import Mask3D
+from folk_ros.core.sparse.minkowski import set_sparse_backend
 from folk_ros.core.student import Student
 
 
@@ -136,11 +137,18 @@ class Segmenter:
         self.cfg = cfg
 
     @classmethod
-    def from_bundle(cls, path: str | Path, device: str | torch.device = "auto", **overrides) -> "Segmenter":
-        """Load a model bundle (see :mod:`folk_ros.core.bundle`); ``overrides`` replace config fields."""
+    def from_bundle(cls, path: str | Path, device: str | torch.device = "auto", sparse_backend: str = "torch",
+                    **overrides) -> "Segmenter":
+        """Load a model bundle (see :mod:`folk_ros.core.bundle`); ``overrides`` replace config fields.
+
+        ``sparse_backend``: ``"torch" | "minkowski" | "auto"`` for the Mask3D backbone
+        (:func:`folk_ros.core.sparse.minkowski.set_sparse_backend`; ImportError naming the build
+        script when MinkowskiEngine is asked for and absent).
+        """
         manifest = read_manifest(path)
         dev = resolve_device(device)
         mask3d, report = load_checkpoint(manifest.path("mask3d"), map_location=dev)
+        set_sparse_backend(mask3d, sparse_backend)
         student = Student.from_checkpoint(torch.load(manifest.path("student"), map_location="cpu",
                                                      weights_only=False))
         clip = ClipModel(f"local-dir:{manifest.path('clip')}", device=dev)

@@ -299,6 +299,7 @@ class SegmenterNode(Node):
             if settings.num_threads > 0:
                 torch.set_num_threads(settings.num_threads)
             return Segmenter.from_bundle(self._bundle_path, device=settings.device,
+                                         sparse_backend=settings.sparse_backend,
                                          **params.segmenter_overrides(settings))
         except Exception as err:  # FileNotFoundError, BundleError, ValueError (device, mismatch), torch load errors
             raise StartupError(f"cannot start the Segmenter (model_bundle {settings.model_bundle!r}, device "

@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # the source tree (or site-pack
 
 DEVICES = ("auto", "cpu", "cuda")
 RELIABILITIES = ("reliable", "best_effort")
+SPARSE_BACKENDS = ("torch", "minkowski", "auto")
 DEFAULT_VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant",
                       "monitor", "trash can", "toilet", "sink", "door", "window")
 
@@ -81,6 +82,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "looked up in the working directory, then the package share directory, then the source tree."),
     ParamSpec("device", "auto", T.STRING, "Torch device: auto (cuda if available), cpu or cuda.",
               limits=DEVICES),
+    ParamSpec("sparse_backend", "torch", T.STRING,
+              "Sparse convolution backend of the Mask3D backbone: torch (pure PyTorch, always there), "
+              "minkowski (MinkowskiEngine 0.5.4, when installed: scripts/build_minkowski.sh) or auto "
+              "(minkowski when it imports).", limits=SPARSE_BACKENDS),
     ParamSpec("num_threads", 0, T.INTEGER, "CPU threads for torch; 0 = torch's default.", limits=(0, 256)),
     ParamSpec("max_instances", 100, T.INTEGER, "Keep at most this many instances per cloud, best first.",
               limits=(1, 1000)),
@@ -136,6 +141,7 @@ class NodeSettings:
 
     model_bundle: str
     device: str
+    sparse_backend: str
     num_threads: int
     max_instances: int
     min_points: int
