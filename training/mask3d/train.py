@@ -54,6 +54,9 @@ class TrainConfig:
     resume: bool = False
     device: str = "cpu"
     max_val_scenes: int = 0                          # 0: all
+    threads: int = 1                                 # torch CPU threads (0: torch's default); see --threads
+    voxel_size: float = 0.0                          # metres; 0: the preset's (2 cm)
+    bn_scenes: int = 8                               # precise-BN recalibration scenes per epoch (0: off)
 
 
 def class_agnostic_ap(model: Mask3D, scenes: list[Scene], post: PostprocessConfig | None = None) -> EvalResult:
@@ -66,6 +69,35 @@ def class_agnostic_ap(model: Mask3D, scenes: list[Scene], post: PostprocessConfi
         masks = p.masks.cpu().numpy()
         preds.append(PredScene(s.scene_id, masks, np.full(len(masks), OBJECT_ID), p.scores.cpu().numpy()))
     return evaluate(gts, preds, class_ids=(OBJECT_ID,), class_names=("object",), ignored_labels=())
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: Mask3D, samples: list) -> int:
+    """Precise BatchNorm statistics: recompute every BatchNorm's running mean/var as the plain
+    average over ``samples`` (un-augmented training scenes), forward passes in train mode.
+
+    Mask3D's BatchNorms keep running averages with momentum 0.02 (``BackboneConfig.bn_momentum``),
+    which lag far behind the weights over the few hundred steps a CPU run affords (the official
+    model trains for 600 epochs): after 80 steps 20 % of the running statistics are still the
+    initial (0, 1), and the eval-mode model loses what the train-mode model already does.
+    Returns the number of samples used; the model's train/eval mode and momenta are restored.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or not samples:
+        return 0
+    momenta, was_training = [bn.momentum for bn in bns], model.training
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None                      # cumulative moving average: the exact mean over samples
+    model.train()
+    try:
+        for s in samples:
+            model(s.coords, s.feats, s.raw_xyz)
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    return len(samples)
 
 
 def _seed_everything(seed: int) -> None:
@@ -89,6 +121,8 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     dev = torch.device(cfg.device)
     train_scenes = [load_scene(p) for p in tqdm(find_scenes([Path(p) for p in cfg.train]), desc="load train")]
@@ -98,6 +132,8 @@ def train(cfg: TrainConfig) -> dict:
     val_scenes = [load_scene(p) for p in val_dirs]
 
     model_cfg = replace(preset(cfg.preset), num_classes=2)  # object / no-object
+    if cfg.voxel_size > 0:
+        model_cfg = replace(model_cfg, voxel_size=cfg.voxel_size)
     model = Mask3D(model_cfg).to(dev)
     criterion = SetCriterion(CriterionConfig(num_classes=1)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -115,6 +151,7 @@ def train(cfg: TrainConfig) -> dict:
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
     augment = AugmentConfig() if cfg.augment else None
+    bn_samples = [make_sample(s, model_cfg) for s in train_scenes[:cfg.bn_scenes]]
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         t0, losses = time.perf_counter(), []
@@ -130,10 +167,11 @@ def train(cfg: TrainConfig) -> dict:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            losses.append({k: float(v) for k, v in terms.items() if "_aux" not in k})
+            losses.append({k: float(v.detach()) for k, v in terms.items() if "_aux" not in k})
             bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
         row = {"epoch": epoch + 1, "seconds": time.perf_counter() - t0,
                **{k: float(np.mean([x[k] for x in losses])) for k in losses[0]}}
+        recalibrate_batchnorm(model, bn_samples)
         if val_scenes:
             model.eval()
             res = class_agnostic_ap(model, val_scenes)
@@ -169,10 +207,19 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
     p.add_argument("--device", default=d.device)
     p.add_argument("--max-val-scenes", type=int, default=d.max_val_scenes)
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="torch CPU threads (0: torch's default). One thread is faster than two on a shared "
+                        "2-core machine for the sparse ops (bench/bench_sparse_ops.py)")
+    p.add_argument("--bn-scenes", type=int, default=d.bn_scenes,
+                   help="training scenes over which BatchNorm statistics are recomputed after every epoch "
+                        "(precise BN; 0: keep the momentum running averages)")
+    p.add_argument("--voxel-size", type=float, default=d.voxel_size,
+                   help="voxel edge in metres (0: the preset's 2 cm); saved with the model config")
     a = p.parse_args(argv)
     return TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset, epochs=a.epochs, lr=a.lr,
                        weight_decay=a.weight_decay, grad_clip=a.grad_clip, augment=a.augment, seed=a.seed,
-                       resume=a.resume, device=a.device, max_val_scenes=a.max_val_scenes)
+                       resume=a.resume, device=a.device, max_val_scenes=a.max_val_scenes, threads=a.threads,
+                       voxel_size=a.voxel_size, bn_scenes=a.bn_scenes)
 
 
 def main(argv=None) -> int:
