@@ -1,0 +1,719 @@
+"""Train the synthetic-world CLIP on rendered frames (issue 4, section 1).
+
+    python -m training.clip.train --scenes data/clip/train --val-scenes data/clip/val \\
+        --test-scenes data/clip/test --out models-work/clip --minutes 40 --seed 0
+
+No pretrained CLIP weights exist on our machines, so FOLK's teacher gets a small open_clip
+model trained here from random weights (``ClipModel.from_config('folk-tiny-vit')``) with two
+objectives over the training vocabulary (the object classes of the training scenes plus the
+background classes wall/floor/ceiling as negatives), prompts ``"a {name} in the scene"``:
+
+(a) contrastive image-text on object views (:mod:`training.clip.dataset` crops). Many crops
+    share a class, so instance-level InfoNCE would treat same-class crops as negatives. We
+    use the class-level form instead: image->text is a cross-entropy over the K class
+    prompts (every class of the vocabulary is a negative, not only those in the batch);
+    text->image takes, for each class present in the batch, a softmax over the batch's crops
+    with a uniform target over that class's crops (multi-positive, so same-class crops are
+    never negatives). The crop loss is the mean of the two directions.
+(b) dense: MaskCLIP per-patch features (the value path of the last block, the same function
+    :func:`folk_ros.core.clip.maskclip_dense_features` that ``ClipModel.dense_features``
+    runs, here with gradients) of whole frames at the teacher's CLIP input size,
+    mask-pooled over each GT instance mask (Eq. 6, :func:`pool_mask_features`, without the
+    perceptron), L2-normalised and classified by cross-entropy over the class prompts.
+
+Both use CLIP's learnt temperature (``logit_scale``, clamped to 100). AdamW (no decay on
+gains, biases and the temperature, as open_clip), linear warm-up then a cosine decay over
+the run's progress: the larger of steps / (epochs * epoch_steps) and elapsed / --minutes, so
+a wall-clock budget ends the run at the bottom of the schedule. An "epoch" is
+``--epoch-steps`` optimisation steps (a pass over all crops would outlast the budget on
+CPU); after each one the held-out scenes are evaluated (zero-shot crop accuracy over the
+object vocabulary, and mask-pooled dense accuracy, what the teacher uses), ``checkpoints/
+last.pt`` is written atomically (``--resume`` continues from it: model, optimiser, step,
+elapsed time, RNG) and the best model so far (mean of the two validation accuracies) is
+saved as an open_clip folder in ``--out`` (``ClipModel('local-dir:OUT')`` loads it). At the
+end the saved model is reloaded through that path, evaluated on the validation and test
+scenes (also against the whole ScanNet200 vocabulary minus background, the teacher's usual
+setting), and ``manifest.json`` records the command, seeds, data seeds, the weights' sha256,
+metrics with chance levels, and the vocabulary. ``--scannet200-negatives`` adds the ScanNet200
+names that no training instance has to the text side of both losses (never as targets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from folk_ros.core.clip import (DEFAULT_TEMPLATE, OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME, ClipModel,
+                                images_to_float, maskclip_dense_features)
+from training.clip.dataset import (BACKGROUND_CLASSES, CropJitter, ViewConfig, ViewSet, find_scene_dirs,
+                                   frame_masks, load_views)
+from training.data import scannet200
+from training.teacher.config import TeacherConfig
+from training.teacher.mask_pooling import pool_mask_features
+
+log = logging.getLogger("training.clip.train")
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.pt"
+MANIFEST = "manifest.json"
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run (units in the comments); the CLI maps onto it one to one."""
+
+    scenes: list[str] = field(default_factory=list)       # folders of training scenes (ScanNet layout)
+    val_scenes: list[str] = field(default_factory=list)   # held-out scenes: per-epoch eval, model selection
+    test_scenes: list[str] = field(default_factory=list)  # optional held-out scenes: final report only
+    out: str = "models-work/clip"
+    model: str = "folk-tiny-vit"        # architecture: folk_ros config name, open_clip name or JSON path
+    minutes: float = 40.0               # wall-clock budget of training + per-epoch evals (0: none)
+    epochs: int = 0                     # epochs of epoch_steps steps (0: until the time budget)
+    epoch_steps: int = 30               # optimisation steps between evaluations
+    crop_batch: int = 24                # object views per step (objective a)
+    frame_batch: int = 2                # whole frames per step (objective b)
+    crop_weight: float = 1.0
+    dense_weight: float = 1.0
+    lr: float = 1e-3                    # peak learning rate
+    min_lr_ratio: float = 0.05          # final lr = lr * this
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0              # max gradient norm (0: off)
+    template: str = DEFAULT_TEMPLATE
+    dense_size: tuple[int, int] = TeacherConfig().clip_image_size  # (H, W) px of the dense input
+    class_balance: float = 0.5          # crop sampling weight ~ views_per_class ** -this (0: uniform)
+    background: tuple[str, ...] = BACKGROUND_CLASSES
+    scannet200_negatives: bool = False  # ScanNet200 names absent from the training set join the text side
+    every: int = 1                      # training frames: every n-th
+    val_every: int = 3                  # held-out frames: every n-th
+    min_pixels: int = 400               # px; smallest visible mask giving a view / dense mask
+    context: float = 0.15               # crop margin (fraction of the box side) at evaluation
+    max_eval_views: int = 300           # held-out crops per epoch evaluation (fixed seeded subset)
+    max_eval_frames: int = 40           # held-out frames per epoch dense evaluation (evenly spaced)
+    final_eval_views: int = 1000        # the same, for the final evaluation of the saved model
+    final_eval_frames: int = 100
+    seed: int = 0
+    threads: int = 0                    # torch CPU threads (0: torch's default)
+    device: str = "cpu"
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.scenes or not self.val_scenes:
+            raise ValueError("give training scenes and held-out (validation) scenes")
+        if self.minutes <= 0 and self.epochs <= 0:
+            raise ValueError("give a time budget (minutes > 0) and/or a number of epochs (> 0)")
+        for name in ("epoch_steps", "crop_batch", "frame_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.crop_weight < 0 or self.dense_weight < 0 or self.crop_weight + self.dense_weight == 0:
+            raise ValueError("crop_weight and dense_weight must be >= 0 and not both 0")
+        self.dense_size = tuple(int(v) for v in self.dense_size)
+        self.background = tuple(self.background)
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def progress(step: int, total_steps: int, elapsed: float, budget_s: float) -> float:
+    """Fraction of the run done: the larger of step / total_steps and elapsed / budget_s (0 = unset)."""
+    parts = [step / total_steps if total_steps > 0 else 0.0, elapsed / budget_s if budget_s > 0 else 0.0]
+    return max(parts)
+
+
+def learning_rate(step: int, frac: float, cfg: TrainConfig) -> float:
+    """Learning rate at `step` and run fraction `frac`.
+
+    1. linear warm-up over the first ``warmup_steps`` steps;
+    2. cosine decay from ``lr`` to ``lr * min_lr_ratio`` as `frac` goes from 0 to 1.
+    """
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    low = cfg.lr * cfg.min_lr_ratio
+    cosine = low + 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0))) * (cfg.lr - low)
+    return warm * cosine
+
+
+# --------------------------------------------------------------------------- vocabulary and text
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Training classes: objects first (indices 0..K_o-1), then background classes, then
+    text-only negatives (names no training instance has; never a target)."""
+
+    objects: tuple[str, ...]
+    background: tuple[str, ...]
+    negatives: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.objects + self.background + self.negatives
+
+    def index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.names)}
+
+
+def build_vocabulary(train: ViewSet, background: tuple[str, ...], scannet200_negatives: bool = False) -> Vocabulary:
+    """Object classes with views in the training set (sorted) + the background classes present
+    (+ with `scannet200_negatives`, the other ScanNet200 names, so that a teacher scoring the
+    full benchmark vocabulary meets no prompt the model never saw)."""
+    objects = tuple(sorted(train.class_counts()))
+    if not objects:
+        raise ValueError("the training scenes give no object views (check min_pixels and the labels)")
+    present = set(train.all_classes())
+    back = tuple(b for b in background if b in present)
+    known = set(objects) | set(back)
+    negatives = tuple(n for n in scannet200_object_names(background) if n not in known) if scannet200_negatives else ()
+    return Vocabulary(objects, back, negatives)
+
+
+def scannet200_object_names(background: tuple[str, ...] = BACKGROUND_CLASSES) -> tuple[str, ...]:
+    """The ScanNet200 class names minus the background classes (the teacher's usual vocabulary)."""
+    return tuple(n for n in scannet200.class_labels() if n not in set(background))
+
+
+def tokenize(clip: ClipModel, names: tuple[str, ...], template: str) -> torch.Tensor:
+    """(K, context) token ids of the prompts ``template`` filled with each name."""
+    return clip.tokenizer([template.replace("{}", n) for n in names]).to(clip.device)
+
+
+def _short_context_ok(model: torch.nn.Module) -> bool:
+    """The text tower is open_clip's causal, EOT-pooled one (so padding after EOT changes nothing)."""
+    return (getattr(model, "text_pool_type", None) == "argmax" and getattr(model, "attn_mask", None) is not None
+            and hasattr(model, "token_embedding") and getattr(model.transformer, "batch_first", False))
+
+
+def text_embeddings(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(K, D) L2-normalised text embeddings; differentiable (no cache, unlike ClipModel.encode_text).
+
+    tokens: (K, context) padded token ids. open_clip's text tower is causal and pools the EOT
+    token, so the padding after the longest prompt's EOT cannot change the result: the
+    sequence is cut there (about 10 of 77 positions for our prompts, ~7x less compute, same
+    output as ``model.encode_text`` up to float rounding). Other towers take the full path.
+    """
+    if not _short_context_ok(model):
+        return F.normalize(model.encode_text(tokens).float(), dim=-1)
+    n = int((tokens != 0).sum(1).max())                        # longest prompt incl. SOT and EOT
+    text = tokens[:, :n]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(text).to(cast) + model.positional_embedding[:n].to(cast)  # (K, n, C)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]             # EOT tokens, (K, C)
+    proj = model.text_projection
+    x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
+    return F.normalize(x.float(), dim=-1)
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def crop_contrastive_loss(image: torch.Tensor, text: torch.Tensor, targets: torch.Tensor,
+                          scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Class-level CLIP loss of B crops against K class prompts.
+
+    Args:
+        image: (B, D) L2-normalised crop embeddings.
+        text: (K, D) L2-normalised prompt embeddings of the vocabulary.
+        targets: (B,) int64 class index of each crop.
+        scale: () logit scale (exp of CLIP's learnt log-temperature).
+
+    Returns:
+        {"i2t": CE over the K prompts, "t2i": per present class, CE of a softmax over the B
+        crops against a uniform target on that class's crops, "loss": their mean}.
+    """
+    logits = scale * image @ text.T                                   # (B, K)
+    i2t = F.cross_entropy(logits, targets)
+    present = torch.unique(targets)                                   # (C,)
+    positive = (targets[None, :] == present[:, None]).float()         # (C, B)
+    log_p = F.log_softmax(logits.T[present], dim=1)                   # (C, B)
+    t2i = -((positive / positive.sum(1, keepdim=True)) * log_p).sum(1).mean()
+    return {"i2t": i2t, "t2i": t2i, "loss": 0.5 * (i2t + t2i)}
+
+
+def dense_mask_loss(features: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor,
+                    targets: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mask-pooled dense features (Eq. 6 without the perceptron) classified over the prompts.
+
+    Args:
+        features: (B, D, h, w) MaskCLIP dense features (normalised along D).
+        masks: (M, H, W) bool GT instance masks; image_index: (M,) int64 frame of each mask.
+        targets: (M,) int64 class index; text: (K, D); scale: () logit scale.
+
+    Returns:
+        {"loss": CE, "acc": share of masks whose argmax is right (no gradient)}.
+    """
+    pooled = F.normalize(pool_mask_features(features, masks, image_index), dim=-1)  # (M, D)
+    logits = scale * pooled @ text.T                                                 # (M, K)
+    return {"loss": F.cross_entropy(logits, targets),
+            "acc": (logits.argmax(1) == targets).float().mean().detach()}
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def dense_input(colors: list[np.ndarray], size: tuple[int, int], mean, std, device) -> torch.Tensor:
+    """(B, 3, H', W') normalised frames, resized as ``ClipModel.dense_features(size=...)`` does
+    (antialiased bicubic, clamped to [0, 1], then the model's mean/std)."""
+    xs = []
+    for c in colors:
+        x = images_to_float(c[None]).to(device)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+        xs.append(x)
+    x = torch.cat(xs)
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def crop_input(crops: np.ndarray, mean, std, device) -> torch.Tensor:
+    """(B, 3, S, S) normalised crops from (B, S, S, 3) uint8 (already at the model's size)."""
+    x = images_to_float(crops).to(device)
+    return (x - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+
+def crop_weights(views: ViewSet, power: float) -> np.ndarray:
+    """(V,) sampling probabilities ~ (views of the crop's class) ** -power."""
+    counts = views.class_counts()
+    w = np.array([counts[n] for n in views.name], np.float64) ** -power
+    return w / w.sum()
+
+
+def sample_frames(views: ViewSet, frames: np.ndarray, rng: np.random.Generator, vocab: dict[str, int],
+                  min_pixels: int, flip: bool) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode frames, optionally flip each at random, and cut their GT masks.
+
+    Returns colours [(H, W, 3) uint8], masks (M, H, W) bool, image_index (M,), targets (M,).
+    """
+    colors, masks, index, targets = [], [], [], []
+    for b, f in enumerate(frames):
+        fr = views.frames[int(f)]
+        color, inst = fr.decode()
+        if flip and rng.random() < 0.5:
+            color, inst = np.ascontiguousarray(color[:, ::-1]), np.ascontiguousarray(inst[:, ::-1])
+        _, m, t = frame_masks(inst, views.labels[fr.scene], vocab, min_pixels)
+        colors.append(color)
+        masks.append(m)
+        targets.append(t)
+        index.append(np.full(len(t), b))
+    return (colors, torch.from_numpy(np.concatenate(masks)), torch.from_numpy(np.concatenate(index)),
+            torch.from_numpy(np.concatenate(targets)))
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A fixed held-out subset: object views and frames of a ViewSet."""
+
+    views: ViewSet
+    view_index: np.ndarray   # (V',) views evaluated (classes outside the vocabulary removed)
+    frame_index: np.ndarray  # (F',) frames for the dense accuracy
+    skipped_views: int       # views whose class is not in the object vocabulary
+
+
+def make_eval_set(views: ViewSet, objects: tuple[str, ...], max_views: int, max_frames: int,
+                  seed: int = 0) -> EvalSet:
+    """Views of known object classes (a seeded subset of at most `max_views`) and evenly spaced frames."""
+    known = np.isin(views.name, list(objects))
+    idx = np.flatnonzero(known)
+    if max_views and len(idx) > max_views:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_views, replace=False))
+    frames = np.unique(views.frame[known])
+    if max_frames and len(frames) > max_frames:
+        frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
+    return EvalSet(views, idx, frames, int((~known).sum()))
+
+
+def _accuracies(pred: np.ndarray, truth: np.ndarray, k: int) -> dict[str, float]:
+    """Micro and class-mean accuracy, chance (1/K) and the majority-class rate."""
+    if len(truth) == 0:
+        return {"acc": float("nan"), "mean_class_acc": float("nan"), "n": 0}
+    classes = np.unique(truth)
+    per_class = [float((pred[truth == c] == c).mean()) for c in classes]
+    return {"acc": float((pred == truth).mean()), "mean_class_acc": float(np.mean(per_class)), "n": int(len(truth)),
+            "classes": int(len(classes)), "chance": 1.0 / k,
+            "majority": float(np.bincount(truth).max() / len(truth))}
+
+
+def evaluate(clip: ClipModel, text: torch.Tensor, objects: tuple[str, ...], data: EvalSet,
+             dense_size: tuple[int, int], min_pixels: int, batch: int = 64) -> dict[str, dict]:
+    """Zero-shot accuracy of held-out object crops and of mask-pooled dense features.
+
+    Args:
+        clip: the model, evaluated through its public ``encode_images`` / ``dense_features``.
+        text: (K_o, D) L2-normalised prompt embeddings of the object vocabulary `objects`.
+        data: the held-out views and frames.
+
+    Returns:
+        {"crop": {...}, "dense": {...}}, each with acc, mean_class_acc, n, classes, chance, majority.
+    """
+    clip.model.eval()
+    classes = {n: i for i, n in enumerate(objects)}
+    k = len(objects)
+    text = text.to(clip.device)
+    views = data.views
+    crop_pred = []
+    for chunk in np.array_split(data.view_index, max(1, math.ceil(len(data.view_index) / batch))):
+        if len(chunk):
+            emb = clip.encode_images(views.crops(chunk))                          # (b, D)
+            crop_pred.append((emb @ text.T).argmax(1).cpu().numpy())
+    crop_truth = np.array([classes[n] for n in views.name[data.view_index]], np.int64)
+    crop_pred = np.concatenate(crop_pred) if crop_pred else np.zeros(0, np.int64)
+
+    dense_pred, dense_truth = [], []
+    for chunk in np.array_split(data.frame_index, max(1, math.ceil(len(data.frame_index) / 8))):
+        if not len(chunk):
+            continue
+        colors, masks, index, targets = sample_frames(views, chunk, np.random.default_rng(0), classes,
+                                                      min_pixels, flip=False)
+        if not len(targets):
+            continue
+        feats = clip.dense_features(np.stack(colors), size=dense_size)           # (b, D, h, w)
+        pooled = F.normalize(pool_mask_features(feats, masks, index), dim=-1)    # (m, D)
+        dense_pred.append((pooled @ text.T).argmax(1).cpu().numpy())
+        dense_truth.append(targets.numpy())
+    dense_pred = np.concatenate(dense_pred) if dense_pred else np.zeros(0, np.int64)
+    dense_truth = np.concatenate(dense_truth) if dense_truth else np.zeros(0, np.int64)
+    crop = {**_accuracies(crop_pred, crop_truth, k), "skipped_unknown_class": data.skipped_views}
+    return {"crop": crop, "dense": _accuracies(dense_pred, dense_truth, k)}
+
+
+def selection_score(metrics: dict[str, dict]) -> float:
+    """Model selection: mean of the crop and dense held-out accuracies."""
+    return 0.5 * (metrics["crop"]["acc"] + metrics["dense"]["acc"])
+
+
+# --------------------------------------------------------------------------- state on disk
+
+
+def atomic_torch_save(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename over `path`."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_model(clip: ClipModel, out: Path) -> str:
+    """Save `clip` as an open_clip folder in `out` (files renamed into place); returns the weights' sha256."""
+    tmp = out / ".saving"
+    shutil.rmtree(tmp, ignore_errors=True)
+    clip.save(tmp)
+    for name in (OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME):
+        os.replace(tmp / name, out / name)
+    tmp.rmdir()
+    return sha256_file(out / WEIGHTS_FILE_NAME)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def data_provenance(views: ViewSet, roots: list[str]) -> dict:
+    """Scene ids, generator seeds (from synth_meta.json where present) and counts of a ViewSet."""
+    seeds = {}
+    for d in find_scene_dirs([Path(r) for r in roots]):
+        meta = d / "synth_meta.json"
+        if meta.exists():
+            m = json.loads(meta.read_text(encoding="utf-8"))
+            seeds[d.name] = {"run_seed": m.get("run_seed"), "index": m.get("index"), "seed": m.get("seed")}
+    run_seeds = sorted({v["run_seed"] for v in seeds.values() if v["run_seed"] is not None})
+    return {"roots": [str(r) for r in roots], "scenes": views.scene_ids, "generator_run_seeds": run_seeds,
+            "scene_seeds": seeds, "frames": len(views.frames), "every": views.config.every,
+            "object_views": len(views), "views_per_class": views.class_counts()}
+
+
+def _rng_state(rng: np.random.Generator) -> dict:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's split: no weight decay on gains, biases, norms and the temperature."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n
+        (no_decay if exclude else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def train_step(clip: ClipModel, tokens: torch.Tensor, train: ViewSet, cfg: TrainConfig, rng: np.random.Generator,
+               weights: np.ndarray, frame_pool: np.ndarray, vocab_index: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Losses of one random batch (crops + frames); returns named terms, "loss" the weighted total."""
+    model = clip.model
+    dev = clip.device
+    text = text_embeddings(model, tokens)                                              # (K, D)
+    scale = model.logit_scale.exp()
+    terms: dict[str, torch.Tensor] = {}
+    total = torch.zeros((), device=dev)
+    if cfg.crop_weight > 0:
+        idx = rng.choice(len(train), cfg.crop_batch, p=weights)
+        x = crop_input(train.crops(idx, rng, CropJitter()), clip.image_mean, clip.image_std, dev)
+        image = F.normalize(model.encode_image(x).float(), dim=-1)                     # (B, D)
+        y = torch.tensor([vocab_index[n] for n in train.name[idx]], device=dev)
+        crop = crop_contrastive_loss(image, text, y, scale)
+        terms.update(crop_i2t=crop["i2t"], crop_t2i=crop["t2i"], crop=crop["loss"])
+        total = total + cfg.crop_weight * crop["loss"]
+    if cfg.dense_weight > 0:
+        frames = rng.choice(frame_pool, cfg.frame_batch, replace=False)
+        colors, masks, index, targets = sample_frames(train, frames, rng, vocab_index, cfg.min_pixels, flip=True)
+        feats = maskclip_dense_features(model.visual, dense_input(colors, cfg.dense_size, clip.image_mean,
+                                                                  clip.image_std, dev))  # (F, D, h, w)
+        dense = dense_mask_loss(feats, masks.to(dev), index.to(dev), targets.to(dev), text, scale)
+        terms.update(dense=dense["loss"], dense_acc=dense["acc"])
+        total = total + cfg.dense_weight * dense["loss"]
+    terms["loss"] = total
+    terms["scale"] = scale.detach()
+    return terms
+
+
+def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
+    """Run (or resume) a training; returns the manifest (also written to ``<out>/manifest.json``)."""
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    clip = ClipModel.from_config(cfg.model, device=cfg.device, seed=cfg.seed)
+    model = clip.model
+    size_h, size_w = clip.image_size
+    if size_h != size_w:
+        raise ValueError(f"object views are square; {cfg.model} takes {size_h}x{size_w} images")
+    view_cfg = ViewConfig(every=cfg.every, min_pixels=cfg.min_pixels, context=cfg.context, crop_size=size_h,
+                          background=cfg.background)
+    train_views = load_views(find_scene_dirs([Path(p) for p in cfg.scenes]), view_cfg, desc="train scenes")
+    held_cfg = replace(view_cfg, every=cfg.val_every)
+    val_views = load_views(find_scene_dirs([Path(p) for p in cfg.val_scenes]), held_cfg, desc="val scenes")
+    test_views = (load_views(find_scene_dirs([Path(p) for p in cfg.test_scenes]), held_cfg, desc="test scenes")
+                  if cfg.test_scenes else None)
+    vocab = build_vocabulary(train_views, cfg.background, cfg.scannet200_negatives)
+    vocab_index = vocab.index()
+    val_set = make_eval_set(val_views, vocab.objects, cfg.max_eval_views, cfg.max_eval_frames)
+    load_s = time.perf_counter() - t_start
+    log.info("vocabulary: %d object classes + background %s + %d text negatives; data loaded in %.0f s",
+             len(vocab.objects), vocab.background, len(vocab.negatives), load_s)
+
+    tokens = tokenize(clip, vocab.names, cfg.template)
+    obj_tokens = tokenize(clip, vocab.objects, cfg.template)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    weights = crop_weights(train_views, cfg.class_balance)
+    frame_pool = np.unique(train_views.frame)  # frames with at least one object view
+    if len(frame_pool) < cfg.frame_batch:
+        raise ValueError(f"only {len(frame_pool)} training frames with objects for frame_batch={cfg.frame_batch}")
+
+    step, epoch, elapsed, history, best, best_epoch, sha = 0, 0, 0.0, [], -math.inf, None, None
+    last = out / CHECKPOINT_DIR / LAST
+    if cfg.resume and last.exists():
+        ck = torch.load(last, map_location=clip.device, weights_only=False)
+        if tuple(ck["vocabulary"]) != vocab.names or ck["config"]["model"] != cfg.model:
+            raise ValueError(f"{last} was trained with another vocabulary or model; start a fresh --out")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        rng.bit_generator.state = ck["rng"]["numpy"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        step, epoch, elapsed, history = ck["step"], ck["epoch"], ck["elapsed"], ck["history"]
+        best, best_epoch, sha = ck["best"], ck["best_epoch"], ck.get("sha256")
+        log.info("resumed from %s at step %d (epoch %d, %.1f min done)", last, step, epoch, elapsed / 60)
+
+    budget_s = cfg.minutes * 60.0
+    total_steps = cfg.epochs * cfg.epoch_steps
+    done = progress(step, total_steps, elapsed, budget_s) >= 1.0
+    t_resume = time.perf_counter() - elapsed
+    while not done:
+        model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        t_epoch = time.perf_counter()
+        bar = tqdm(range(cfg.epoch_steps), desc=f"epoch {epoch + 1}", leave=False, unit="step")
+        for _ in bar:
+            frac = progress(step, total_steps, time.perf_counter() - t_resume, budget_s)
+            if frac >= 1.0:
+                done = True
+                break
+            for g in opt.param_groups:
+                g["lr"] = learning_rate(step, frac, cfg)
+            terms = train_step(clip, tokens, train_views, cfg, rng, weights, frame_pool, vocab_index)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            step += 1
+            n += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{opt.param_groups[0]['lr']:.1e}")
+        if n == 0:
+            break
+        epoch += 1
+        train_s = time.perf_counter() - t_epoch
+        with torch.no_grad():
+            text = text_embeddings(model.eval(), obj_tokens)
+        metrics = evaluate(clip, text, vocab.objects, val_set, cfg.dense_size, cfg.min_pixels)
+        row = {"epoch": epoch, "step": step, "lr": opt.param_groups[0]["lr"], "train_seconds": train_s,
+               "eval_seconds": time.perf_counter() - t_epoch - train_s,
+               **{f"train_{k}": v / n for k, v in sums.items()},
+               "val_crop_acc": metrics["crop"]["acc"], "val_crop_mean_class_acc": metrics["crop"]["mean_class_acc"],
+               "val_dense_acc": metrics["dense"]["acc"],
+               "val_dense_mean_class_acc": metrics["dense"]["mean_class_acc"]}
+        history.append(row)
+        log.info("epoch %d: %s", epoch, json.dumps({k: round(v, 4) for k, v in row.items()}))
+        score = selection_score(metrics)
+        if score > best:
+            best, best_epoch = score, epoch
+            sha = save_model(clip, out)
+        elapsed = time.perf_counter() - t_resume
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(rng),
+                           "step": step, "epoch": epoch, "elapsed": elapsed, "history": history, "best": best,
+                           "best_epoch": best_epoch, "sha256": sha, "vocabulary": list(vocab.names),
+                           "config": asdict(cfg)}, last)
+        done = done or progress(step, total_steps, elapsed, budget_s) >= 1.0
+    train_total_s = time.perf_counter() - t_resume
+    if sha is None:
+        raise RuntimeError("no epoch finished: nothing was saved (raise --minutes or --epochs)")
+
+    # The artefact, reloaded through the path a real open_clip checkpoint takes.
+    t_final = time.perf_counter()
+    saved = ClipModel(f"local-dir:{out.resolve()}", device=cfg.device)
+    text = saved.encode_text(list(vocab.objects), template=cfg.template)
+    val_final = make_eval_set(val_views, vocab.objects, cfg.final_eval_views, cfg.final_eval_frames)
+    final = {"val": evaluate(saved, text, vocab.objects, val_final, cfg.dense_size, cfg.min_pixels)}
+    if test_views is not None:
+        test_set = make_eval_set(test_views, vocab.objects, cfg.final_eval_views, cfg.final_eval_frames)
+        final["test"] = evaluate(saved, text, vocab.objects, test_set, cfg.dense_size, cfg.min_pixels)
+    # the teacher's setting: the same views scored against the whole ScanNet200 vocabulary
+    wide = scannet200_object_names(cfg.background)
+    if set(vocab.objects) <= set(wide):
+        final["scannet200_vocabulary"] = evaluate(saved, saved.encode_text(list(wide), template=cfg.template), wide,
+                                                  test_set if test_views is not None else val_final,
+                                                  cfg.dense_size, cfg.min_pixels)
+    final_s = time.perf_counter() - t_final
+
+    import open_clip
+    argv = list(sys.argv[1:] if argv is None else argv)
+    manifest = {
+        "what": "synthetic-world CLIP for the FOLK teacher (issue 4, section 1); trained on rendered frames only",
+        "command": "python -m training.clip.train " + shlex.join(argv),
+        "seed": cfg.seed,
+        "config": asdict(cfg),
+        "model": {"architecture": cfg.model, "model_cfg": clip.model_cfg,
+                  "parameters": int(sum(p.numel() for p in model.parameters())),
+                  "weights": WEIGHTS_FILE_NAME, "sha256": sha, "load_with": f"ClipModel('local-dir:{out}')"},
+        "vocabulary": {"objects": list(vocab.objects), "background": list(vocab.background),
+                       "text_negatives": list(vocab.negatives),
+                       "template": cfg.template},
+        "objectives": {
+            "crop": "class-level CLIP loss: image->text CE over all vocabulary prompts; text->image CE over the "
+                    "batch's crops with a uniform target on same-class crops (same-class crops never negatives)",
+            "dense": "MaskCLIP value-path dense features at dense_size, mask-pooled over GT instance masks "
+                     "(pool_mask_features, Eq. 6 without perceptron), CE over vocabulary prompts",
+            "selection": "best epoch by mean of held-out crop and dense accuracy on the val scenes"},
+        "data": {"train": data_provenance(train_views, cfg.scenes), "val": data_provenance(val_views, cfg.val_scenes),
+                 **({"test": data_provenance(test_views, cfg.test_scenes)} if test_views is not None else {})},
+        "metrics": {"best_epoch": best_epoch, "epochs": epoch, "steps": step, **final,
+                    "note": "accuracy = argmax over the object vocabulary (background excluded) of the "
+                            "cosine to 'a {name} in the scene'; chance = 1/K; majority = most frequent class share"},
+        "history": history,
+        "timing": {"data_load_s": load_s, "train_s": train_total_s, "final_eval_s": final_s,
+                   "total_s": time.perf_counter() - t_start, "torch_threads": torch.get_num_threads(),
+                   "loadavg_start": load_start, "loadavg_end": os.getloadavg(), "cpus": os.cpu_count()},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "open_clip": open_clip.__version__, "numpy": np.__version__, "device": str(clip.device)},
+    }
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+    return manifest
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    d = TrainConfig.__dataclass_fields__
+    p = argparse.ArgumentParser(prog="python -m training.clip.train", description=__doc__.split("\n\n")[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenes", nargs="+", required=True, help="training scene folders (or parents of them)")
+    p.add_argument("--val-scenes", nargs="+", required=True, help="held-out scenes: per-epoch eval and selection")
+    p.add_argument("--test-scenes", nargs="*", default=[], help="held-out scenes for the final report only")
+    p.add_argument("--out", default=d["out"].default, help="output folder (open_clip folder + manifest.json)")
+    p.add_argument("--config", dest="model", default=d["model"].default,
+                   help="architecture: folk_ros config name, open_clip name or JSON path")
+    p.add_argument("--minutes", type=float, default=d["minutes"].default,
+                   help="wall-clock budget of training + per-epoch evals (0: none)")
+    p.add_argument("--epochs", type=int, default=d["epochs"].default, help="epochs (0: until the time budget)")
+    p.add_argument("--epoch-steps", type=int, default=d["epoch_steps"].default, help="steps per epoch")
+    p.add_argument("--crop-batch", type=int, default=d["crop_batch"].default)
+    p.add_argument("--frame-batch", type=int, default=d["frame_batch"].default)
+    p.add_argument("--crop-weight", type=float, default=d["crop_weight"].default)
+    p.add_argument("--dense-weight", type=float, default=d["dense_weight"].default)
+    p.add_argument("--lr", type=float, default=d["lr"].default)
+    p.add_argument("--warmup-steps", type=int, default=d["warmup_steps"].default)
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
+    p.add_argument("--dense-size", type=int, nargs=2, metavar=("H", "W"), default=list(TeacherConfig().clip_image_size))
+    p.add_argument("--class-balance", type=float, default=d["class_balance"].default)
+    p.add_argument("--scannet200-negatives", action="store_true",
+                   help="add the ScanNet200 names absent from the training set as text-only negatives")
+    p.add_argument("--every", type=int, default=d["every"].default, help="training frames: every n-th")
+    p.add_argument("--val-every", type=int, default=d["val_every"].default, help="held-out frames: every n-th")
+    p.add_argument("--min-pixels", type=int, default=d["min_pixels"].default)
+    p.add_argument("--max-eval-views", type=int, default=d["max_eval_views"].default)
+    p.add_argument("--max-eval-frames", type=int, default=d["max_eval_frames"].default)
+    p.add_argument("--final-eval-views", type=int, default=d["final_eval_views"].default)
+    p.add_argument("--final-eval-frames", type=int, default=d["final_eval_frames"].default)
+    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument("--threads", type=int, default=d["threads"].default, help="torch CPU threads (0: default)")
+    p.add_argument("--device", default=d["device"].default)
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    a = p.parse_args(argv)
+    return TrainConfig(scenes=a.scenes, val_scenes=a.val_scenes, test_scenes=a.test_scenes, out=a.out, model=a.model,
+                       minutes=a.minutes, epochs=a.epochs, epoch_steps=a.epoch_steps, crop_batch=a.crop_batch,
+                       frame_batch=a.frame_batch, crop_weight=a.crop_weight, dense_weight=a.dense_weight, lr=a.lr,
+                       warmup_steps=a.warmup_steps, weight_decay=a.weight_decay, dense_size=tuple(a.dense_size),
+                       class_balance=a.class_balance, scannet200_negatives=a.scannet200_negatives,
+                       every=a.every, val_every=a.val_every,
+                       min_pixels=a.min_pixels, max_eval_views=a.max_eval_views,
+                       max_eval_frames=a.max_eval_frames, final_eval_views=a.final_eval_views,
+                       final_eval_frames=a.final_eval_frames, seed=a.seed, threads=a.threads, device=a.device,
+                       resume=a.resume)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    manifest = train(parse_args(argv), argv)
+    print(json.dumps({k: manifest["metrics"][k] for k in manifest["metrics"] if k != "note"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
