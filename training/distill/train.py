@@ -1,0 +1,612 @@
+"""Label-guided distillation of the FOLK student (paper section 3.3, Eq. 7-12).
+
+    python -m training.distill.train --cache DIR [DIR ...] --val-cache DIR [DIR ...] --mask3d CKPT
+        (--clip local-dir:PATH | --clip-config NAME) --out DIR [--vocabulary scannet200|synthetic|a,b,c]
+        [--lambda1 0.2 --lambda2 0.8 --tau 0.07] [--epochs 100 --batch-size 256 --lr 1e-3]
+        [--hidden-dim 512] [--seed 0] [--threads N] [--device auto] [--resume]
+
+    torchrun --nproc_per_node 2 -m training.distill.train ...   (same arguments: DDP)
+
+Reads top to bottom:
+
+1. Text: the training vocabulary (``--vocabulary``, :func:`training.evaluate.teacher_eval.vocabulary`)
+   through CLIP with the prompt ``"a {} in the scene"`` -> (K, C) unit-norm text embeddings.
+2. Instances of every teacher-cache scene (:mod:`training.build_teacher_cache`): the student's
+   fixed input (the pooled frozen-Mask3D features of the proposal, Eq. 7, cached per scene by
+   :class:`training.distill.features.FeatureCache`), the pseudo-label and target from the
+   teacher's views (Eq. 8-10, :func:`training.distill.pseudo_labels`) and, where the cache has
+   GT proposals, the GT label's index in the vocabulary. Proposals whose views are all
+   unusable, or that hold no points, are skipped and counted.
+3. Training: the student's MLP (``Student.project``: 2 layers to the CLIP size, unit norm) on
+   shuffled batches of instances drawn from all training scenes together, loss Eq. 11-12
+   (:class:`training.distill.DistillLoss`), AdamW with linear warm-up and cosine decay
+   (:func:`lr_at`).
+4. After each epoch: agreement of the student's label (argmax of cosine to the text
+   embeddings) with the pseudo-label on the training and validation instances, and with the GT
+   label on validation instances that have one (plus the teacher's own GT agreement for
+   reference); ``best.pt`` when the selection metric improves (``--select``: the GT agreement
+   when the validation caches have GT, else the pseudo-label agreement; ties go to the lower
+   validation loss), ``last.pt`` and
+   ``metrics.json``, each written atomically.
+
+Outputs in ``--out``:
+    best.pt      ``Student.to_checkpoint()`` + tau, vocabulary, prompt_template, point_features,
+                 mask3d_sha256, clip (identity), train_config, metrics (of its epoch), epoch, data
+    last.pt      model, optimiser, epoch, RNG state, best so far, history: ``--resume`` continues
+                 from it (a killed run loses at most the epoch in progress)
+    metrics.json config, data summary, per-epoch history, best epoch
+
+Determinism: the model is initialised from ``--seed``; each epoch's shuffle and the dropout stream
+are derived from (seed, epoch[, rank]), so a resumed run reproduces an uninterrupted one exactly
+(same threads, same machine).
+
+Distributed: under ``torchrun`` (RANK and WORLD_SIZE set) the ranks join a process group (gloo on
+CPU, nccl on CUDA, device cuda:LOCAL_RANK), the student is wrapped in DDP, and every epoch's
+shuffled instance order is split between the ranks (``DistributedSampler``): ``--batch-size``
+is the global batch, each rank takes ``ceil(batch / world)`` instances per step, and the
+contrastive negatives of Eq. 11 are those of the rank's own part of the batch. Rank 0 encodes
+the text and computes missing feature files, the others wait and then read them; only rank 0
+writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from folk_ros.core.clip import DEFAULT_TEMPLATE, resolve_device
+from folk_ros.core.student import Student, StudentConfig
+from training.build_teacher_cache import BuildConfig, clip_identity, load_teacher_cache
+from training.data import scannet200
+from training.distill.features import POINT_FEATURE_KINDS, FeatureCache, find_teacher_caches
+from training.distill.losses import DistillLoss, DistillLossConfig
+from training.distill.pseudo_labels import pseudo_labels
+
+log = logging.getLogger("training.distill.train")
+
+LAST_FORMAT = "folk_ros.distill.last"
+SELECT_METRICS = ("auto", "gt", "pseudo", "loss")
+# config fields a resumed run may change: they do not change what one epoch computes
+RESUMABLE_CHANGES = ("epochs", "out", "threads", "device", "resume", "progress")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a distillation run depends on (CLI flags map one to one)."""
+
+    cache: list[str] = field(default_factory=list)       # training teacher-cache folders or files
+    val_cache: list[str] = field(default_factory=list)   # validation teacher-cache folders or files
+    mask3d: str = ""                                     # frozen Mask3D checkpoint (point features)
+    out: str = "runs/distill"                            # checkpoints and metrics
+    clip: str | None = None                              # CLIP weights, e.g. local-dir:models/clip
+    clip_config: str | None = None                       # RANDOM-weight CLIP architecture (tests, plumbing)
+    features: str | None = None                          # feature-file folder (default: next to each cache)
+    point_features: str = "backbone"                     # Mask3D features the student pools: backbone | mask
+    vocabulary: str = "scannet200"                       # scannet200 | synthetic | comma-separated names
+    template: str = DEFAULT_TEMPLATE                     # CLIP prompt of the text embeddings
+    lambda1: float = 0.2                                 # Eq. 12 contrastive weight (paper Table 5 best)
+    lambda2: float = 0.8                                 # Eq. 12 label cross-entropy weight
+    tau: float = DistillLossConfig.temperature           # Eq. 11-12 temperature
+    min_views: int = 1                                   # usable teacher views an instance needs (Eq. 9)
+    hidden_dim: int = 512                                # student MLP hidden width
+    dropout: float = 0.1                                 # student dropout probability
+    epochs: int = 100
+    batch_size: int = 256                                # instances per optimiser step (global under DDP)
+    lr: float = 1e-3                                     # peak learning rate (AdamW)
+    weight_decay: float = 0.05
+    warmup: float = 0.05                                 # fraction of all steps with linear warm-up
+    select: str = "auto"                                 # best.pt metric: auto | gt | pseudo | loss
+    seed: int = 0
+    threads: int = 0                                     # torch CPU threads (0: torch's default)
+    device: str = "auto"                                 # auto | cpu | cuda
+    resume: bool = False                                 # continue from <out>/last.pt
+    progress: bool = True                                # tqdm bars
+
+    def __post_init__(self) -> None:
+        if not self.cache or not self.val_cache:
+            raise ValueError("give training (--cache) and validation (--val-cache) teacher caches")
+        if not self.mask3d:
+            raise ValueError("give the frozen Mask3D checkpoint (--mask3d) the point features come from")
+        if (self.clip is None) == (self.clip_config is None):
+            raise ValueError("give exactly one of clip (weights) and clip_config (random weights)")
+        if self.point_features not in POINT_FEATURE_KINDS:
+            raise ValueError(f"point_features must be one of {POINT_FEATURE_KINDS}, got {self.point_features!r}")
+        if self.select not in SELECT_METRICS:
+            raise ValueError(f"select must be one of {SELECT_METRICS}, got {self.select!r}")
+        for name in ("epochs", "batch_size", "hidden_dim", "min_views"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.warmup < 1:
+            raise ValueError(f"need lr > 0, weight_decay >= 0, 0 <= warmup < 1; got {self.lr}, "
+                             f"{self.weight_decay}, {self.warmup}")
+        self.loss_config()  # validates lambda1, lambda2, tau
+
+    def loss_config(self) -> DistillLossConfig:
+        return DistillLossConfig(lambda_contrastive=self.lambda1, lambda_ce=self.lambda2, temperature=self.tau)
+
+    def identity(self) -> dict:
+        """The fields a resumed run must share with the run it continues."""
+        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the run: rank, world size and device (world 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    enabled: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def setup_distributed(device: str) -> DistInfo:
+    """Join torchrun's process group when RANK and WORLD_SIZE are set (gloo on CPU, nccl on CUDA)."""
+    dev = resolve_device(device)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return DistInfo(device=dev)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if dev.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        # rank 0 may spend minutes computing feature files while the others wait at a barrier
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
+    return DistInfo(rank, world, dev, True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class InstanceSet:
+    """The distillation instances of a set of scenes, rows aligned.
+
+    features: (I, D) float32 pooled point features (the student's input, Eq. 7).
+    targets: (I, C) float32 unit-norm teacher targets (Eq. 10).
+    labels: (I,) int64 pseudo-labels in [0, K) (Eq. 9).
+    gt: (I,) int64 vocabulary index of the GT label, -1 where unknown or not in the vocabulary.
+    scene: (I,) int64 index into ``scene_ids``.
+    stats: counts (scenes, proposals, instances, skipped_no_views, skipped_no_points, ...).
+    """
+
+    features: torch.Tensor
+    targets: torch.Tensor
+    labels: torch.Tensor
+    gt: torch.Tensor
+    scene: torch.Tensor
+    scene_ids: list[str]
+    stats: dict
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def to(self, device: torch.device) -> "InstanceSet":
+        return InstanceSet(self.features.to(device), self.targets.to(device), self.labels.to(device),
+                           self.gt.to(device), self.scene.to(device), self.scene_ids, self.stats)
+
+
+def gt_lookup(vocab: tuple[str, ...]) -> np.ndarray:
+    """Table from ScanNet200 label id to vocabulary index (-1: not in the vocabulary)."""
+    ids = scannet200.class_ids()
+    lut = np.full(max(ids) + 1, -1, np.int64)
+    table = scannet200.name_to_id()
+    for i, name in enumerate(vocab):
+        if name in table:
+            lut[table[name]] = i
+    return lut
+
+
+def load_instances(paths: list[Path], text: torch.Tensor, vocab: tuple[str, ...], features: FeatureCache,
+                   min_views: int = 1, compute: bool = True, clip_id: str | None = None,
+                   progress: bool = True, desc: str = "scenes") -> InstanceSet:
+    """Pseudo-labelled instances of the teacher-cache files ``paths`` (Eq. 8-10 per scene).
+
+    Args:
+        paths: teacher-cache files.
+        text: (K, C) text embeddings of ``vocab``.
+        features: where the pooled features come from (computed when missing if ``compute``).
+        min_views: usable views an instance needs (:func:`pseudo_labels`).
+        clip_id: identity of the CLIP that made ``text``; scenes whose teacher used another are logged.
+
+    Raises:
+        ValueError: a cache whose embedding size differs from the text embeddings'.
+    """
+    text = text.detach().float().cpu()
+    lut = gt_lookup(vocab)
+    rows: dict[str, list] = {k: [] for k in ("features", "targets", "labels", "gt", "scene")}
+    stats = {"scenes": 0, "proposals": 0, "instances": 0, "skipped_no_views": 0, "skipped_no_points": 0,
+             "unusable_views": 0, "features_computed": 0, "features_reused": 0, "gt_instances": 0}
+    scene_ids, other_clip, agreement = [], [], []
+    for si, path in enumerate(tqdm(paths, desc=desc, unit="scene", disable=not progress)):
+        cache = load_teacher_cache(path)
+        if cache.view_embeddings.shape[1] != text.shape[1]:
+            raise ValueError(f"{path}: teacher embeddings are {cache.view_embeddings.shape[1]}-d but the CLIP "
+                             f"text embeddings are {text.shape[1]}-d: the cache was built with another CLIP")
+        if clip_id is not None and cache.meta.get("config", {}).get("clip") not in (None, clip_id):
+            other_clip.append(cache.scene_id)
+        feats, status = features.get(cache, path, compute=compute)
+        stats[f"features_{status}"] += 1
+        pl = pseudo_labels(torch.from_numpy(cache.view_embeddings), torch.from_numpy(cache.view_instance), text,
+                           cache.num_instances, min_views=min_views)
+        inst = pl.instances.numpy()
+        ok = feats.has_points[inst]
+        keep = inst[ok]
+        label_ids = np.asarray(cache.proposal_label_ids, np.int64)[keep]
+        in_range = (label_ids >= 0) & (label_ids < len(lut))
+        gt = np.where(in_range, lut[np.clip(label_ids, 0, len(lut) - 1)], -1)
+        rows["features"].append(torch.from_numpy(np.asarray(feats.pooled[keep], np.float32)))
+        rows["targets"].append(pl.targets[torch.from_numpy(ok)].float())
+        rows["labels"].append(pl.labels[torch.from_numpy(ok)])
+        rows["gt"].append(torch.from_numpy(gt))
+        rows["scene"].append(torch.full((len(keep),), si, dtype=torch.long))
+        agreement.append(pl.agreement[torch.from_numpy(ok)])
+        scene_ids.append(cache.scene_id)
+        stats["scenes"] += 1
+        stats["proposals"] += cache.num_instances
+        stats["instances"] += len(keep)
+        stats["skipped_no_views"] += pl.num_skipped
+        stats["skipped_no_points"] += int((~ok).sum())
+        stats["unusable_views"] += pl.num_unusable_views
+        stats["gt_instances"] += int((gt >= 0).sum())
+    if other_clip:
+        log.warning("%d scenes' teacher caches were built with another CLIP than the text embeddings "
+                    "(e.g. %s): pseudo-labels compare embeddings of two models", len(other_clip), other_clip[0])
+    dims = {r.shape[1] for r in rows["features"]}
+    if len(dims) > 1:
+        raise ValueError(f"feature files of different widths {sorted(dims)}")
+    cat = {k: torch.cat(v) for k, v in rows.items()}
+    stats["mean_view_agreement"] = float(torch.cat(agreement).mean()) if stats["instances"] else None
+    return InstanceSet(scene_ids=scene_ids, stats=stats, **cat)
+
+
+def encode_vocabulary(cfg: TrainConfig, clip=None) -> tuple[tuple[str, ...], torch.Tensor, str]:
+    """(vocabulary, (K, C) CPU text embeddings, CLIP identity) of the run."""
+    from training.evaluate.teacher_eval import vocabulary
+    vocab = vocabulary(cfg.vocabulary)
+    if len(set(vocab)) != len(vocab):
+        raise ValueError(f"vocabulary {cfg.vocabulary!r} repeats names")
+    ident = clip_identity(BuildConfig(clip=cfg.clip, clip_config=cfg.clip_config))
+    if clip is None:
+        from folk_ros.core.clip import ClipModel
+        clip = (ClipModel(cfg.clip, device=cfg.device) if cfg.clip is not None
+                else ClipModel.from_config(cfg.clip_config, device=cfg.device, seed=0))
+    return vocab, clip.encode_text(vocab, cfg.template).float().cpu(), ident
+
+
+# --------------------------------------------------------------------------- training pieces
+
+
+class Projector(nn.Module):
+    """The student's MLP on pooled features (``Student.project``) as a module DDP can wrap."""
+
+    def __init__(self, student: Student) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.student.project(pooled)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: float, floor: float = 0.05) -> float:
+    """Learning rate at optimiser step ``step`` of ``total``.
+
+    1. linear warm-up from peak/warm-up-steps to ``peak`` over the first ``warmup`` fraction;
+    2. cosine decay from ``peak`` to ``floor * peak`` over the rest.
+    """
+    n_warm = int(warmup * total)
+    if step < n_warm:
+        return peak * (step + 1) / n_warm
+    progress = (step - n_warm) / max(1, total - n_warm)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of the dropout stream of one epoch on one rank (resume reproduces it)."""
+    return (seed * 1_000_003 + epoch * 7919 + rank) % (2 ** 63)
+
+
+@torch.no_grad()
+def evaluate(student: Student, data: InstanceSet, text: torch.Tensor, loss_fn: DistillLoss,
+             batch_size: int) -> dict:
+    """Agreement of the student's labels with the pseudo-labels and GT labels, and the loss (eval mode).
+
+    Returns pseudo_acc, gt_acc (None without GT), teacher_gt_acc (pseudo-label vs GT), gt_instances, loss.
+    """
+    was_training = student.training
+    student.eval()
+    try:
+        emb = torch.cat([student.project(x) for x in data.features.split(4096)])      # (I, C)
+        pred = (emb @ text.T).argmax(dim=1)                                          # (I,)
+        losses = [(loss_fn(emb[i], data.targets[i], text, data.labels[i])["loss"], len(i))
+                  for i in torch.arange(len(data), device=emb.device).split(batch_size)]
+    finally:
+        student.train(was_training)
+    has_gt = data.gt >= 0
+    n_gt = int(has_gt.sum())
+    return {"pseudo_acc": float((pred == data.labels).float().mean()),
+            "gt_acc": float((pred[has_gt] == data.gt[has_gt]).float().mean()) if n_gt else None,
+            "teacher_gt_acc": float((data.labels[has_gt] == data.gt[has_gt]).float().mean()) if n_gt else None,
+            "gt_instances": n_gt,
+            "loss": float(sum(float(v) * n for v, n in losses) / len(data))}
+
+
+def select_metric(cfg: TrainConfig, val: InstanceSet) -> tuple[str, bool]:
+    """(metric key in the epoch record, higher is better) that picks best.pt."""
+    choice = cfg.select
+    if choice == "auto":
+        choice = "gt" if int((val.gt >= 0).sum()) else "pseudo"
+    if choice == "gt" and not int((val.gt >= 0).sum()):
+        raise ValueError("--select gt: the validation caches hold no GT labels in the vocabulary")
+    return {"gt": ("val_gt_acc", True), "pseudo": ("val_pseudo_acc", True), "loss": ("val_loss", False)}[choice]
+
+
+def better(rec: dict, best: dict, higher: bool) -> bool:
+    """Whether epoch record ``rec`` beats ``best`` on the selection metric; equal values go to the lower val loss."""
+    value, ref = rec[best["metric"]], best["value"]
+    if value != ref:
+        return value > ref if higher else value < ref
+    return rec["val_loss"] < best["val_loss"]
+
+
+def atomic_save(obj, path: Path) -> None:
+    """torch.save through a temp file in the same folder and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_json(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_last(path: Path, cfg: TrainConfig) -> dict:
+    """The state of ``last.pt``; ValueError when it belongs to a run with another identity."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != LAST_FORMAT:
+        raise ValueError(f"{path} is not a {LAST_FORMAT} checkpoint")
+    old, new = state["identity"], cfg.identity()
+    diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if diff:
+        raise ValueError(f"--resume: {path} was written by a run with other settings: "
+                         + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff))
+    return state
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _share_text(env: DistInfo, cfg: TrainConfig, clip) -> tuple[tuple[str, ...], torch.Tensor, str]:
+    """Rank 0 encodes the vocabulary; the other ranks receive it."""
+    payload = [encode_vocabulary(cfg, clip) if env.is_main else None]
+    if env.enabled:
+        dist.broadcast_object_list(payload, src=0)
+    return payload[0]
+
+
+def _load_sets(env: DistInfo, cfg: TrainConfig, vocab, text, clip_id) -> tuple[InstanceSet, InstanceSet, dict]:
+    """Training and validation instances; rank 0 computes missing feature files first."""
+    fc = FeatureCache(cfg.mask3d, cfg.point_features, cfg.features, env.device)
+    train_paths, val_paths = find_teacher_caches(cfg.cache), find_teacher_caches(cfg.val_cache)
+    t0 = time.perf_counter()
+    sets = None
+    for turn in ("main", "others"):
+        if (turn == "main") == env.is_main:
+            show = cfg.progress and env.is_main
+            sets = (load_instances(train_paths, text, vocab, fc, cfg.min_views, env.is_main, clip_id, show, "train"),
+                    load_instances(val_paths, text, vocab, fc, cfg.min_views, env.is_main, clip_id, show, "val"))
+        env.barrier()
+    train, val = sets
+    overlap = sorted(set(train.scene_ids) & set(val.scene_ids))
+    if overlap:
+        log.warning("%d scenes are in both the training and validation caches (e.g. %s)", len(overlap), overlap[0])
+    if not len(train) or not len(val):
+        raise ValueError(f"no usable instances: train {train.stats}, val {val.stats}")
+    return train, val, {"train": train.stats, "val": val.stats, "seconds": time.perf_counter() - t0,
+                        "mask3d_sha256": fc.mask3d_sha256}
+
+
+def train(cfg: TrainConfig, clip=None, on_epoch_end=None) -> dict:
+    """Run (or resume) a distillation; returns the metrics.json record.
+
+    Args:
+        cfg: the run's settings.
+        clip: an already loaded ClipModel matching ``cfg.clip`` / ``cfg.clip_config`` (saves a load).
+        on_epoch_end: optional ``f(epoch_record)`` called after each epoch's files are written.
+    """
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    env = setup_distributed(cfg.device)
+    try:
+        return _run(cfg, env, clip, on_epoch_end)
+    finally:
+        if env.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, env: DistInfo, clip, on_epoch_end) -> dict:
+    out = Path(cfg.out)
+    last_path, best_path, metrics_path = out / "last.pt", out / "best.pt", out / "metrics.json"
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if last_path.exists() and not cfg.resume:
+            raise ValueError(f"{out} already holds a run (last.pt): pass --resume or choose another --out")
+    state = load_last(last_path, cfg) if cfg.resume and last_path.exists() else None
+    if cfg.resume and state is None and env.is_main:
+        log.info("--resume: no %s yet, starting from scratch", last_path)
+
+    vocab, text, clip_id = _share_text(env, cfg, clip)
+    train_set, val_set, data_summary = _load_sets(env, cfg, vocab, text, clip_id)
+    dev = env.device
+    text, train_set, val_set = text.to(dev), train_set.to(dev), val_set.to(dev)
+
+    torch.manual_seed(cfg.seed)
+    student = Student(StudentConfig(in_dim=train_set.features.shape[1], hidden_dim=cfg.hidden_dim,
+                                    out_dim=text.shape[1], dropout=cfg.dropout)).to(dev)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[dict] = []
+    best = {"epoch": None, "value": None}
+    start = 0
+    if state is not None:
+        student.load_state_dict(state["student"]["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        history, best, start = state["history"], state["best"], state["epoch"]
+        if env.is_main:
+            log.info("resuming %s after epoch %d of %d", out, start, cfg.epochs)
+    model = Projector(student)
+    if env.enabled:
+        model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    loss_fn = DistillLoss(cfg.loss_config())
+    metric, higher = select_metric(cfg, val_set)
+    sampler = DistributedSampler(range(len(train_set)), num_replicas=env.world_size, rank=env.rank,
+                                 shuffle=True, seed=cfg.seed)
+    local_batch = math.ceil(cfg.batch_size / env.world_size)
+    steps_per_epoch = math.ceil(len(sampler) / local_batch)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    def record() -> dict:
+        return {"config": asdict(cfg), "vocabulary": list(vocab), "clip": clip_id, "world_size": env.world_size,
+                "data": data_summary, "select": metric, "best": best, "history": history}
+
+    bar = tqdm(range(start, cfg.epochs), desc="distill", unit="epoch", disable=not (cfg.progress and env.is_main))
+    for epoch in bar:
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        torch.manual_seed(epoch_seed(cfg.seed, epoch, env.rank))
+        order = torch.tensor(list(sampler), dtype=torch.long, device=dev)
+        model.train()
+        sums = torch.zeros(4, dtype=torch.float64, device=dev)       # loss, contrastive, ce, instances
+        for i, idx in enumerate(order.split(local_batch)):
+            lr = lr_at(epoch * steps_per_epoch + i, total_steps, cfg.lr, cfg.warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            terms = loss_fn(model(train_set.features[idx]), train_set.targets[idx], text, train_set.labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            n = len(idx)
+            sums += torch.stack([terms["loss"].detach() * n, terms["contrastive"].detach() * n,
+                                 terms["ce"].detach() * n, torch.tensor(float(n), device=dev)]).double()
+        if env.enabled:
+            dist.all_reduce(sums)
+        tr = evaluate(student, train_set, text, loss_fn, cfg.batch_size)
+        va = evaluate(student, val_set, text, loss_fn, cfg.batch_size)
+        rec = {"epoch": epoch + 1, "lr": lr, "train_loss": float(sums[0] / sums[3]),
+               "train_contrastive": float(sums[1] / sums[3]), "train_ce": float(sums[2] / sums[3]),
+               "train_pseudo_acc": tr["pseudo_acc"], "val_loss": va["loss"], "val_pseudo_acc": va["pseudo_acc"],
+               "val_gt_acc": va["gt_acc"], "val_teacher_gt_acc": va["teacher_gt_acc"],
+               "val_gt_instances": va["gt_instances"], "seconds": time.perf_counter() - t0}
+        history.append(rec)
+        value = rec[metric]
+        improved = best["value"] is None or better(rec, best, higher)
+        if improved:
+            best = {"epoch": epoch + 1, "value": value, "metric": metric, "val_loss": rec["val_loss"]}
+        if env.is_main:
+            if improved:
+                atomic_save(student.to_checkpoint(
+                    tau=cfg.tau, vocabulary=list(vocab), prompt_template=cfg.template,
+                    point_features=cfg.point_features, mask3d_sha256=data_summary["mask3d_sha256"], clip=clip_id,
+                    train_config=asdict(cfg), metrics=rec, epoch=epoch + 1,
+                    data={"train": train_set.stats, "val": val_set.stats}), best_path)
+            atomic_save({"format": LAST_FORMAT, "epoch": epoch + 1, "student": student.to_checkpoint(),
+                         "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()},
+                         "best": best, "history": history, "identity": cfg.identity()}, last_path)
+            atomic_json(record(), metrics_path)
+        bar.set_postfix(loss=f"{rec['train_loss']:.3f}", train=f"{rec['train_pseudo_acc']:.3f}",
+                        val=f"{value:.3f}")
+        if on_epoch_end is not None:
+            on_epoch_end(rec)
+    bar.close()
+    return record()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    d = TrainConfig.__dataclass_fields__
+    p = argparse.ArgumentParser(prog="python -m training.distill.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", nargs="+", required=True, help="training teacher-cache folders or files")
+    p.add_argument("--val-cache", nargs="+", required=True, help="validation teacher-cache folders or files")
+    p.add_argument("--mask3d", required=True, help="frozen Mask3D checkpoint (point features)")
+    p.add_argument("--out", required=True, help="output folder (best.pt, last.pt, metrics.json)")
+    clip = p.add_mutually_exclusive_group(required=True)
+    clip.add_argument("--clip", help="CLIP weights, e.g. local-dir:models/folk-synth/clip")
+    clip.add_argument("--clip-config", help="RANDOM-weight CLIP of this architecture (plumbing only)")
+    p.add_argument("--features", help="feature-file folder (default: next to each teacher cache)")
+    p.add_argument("--point-features", choices=POINT_FEATURE_KINDS, default=d["point_features"].default)
+    p.add_argument("--vocabulary", default=d["vocabulary"].default, help="scannet200 | synthetic | a,b,c")
+    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="CLIP prompt, {} = the name")
+    p.add_argument("--lambda1", type=float, default=d["lambda1"].default, help="Eq. 12 contrastive weight")
+    p.add_argument("--lambda2", type=float, default=d["lambda2"].default, help="Eq. 12 cross-entropy weight")
+    p.add_argument("--tau", type=float, default=d["tau"].default, help="Eq. 11-12 temperature")
+    p.add_argument("--min-views", type=int, default=d["min_views"].default)
+    p.add_argument("--hidden-dim", type=int, default=d["hidden_dim"].default)
+    p.add_argument("--dropout", type=float, default=d["dropout"].default)
+    p.add_argument("--epochs", type=int, default=d["epochs"].default)
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="instances per step (global)")
+    p.add_argument("--lr", type=float, default=d["lr"].default)
+    p.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
+    p.add_argument("--warmup", type=float, default=d["warmup"].default, help="warm-up fraction of the steps")
+    p.add_argument("--select", choices=SELECT_METRICS, default=d["select"].default, help="best.pt metric")
+    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument("--threads", type=int, default=d["threads"].default, help="torch CPU threads (0: default)")
+    p.add_argument("--device", default=d["device"].default, help="auto, cpu or cuda")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    args = p.parse_args(argv)
+    try:
+        return TrainConfig(**vars(args))
+    except ValueError as e:
+        p.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    summary = train(parse_args(argv))
+    if int(os.environ.get("RANK", "0")) == 0:
+        b = summary["best"]
+        print(f"distilled student: best {b['metric']} = {b['value']:.4f} at epoch {b['epoch']} "
+              f"-> {Path(summary['config']['out']) / 'best.pt'}")
+    return summary
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main()
