@@ -227,13 +227,29 @@ def test_rviz_config_shows_the_node_outputs():
     assert displays["rviz_default_plugins/MarkerArray"]["Topic"]["Value"] == f"/{TOPIC_MARKERS}"
 
 
-def test_missing_bundle_is_one_error_line_and_nonzero_exit(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "folk_ros.ros.node", "--ros-args", "-p",
-                           f"model_bundle:={tmp_path / 'nowhere'}", "-p", "device:=cpu"],
+@pytest.fixture(scope="module")
+def startup_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("startup")
+    bundle = make_untrained_bundle(root / "bundle")
+    import torch
+    from folk_ros.core.student import Student, StudentConfig
+    torch.save(Student(StudentConfig(in_dim=7, hidden_dim=8, out_dim=128)).to_checkpoint(), root / "student7.pt")
+    return bundle
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["model_bundle:={tmp}/nowhere"], "nowhere"),
+    (["model_bundle:={bundle}", "mask3d_checkpoint:={tmp}/missing.ckpt"], "missing.ckpt"),
+    (["model_bundle:={bundle}", "student_checkpoint:={root}/student7.pt"], "student pools 7-d features"),
+], ids=["missing bundle", "missing mask3d checkpoint", "mismatched student"])
+def test_startup_errors_are_one_line_and_nonzero_exit(tmp_path, startup_bundle, args, expect):
+    subst = {"tmp": tmp_path, "bundle": startup_bundle, "root": startup_bundle.parent}
+    ros_args = [x for a in args for x in ("-p", a.format(**subst))]
+    proc = subprocess.run([sys.executable, "-m", "folk_ros.ros.node", "--ros-args", *ros_args, "-p", "device:=cpu"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-    assert len(errors) == 1 and "[ERROR]" in errors[0] and "nowhere" in errors[0], errors
+    assert len(errors) == 1 and "[ERROR]" in errors[0] and expect in errors[0], errors
 
 
 # ---------------------------------------------------------------------------------------------

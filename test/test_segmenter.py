@@ -100,3 +100,20 @@ def test_sparse_backend_choice(bundle):
     if not minkowski_available():
         with pytest.raises(ImportError, match="scripts/build_minkowski.sh"):
             Segmenter.from_bundle(bundle, device="cpu", sparse_backend="minkowski")
+
+
+def test_individual_files_replace_the_bundles(bundle, tmp_path):
+    from folk_ros.core.student import Student, StudentConfig
+    own = Student(StudentConfig(in_dim=48, hidden_dim=16, out_dim=128))
+    torch.save(own.to_checkpoint(tau=0.2), tmp_path / "student.pt")
+    seg = Segmenter.from_bundle(bundle, device="cpu", files={"student": tmp_path / "student.pt",
+                                                             "clip": bundle / "clip", "mask3d": bundle / "mask3d.pt"})
+    assert seg.student.cfg.hidden_dim == 16 and seg.cfg.temperature == 0.2
+    wrong = Student(StudentConfig(in_dim=48, hidden_dim=16, out_dim=64))
+    torch.save(wrong.to_checkpoint(), tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="student embeds into 64-d"):
+        Segmenter.from_bundle(bundle, device="cpu", files={"student": tmp_path / "wrong.pt"})
+    with pytest.raises(FileNotFoundError, match="no Mask3D checkpoint"):
+        Segmenter.from_bundle(bundle, device="cpu", files={"mask3d": tmp_path / "none.ckpt"})
+    with pytest.raises(ValueError, match="unknown keys"):
+        Segmenter.from_bundle(bundle, device="cpu", files={"backbone": tmp_path})

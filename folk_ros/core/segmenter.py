@@ -12,7 +12,7 @@ The confidence of an instance is ``proposal score x softmax(similarity / tau)[la
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -138,21 +138,37 @@ class Segmenter:
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str | torch.device = "auto", sparse_backend: str = "torch",
-                    **overrides) -> "Segmenter":
+                    files: Mapping[str, str | Path] | None = None, **overrides) -> "Segmenter":
         """Load a model bundle (see :mod:`folk_ros.core.bundle`); ``overrides`` replace config fields.
 
         ``sparse_backend``: ``"torch" | "minkowski" | "auto"`` for the Mask3D backbone
         (:func:`folk_ros.core.sparse.minkowski.set_sparse_backend`; ImportError naming the build
         script when MinkowskiEngine is asked for and absent).
+
+        ``files``: ``{"mask3d" | "student": checkpoint path, "clip": open_clip folder or any
+        ``ClipModel`` name}`` used instead of the bundle's file, e.g. the official Mask3D checkpoint
+        or your own student. They are not in the manifest, so no sha256 check; a file that does not
+        fit the rest (feature or embedding sizes) is one ValueError naming both sides. A student
+        checkpoint from ``training.distill.train`` brings its own temperature.
         """
+        files = dict(files or {})
+        unknown = sorted(set(files) - {"mask3d", "clip", "student"})
+        if unknown:
+            raise ValueError(f"files: unknown keys {unknown}; use mask3d, clip or student")
         manifest = read_manifest(path)
         dev = resolve_device(device)
-        mask3d, report = load_checkpoint(manifest.path("mask3d"), map_location=dev)
+        mask3d, _ = load_checkpoint(files.get("mask3d") or manifest.path("mask3d"), map_location=dev)
         set_sparse_backend(mask3d, sparse_backend)
-        student = Student.from_checkpoint(torch.load(manifest.path("student"), map_location="cpu",
-                                                     weights_only=False))
-        clip = ClipModel(f"local-dir:{manifest.path('clip')}", device=dev)
-        cfg = SegmenterConfig(prompt_template=manifest.prompt_template, temperature=manifest.temperature,
+        student_path = Path(files.get("student") or manifest.path("student"))
+        if not student_path.is_file():
+            raise FileNotFoundError(f"no student checkpoint at {student_path}")
+        student_obj = torch.load(student_path, map_location="cpu", weights_only=False)
+        student = Student.from_checkpoint(student_obj)
+        clip_spec = str(files.get("clip") or manifest.path("clip"))
+        clip = ClipModel(f"local-dir:{clip_spec}" if Path(clip_spec).is_dir() else clip_spec, device=dev)
+        temperature = float(student_obj.get("tau", manifest.temperature)) if "student" in files \
+            else manifest.temperature
+        cfg = SegmenterConfig(prompt_template=manifest.prompt_template, temperature=temperature,
                               point_features=manifest.point_features)
         return cls(mask3d, student, clip, replace(cfg, **overrides), device=dev)
 

@@ -80,6 +80,15 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("model_bundle", "models/folk-synth", T.STRING,
               "Model bundle folder (manifest.json, mask3d.pt, clip/, student.pt). A relative path is "
               "looked up in the working directory, then the package share directory, then the source tree."),
+    ParamSpec("mask3d_checkpoint", "", T.STRING,
+              "Mask3D checkpoint used instead of the bundle's (ours, or the official Lightning .ckpt); '' = the "
+              "bundle's."),
+    ParamSpec("student_checkpoint", "", T.STRING,
+              "Student checkpoint (python -m training.distill.train) used instead of the bundle's; '' = the "
+              "bundle's."),
+    ParamSpec("clip_model", "", T.STRING,
+              "CLIP used instead of the bundle's: an open_clip folder, or a name whose weights are on disk; "
+              "'' = the bundle's."),
     ParamSpec("device", "auto", T.STRING, "Torch device: auto (cuda if available), cpu or cuda.",
               limits=DEVICES),
     ParamSpec("sparse_backend", "torch", T.STRING,
@@ -140,6 +149,9 @@ class NodeSettings:
     """All parameter values, read once at start-up (``live`` is only the initial live state)."""
 
     model_bundle: str
+    mask3d_checkpoint: str
+    student_checkpoint: str
+    clip_model: str
     device: str
     sparse_backend: str
     num_threads: int
@@ -191,6 +203,12 @@ def segmenter_overrides(settings: NodeSettings) -> dict[str, Any]:
     """
     return {"score_threshold": float(settings.score_threshold), "max_instances": int(settings.max_instances),
             "min_points": int(settings.min_points), "nms_iou": float(settings.nms_iou)}
+
+
+def checkpoint_overrides(settings: NodeSettings) -> dict[str, str]:
+    """``Segmenter.from_bundle(files=...)``: the individual model files given instead of the bundle's."""
+    given = {"mask3d": settings.mask3d_checkpoint, "student": settings.student_checkpoint, "clip": settings.clip_model}
+    return {k: v for k, v in given.items() if v}
 
 
 def initial_live(settings: NodeSettings, bundle_template: str) -> LiveSettings:
