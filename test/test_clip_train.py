@@ -203,3 +203,21 @@ def test_checkpoint_resume_round_trip_and_saved_model_loads(scene, tiny_config, 
     assert again["dense"]["acc"] == straight["metrics"]["val"]["dense"]["acc"]
     assert straight["metrics"]["val"]["crop"]["chance"] == pytest.approx(1 / len(objects))
     assert straight["command"] == "python -m training.clip.train " + " ".join(argv)
+
+
+def test_init_warm_starts_from_an_open_clip_folder(scene, tiny_config, tmp_path):
+    root, _, _ = scene
+    start = ClipModel.from_config(tiny_config, device="cpu", seed=11)
+    start.save(tmp_path / "start")
+    (tmp_path / "start" / "manifest.json").write_text(json.dumps({"what": "the earlier run"}))
+    argv = _argv(root, tmp_path / "warm", tiny_config, "--init", str(tmp_path / "start"), "--epochs", "1")
+    manifest = T.train(T.parse_args(argv), argv)
+    assert manifest["init"] == {"what": "the earlier run"}
+    trained = ClipModel(f"local-dir:{tmp_path / 'warm'}", device="cpu").model.state_dict()
+    fresh = ClipModel.from_config(tiny_config, device="cpu", seed=3).model.state_dict()   # the run's own seed
+
+    def dist(a, b):
+        return sum(float((a[k].float() - b[k].float()).norm()) for k in a if a[k].is_floating_point())
+
+    start_sd = start.model.state_dict()
+    assert 0 < dist(trained, start_sd) < 0.1 * dist(trained, fresh)   # one step away from the init

@@ -83,6 +83,7 @@ class TrainConfig:
     test_scenes: list[str] = field(default_factory=list)  # optional held-out scenes: final report only
     out: str = "models-work/clip"
     model: str = "folk-tiny-vit"        # architecture: folk_ros config name, open_clip name or JSON path
+    init: str = ""                      # open_clip folder to start from (warm start; its architecture); "" = random
     minutes: float = 40.0               # wall-clock budget of training + per-epoch evals (0: none)
     epochs: int = 0                     # epochs of epoch_steps steps (0: until the time budget)
     epoch_steps: int = 30               # optimisation steps between evaluations
@@ -502,7 +503,10 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
 
-    clip = ClipModel.from_config(cfg.model, device=cfg.device, seed=cfg.seed)
+    if cfg.init:
+        clip = ClipModel(f"local-dir:{cfg.init}", device=cfg.device)   # warm start: its weights and architecture
+    else:
+        clip = ClipModel.from_config(cfg.model, device=cfg.device, seed=cfg.seed)
     model = clip.model
     size_h, size_w = clip.image_size
     if size_h != size_w:
@@ -626,6 +630,8 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
         "command": "python -m training.clip.train " + shlex.join(argv),
         "seed": cfg.seed,
         "config": asdict(cfg),
+        "init": (json.loads((Path(cfg.init) / MANIFEST).read_text())
+                 if cfg.init and (Path(cfg.init) / MANIFEST).is_file() else None),
         "model": {"architecture": cfg.model, "model_cfg": clip.model_cfg,
                   "parameters": int(sum(p.numel() for p in model.parameters())),
                   "weights": WEIGHTS_FILE_NAME, "sha256": sha, "load_with": f"ClipModel('local-dir:{out}')"},
@@ -695,8 +701,11 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--threads", type=int, default=d["threads"].default, help="torch CPU threads (0: default)")
     p.add_argument("--device", default=d["device"].default)
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    p.add_argument("--init", default="", help="open_clip folder to start from (e.g. an earlier run's --out): "
+                                              "continues training its weights on these scenes")
     a = p.parse_args(argv)
     return TrainConfig(scenes=a.scenes, val_scenes=a.val_scenes, test_scenes=a.test_scenes, out=a.out, model=a.model,
+                       init=a.init,
                        minutes=a.minutes, epochs=a.epochs, epoch_steps=a.epoch_steps, crop_batch=a.crop_batch,
                        frame_batch=a.frame_batch, crop_weight=a.crop_weight, dense_weight=a.dense_weight, lr=a.lr,
                        warmup_steps=a.warmup_steps, weight_decay=a.weight_decay, dense_size=tuple(a.dense_size),
