@@ -474,6 +474,19 @@ def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
     assert inst.instances and {i.label for i in inst.instances} <= {"mug", "plant"}
 
 
+def test_a_cloud_with_no_instance_above_the_threshold_gives_empty_outputs(probe):
+    from rclpy.parameter import Parameter
+    assert probe.call(probe.params.set_parameters([Parameter("score_threshold", value=1.0)])).results[0].successful
+    try:
+        out = probe.result(probe.publish(_room_msg(seed=2)[0]))
+    finally:
+        probe.call(probe.params.set_parameters([Parameter("score_threshold", value=0.0)]))
+    assert list(out[TOPIC_INSTANCES].instances) == []
+    assert [m.action for m in out[TOPIC_MARKERS].markers] == [3]          # DELETEALL only
+    fields = _fields(out[TOPIC_LABELED])
+    assert (fields["instance_id"] == -1).all() and (fields["score"] == 0).all()
+
+
 def test_invalid_parameter_values_are_rejected_and_old_kept(probe):
     from rclpy.parameter import Parameter
     bad = [(Parameter("vocabulary", Parameter.Type.STRING_ARRAY, []), "empty"),

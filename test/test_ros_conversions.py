@@ -237,6 +237,10 @@ def test_mask_helpers_geometry_and_point_labels():
     np.testing.assert_allclose(score, [0.5, 0.5, 0.9, 0.9, 0.0])
     with pytest.raises(ValueError, match="instance 1 has no points"):
         instance_geometry(xyz, [np.array([0]), np.array([], np.int64)])
+    # no instance at all (every proposal under the score threshold): every point unlabeled
+    inst, label, score = point_labels(np.zeros((0, 5), bool), np.zeros(0, int), np.zeros(0, np.float32))
+    assert inst.tolist() == label.tolist() == [-1] * 5 and score.tolist() == [0.0] * 5
+    assert (inst.dtype, label.dtype, score.dtype) == (np.int32, np.int32, np.float32)
 
 
 def test_label_colors_fixed_palette():

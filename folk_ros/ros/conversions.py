@@ -383,9 +383,9 @@ def point_labels(masks: np.ndarray, label_indices: np.ndarray, scores: np.ndarra
     instance_id = np.full(n, -1, np.int32)
     for i in np.argsort(scores, kind="stable"):  # M vectorised writes; the best score is written last
         instance_id[masks[i]] = i
-    has = instance_id >= 0
-    label = np.where(has, label_indices.astype(np.int32)[instance_id], np.int32(-1)).astype(np.int32)
-    score = np.where(has, scores[instance_id], np.float32(0)).astype(np.float32)
+    # a sentinel row at the end: instance_id -1 picks it (also when there are no instances at all)
+    label = np.append(label_indices.astype(np.int32), np.int32(-1))[instance_id]
+    score = np.append(scores, np.float32(0))[instance_id]
     return instance_id, label, score
 
 
