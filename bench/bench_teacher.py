@@ -14,8 +14,6 @@ FLOPs as the trained one of the same architecture).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from tqdm import tqdm
 
 from training.build_teacher_cache import gt_proposals
 from training.data.synthetic import SynthConfig, generate_scene, scene_name, scene_seed
+from training.evaluate.teacher_eval import write_report
 from training.teacher.baseline import OpenMaskBaseline
 from training.teacher.config import TeacherConfig
 from training.teacher.teacher import Teacher, TeacherVariant
@@ -111,10 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"CLIP {clip.description} on {clip.device}")
     print(_table(summary, all_stages))
     print(f"baseline / teacher time per scene: {ratio:.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    os.replace(tmp, args.out)
+    write_report(args.out, report)
     return report
 
 

@@ -89,8 +89,13 @@ def find_scenes(dirs: list[Path]) -> list[Path]:
             if not subs:
                 raise ValueError(f"{d} is neither a scene folder (no *_vh_clean_2.ply) nor a folder of scenes")
             found.extend(subs)
+    return unique_paths(found)
+
+
+def unique_paths(paths: list[Path]) -> list[Path]:
+    """``paths`` in order, without repeats of the same file or folder (compared resolved)."""
     out, seen = [], set()
-    for p in found:
+    for p in paths:
         if p.resolve() not in seen:
             seen.add(p.resolve())
             out.append(p)

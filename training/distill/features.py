@@ -41,7 +41,7 @@ from tqdm import tqdm
 from folk_ros.core.clip import resolve_device
 from folk_ros.core.student import masked_mean
 from training.build_teacher_cache import (CACHE_SUFFIX, TeacherCache, file_sha256, load_teacher_cache,
-                                          read_cache_meta, write_cache)
+                                          read_cache_meta, unique_paths, write_cache)
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +81,7 @@ def find_teacher_caches(paths: list[str | os.PathLike]) -> list[Path]:
             found.extend(files)
         else:
             raise ValueError(f"{p} is neither a folder nor a *{CACHE_SUFFIX} file")
-    out, seen = [], set()
-    for p in found:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
-            out.append(p)
-    return out
+    return unique_paths(found)
 
 
 def source_digest(cache: TeacherCache) -> str:

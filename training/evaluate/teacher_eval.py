@@ -200,11 +200,16 @@ def main(argv: list[str] | None = None) -> dict:
     report = evaluate_scenes(find_scenes(args.scenes), clip, args.methods, vocabulary(args.vocabulary), args.every)
     print(format_report(report))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-        os.replace(tmp, args.out)
+        write_report(args.out, report)
     return report
+
+
+def write_report(path: Path, report: dict) -> None:
+    """The report as JSON, written atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

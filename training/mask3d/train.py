@@ -34,6 +34,7 @@ from training.evaluate.instance_ap import EvalResult, GTScene, PredScene, evalua
 from training.mask3d.augment import AugmentConfig
 from training.mask3d.data import Scene, find_scenes, load_scene, make_sample
 from training.mask3d.losses import CriterionConfig, SetCriterion
+from training.mask3d.matcher import MatcherConfig
 
 log = logging.getLogger("training.mask3d.train")
 OBJECT_ID = 1  # the single class of class-agnostic evaluation
@@ -57,6 +58,7 @@ class TrainConfig:
     threads: int = 1                                 # torch CPU threads (0: torch's default); see --threads
     voxel_size: float = 0.0                          # metres; 0: the preset's (2 cm)
     bn_scenes: int = 8                               # precise-BN recalibration scenes per epoch (0: off)
+    match_points: int = -1                           # points sampled for the matching costs (-1: all, Mask3D's)
 
 
 def class_agnostic_ap(model: Mask3D, scenes: list[Scene], post: PostprocessConfig | None = None) -> EvalResult:
@@ -135,7 +137,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.voxel_size > 0:
         model_cfg = replace(model_cfg, voxel_size=cfg.voxel_size)
     model = Mask3D(model_cfg).to(dev)
-    criterion = SetCriterion(CriterionConfig(num_classes=1)).to(dev)
+    criterion = SetCriterion(CriterionConfig(num_classes=1,
+                                             matcher=MatcherConfig(num_points=cfg.match_points))).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * len(train_scenes)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1))
@@ -213,13 +216,17 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--bn-scenes", type=int, default=d.bn_scenes,
                    help="training scenes over which BatchNorm statistics are recomputed after every epoch "
                         "(precise BN; 0: keep the momentum running averages)")
+    p.add_argument("--match-points", type=int, default=d.match_points,
+                   help="points sampled (uniformly, per step) for the Hungarian matching costs; -1: all points "
+                        "(Mask3D's ScanNet setting). The matching costs over all points are most of a CPU step")
     p.add_argument("--voxel-size", type=float, default=d.voxel_size,
                    help="voxel edge in metres (0: the preset's 2 cm); saved with the model config")
     a = p.parse_args(argv)
     return TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset, epochs=a.epochs, lr=a.lr,
                        weight_decay=a.weight_decay, grad_clip=a.grad_clip, augment=a.augment, seed=a.seed,
                        resume=a.resume, device=a.device, max_val_scenes=a.max_val_scenes, threads=a.threads,
-                       voxel_size=a.voxel_size, bn_scenes=a.bn_scenes)
+                       voxel_size=a.voxel_size, bn_scenes=a.bn_scenes,
+                       match_points=a.match_points)
 
 
 def main(argv=None) -> int:
