@@ -531,6 +531,8 @@ def test_bad_input_gets_one_warning_each_and_the_node_survives(probe, node_proc)
         ("truncated", _raw_cloud(xyz_fields, 12, 1000, bytes(1200)), "is truncated"),
         ("5M points", _raw_cloud(xyz_fields, 12, huge, bytes(12 * huge)), "exceeds max_input_points"),
         ("no colour", _room_msg(seed=3, color=False)[0], "no colour fields"),
+        ("tiny", _raw_cloud(xyz_fields, 12, 100, np.random.default_rng(0).uniform(0, 0.05, (100, 3))
+                            .astype(np.float32).tobytes()), "cloud skipped: the cloud fits in one"),
     ]
     for name, msg, warning in cases:
         probe.publish(msg)

@@ -117,3 +117,13 @@ def test_individual_files_replace_the_bundles(bundle, tmp_path):
         Segmenter.from_bundle(bundle, device="cpu", files={"mask3d": tmp_path / "none.ckpt"})
     with pytest.raises(ValueError, match="unknown keys"):
         Segmenter.from_bundle(bundle, device="cpu", files={"backbone": tmp_path})
+
+
+def test_a_cloud_inside_one_coarse_cell_is_a_clear_error(segmenter):
+    from folk_ros.core.mask3d.model import CloudTooSmallError
+    rng = np.random.default_rng(0)
+    tiny = PointCloud.from_arrays(rng.uniform(0, 0.1, (50, 3)).astype(np.float32), rng.random((50, 3)))
+    with pytest.raises(CloudTooSmallError, match="needs a cloud spanning at least two such cells"):
+        segmenter.segment(tiny, ["chair"])
+    two_cells = PointCloud.from_arrays(np.r_[tiny.xyz, tiny.xyz + 1.0], np.r_[tiny.rgb, tiny.rgb])
+    assert segmenter.segment(two_cells, ["chair"]).masks.shape[1] == 100

@@ -51,6 +51,7 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from folk_ros.core.cloud import PointCloud, voxel_downsample
+from folk_ros.core.mask3d.model import CloudTooSmallError
 from folk_ros.core.segmenter import Instances, Segmenter
 from folk_ros.ros import parameters as params
 from folk_ros.ros.conversions import (CloudConversion, CloudFormatError, cloud_from_msg, cloud_to_msg,
@@ -379,6 +380,9 @@ class SegmenterNode(Node):
                 return
             try:
                 outputs, report = self._process(job)
+            except CloudTooSmallError as err:    # bad input, not a failure: one throttled warning
+                self._warn(f"cloud skipped: {err}")
+                continue
             except Exception as err:  # keep the node alive; the next cloud may be fine
                 self.get_logger().error(f"segmentation failed: {type(err).__name__}: {err}")
                 continue

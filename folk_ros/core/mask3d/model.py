@@ -20,6 +20,24 @@ from .postprocess import class_agnostic_proposals
 from .preprocess import normalize_colors, to_uint8_colors, voxelize
 
 
+COARSEST_STRIDE = 16
+"""Voxels per cell at the backbone's coarsest level (Res16UNet34C: four stride-2 stages), decoder level 0."""
+
+
+class CloudTooSmallError(ValueError):
+    """The cloud covers a single cell of Mask3D's coarsest level: there is nothing to attend over."""
+
+
+def check_extent(coords: np.ndarray, voxel_size: float) -> None:
+    """CloudTooSmallError unless the voxel coordinates span >= 2 cells at :data:`COARSEST_STRIDE`."""
+    cells = np.unique(np.floor_divide(np.asarray(coords, np.int64), COARSEST_STRIDE), axis=0)
+    if len(cells) < 2:
+        edge = COARSEST_STRIDE * voxel_size
+        raise CloudTooSmallError(
+            f"the cloud fits in one {edge:.2f} m cell of Mask3D's coarsest level ({COARSEST_STRIDE} voxels of "
+            f"{voxel_size} m); Mask3D needs a cloud spanning at least two such cells")
+
+
 @dataclass(frozen=True, eq=False)
 class Proposals:
     """Class-agnostic instance proposals of one cloud.
@@ -71,7 +89,8 @@ class Mask3D(QueryDecoder):
             point_features: ``"backbone"`` (D = planes[7], 96) or ``"mask"`` (D = hidden_dim, 128).
             post: NMS IoU, optional DBSCAN split, score floor.
 
-        Runs under ``torch.inference_mode`` on the model's device.
+        Runs under ``torch.inference_mode`` on the model's device. Raises
+        :class:`CloudTooSmallError` for a cloud inside one coarsest-level cell (:func:`check_extent`).
         """
         if point_features not in ("backbone", "mask"):
             raise ValueError(f"point_features must be 'backbone' or 'mask', got {point_features!r}")
@@ -80,6 +99,7 @@ class Mask3D(QueryDecoder):
         if rgb_np.shape != xyz_np.shape:
             raise ValueError(f"rgb must have the shape of xyz {xyz_np.shape}, got {rgb_np.shape}")
         vox = voxelize(xyz_np, self.cfg.voxel_size)
+        check_extent(vox.coords, self.cfg.voxel_size)
         colors = normalize_colors(to_uint8_colors(rgb_np), self.cfg.color_mean, self.cfg.color_std)
         dev = next(self.parameters()).device
         with torch.inference_mode():
