@@ -89,3 +89,12 @@ def test_cli_options_and_scene_discovery(tmp_path):
         (["a", "b"], ["c"], 2, 0, 0.05, False)
     with pytest.raises(FileNotFoundError, match="no complete ScanNet-layout scene"):
         find_scenes([tmp_path])
+
+
+def test_init_starts_from_a_trained_checkpoint(overfit_run, tmp_path):
+    cfg, scene, _ = overfit_run
+    again = TrainConfig(train=[str(scene)], val=[str(scene)], out=str(tmp_path / "again"), epochs=1, lr=1e-6,
+                        augment=False, seed=2, threads=1, voxel_size=0.04, init=f"{cfg.out}/best.pt")
+    assert train(again)["history"][0]["val_ap50"] == pytest.approx(1.0)      # a random start is at 0
+    with pytest.raises(ValueError, match="model config differs"):
+        train(TrainConfig(**{**again.__dict__, "voxel_size": 0.05, "out": str(tmp_path / "other")}))

@@ -59,6 +59,7 @@ class TrainConfig:
     voxel_size: float = 0.0                          # metres; 0: the preset's (2 cm)
     bn_scenes: int = 8                               # precise-BN recalibration scenes per epoch (0: off)
     match_points: int = -1                           # points sampled for the matching costs (-1: all, Mask3D's)
+    init: str = ""                                   # checkpoint whose weights start the run (new schedule)
 
 
 def class_agnostic_ap(model: Mask3D, scenes: list[Scene], post: PostprocessConfig | None = None) -> EvalResult:
@@ -137,6 +138,11 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.voxel_size > 0:
         model_cfg = replace(model_cfg, voxel_size=cfg.voxel_size)
     model = Mask3D(model_cfg).to(dev)
+    if cfg.init:
+        start = load_trained(cfg.init, device=str(dev))
+        if start.cfg != model_cfg:
+            raise ValueError(f"--init {cfg.init}: its model config differs from this run's (preset/voxel size)")
+        model.load_state_dict(start.state_dict())
     criterion = SetCriterion(CriterionConfig(num_classes=1,
                                              matcher=MatcherConfig(num_points=cfg.match_points))).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -219,6 +225,9 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--match-points", type=int, default=d.match_points,
                    help="points sampled (uniformly, per step) for the Hungarian matching costs; -1: all points "
                         "(Mask3D's ScanNet setting). The matching costs over all points are most of a CPU step")
+    p.add_argument("--init", default=d.init,
+                   help="start from this checkpoint's weights (e.g. an earlier run's best.pt) with a fresh optimiser "
+                        "and schedule; the preset and voxel size must match")
     p.add_argument("--voxel-size", type=float, default=d.voxel_size,
                    help="voxel edge in metres (0: the preset's 2 cm); saved with the model config")
     a = p.parse_args(argv)
@@ -226,7 +235,7 @@ def parse_args(argv=None) -> TrainConfig:
                        weight_decay=a.weight_decay, grad_clip=a.grad_clip, augment=a.augment, seed=a.seed,
                        resume=a.resume, device=a.device, max_val_scenes=a.max_val_scenes, threads=a.threads,
                        voxel_size=a.voxel_size, bn_scenes=a.bn_scenes,
-                       match_points=a.match_points)
+                       match_points=a.match_points, init=a.init)
 
 
 def main(argv=None) -> int:
