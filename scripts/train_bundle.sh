@@ -3,7 +3,7 @@
 # teacher cache -> label-guided distillation -> evaluation on held-out scenes -> bundle.
 #
 # Every step is one of the project's own commands, seeded; outputs go to data/ and runs/ (gitignored)
-# and the bundle to models/folk-synth (replaced). About 3 hours on 2 CPU cores (Mask3D ~60 min and the
+# and the bundle to models/folk-synth (replaced). About 3 hours on 2 CPU cores (Mask3D ~90 min and the
 # CLIP ~80 min dominate; they are independent and may run side by side); minutes on a GPU.
 #
 # Usage: scripts/train_bundle.sh [OUT_BUNDLE]   (default models/folk-synth)
@@ -23,6 +23,10 @@ done
 # 2. Mask3D-small, class-agnostic, 4 cm voxels
 run $PY -m training.mask3d.train --train data/folk/train --val data/folk/val --out runs/mask3d-small \
     --preset small --epochs 20 --voxel-size 0.04 --match-points 8192 --threads 1 --seed 0
+# ... continued with a second one-cycle schedule from its best weights
+run $PY -m training.mask3d.train --train data/folk/train --val data/folk/val --out runs/mask3d-small-2 \
+    --preset small --epochs 12 --voxel-size 0.04 --match-points 8192 --threads 1 --seed 1 \
+    --init runs/mask3d-small/best.pt
 
 # 3. the synthetic-world CLIP: from random weights on the CLIP scenes, then continued on FOLK's training scenes
 run $PY -m training.clip.train --scenes data/clip/train --val-scenes data/clip/val --test-scenes data/clip/test \
@@ -38,11 +42,11 @@ done
 
 # 5. distillation (Mask3D frozen)
 run $PY -m training.distill.train --cache data/folk/teacher-gt/train --val-cache data/folk/teacher-gt/val \
-    --mask3d runs/mask3d-small/best.pt --clip local-dir:runs/clip2 --vocabulary synthetic \
+    --mask3d runs/mask3d-small-2/best.pt --clip local-dir:runs/clip2 --vocabulary synthetic \
     --out runs/distill --threads 1 --seed 0
 
 # 6. evaluation on the 20 held-out scenes, Mask3D proposals and GT proposals
-run $PY -m training.make_bundle --mask3d runs/mask3d-small/best.pt --clip runs/clip2 \
+run $PY -m training.make_bundle --mask3d runs/mask3d-small-2/best.pt --clip runs/clip2 \
     --student runs/distill/best.pt --out runs/bundle-unevaluated
 for proposals in mask3d gt; do
     run $PY -m training.evaluate --method student teacher baseline --scenes data/folk/test \
@@ -51,7 +55,7 @@ for proposals in mask3d gt; do
 done
 
 # 7. the bundle, with every stage's metrics in its manifest
-run $PY -m training.make_bundle --mask3d runs/mask3d-small/best.pt --clip runs/clip2 \
+run $PY -m training.make_bundle --mask3d runs/mask3d-small-2/best.pt --clip runs/clip2 \
     --student runs/distill/best.pt --out "$OUT" \
-    --provenance mask3d_metrics=runs/mask3d-small/metrics.json distill_metrics=runs/distill/metrics.json \
+    --provenance mask3d_metrics=runs/mask3d-small-2/metrics.json distill_metrics=runs/distill/metrics.json \
     evaluation_mask3d_proposals=runs/evaluate-mask3d/report.json evaluation_gt_proposals=runs/evaluate-gt/report.json

@@ -7,8 +7,8 @@ setting the vocabulary to the objects its scene holds. A GT object counts as fou
 instance has mask IoU >= 0.5 with it; the labels of the found objects must be mostly right.
 
 How many objects are found is Mask3D-small's business (issue 3: its class-agnostic AP50 on the
-held-out set is 0.05, so about 15 % of the objects are found); what this test holds the node to
-is the open-vocabulary labelling of what it finds (7 of 9 right when this was written).
+held-out set is 0.06, so about 18 % of the objects are found); what this test holds the node to
+is the open-vocabulary labelling of what it finds (11 of 14 right when this was written).
 """
 
 from __future__ import annotations
