@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.atomic import write_json_atomic
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "out" / "bench" / "mask3d.json"
 
@@ -298,10 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["minkowski_engine"] = ME.__version__
     print(format_report(rows, summary))
     print(f"load average (1 min): {load_start:.2f} at start, {result['load_avg_1min_end']:.2f} at end")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    tmp.replace(args.out)
+    write_json_atomic(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return result
 

@@ -349,10 +349,8 @@ def main(argv: list[str] | None = None) -> dict | None:
               "torch": torch.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
               "command": " ".join(["python -m bench.bench_sparse_ops", *(argv if argv is not None else sys.argv[1:])])}
     print(format_report(summary))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = args.out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    tmp_out.replace(args.out)
+    from training.atomic import write_json_atomic   # here: --serve children run this file without the repo on sys.path
+    write_json_atomic(args.out, result, indent=2)
     print(f"wrote {args.out}")
     return result
 

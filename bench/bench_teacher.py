@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.atomic import write_json_atomic
 from training.build_teacher_cache import gt_proposals
 from training.data.synthetic import SynthConfig, generate_scene, scene_name, scene_seed
-from training.evaluate.teacher_eval import write_report
 from training.teacher.baseline import OpenMaskBaseline
 from training.teacher.config import TeacherConfig
 from training.teacher.teacher import Teacher, TeacherVariant
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"CLIP {clip.description} on {clip.device}")
     print(_table(summary, all_stages))
     print(f"baseline / teacher time per scene: {ratio:.2f}x")
-    write_report(args.out, report)
+    write_json_atomic(args.out, report)
     return report
 
 

@@ -155,15 +155,18 @@ def prepare_scenes(args: argparse.Namespace) -> Path | None:
 
 
 class NodeProcess:
-    """The folk_segmenter node as a subprocess, its output in ``log_path``."""
+    """The folk_segmenter node as a subprocess, its output in ``log_path``.
 
-    def __init__(self, ros_args: list[str], log_path: Path):
+    ``module``: what ``python -m`` runs (the tests' ``test.slow_node`` wraps the node).
+    """
+
+    def __init__(self, ros_args: list[str], log_path: Path, module: tuple[str, ...] = ("folk_ros.ros.node",)):
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
                "RCUTILS_COLORIZED_OUTPUT": "0"}
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "folk_ros.ros.node", "--ros-args", *ros_args],
+        self.proc = subprocess.Popen([sys.executable, "-m", *module, "--ros-args", *ros_args],
                                      cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def trouble(self, errors_before: int = 0) -> str | None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import array
 import contextlib
 import importlib.util
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +24,7 @@ import numpy as np
 import pytest
 import yaml
 
+from demo.__main__ import NodeProcess
 from folk_ros.core.segmenter import Instances
 from folk_ros.ros import parameters as params
 from folk_ros.ros.node import (TOPIC_IN, TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS, LatestSlot, Throttle,
@@ -254,37 +253,6 @@ def test_startup_errors_are_one_line_and_nonzero_exit(tmp_path, startup_bundle, 
 
 # ---------------------------------------------------------------------------------------------
 # the node over rclpy
-
-
-class NodeProcess:
-    """The node as a subprocess; its log goes to a file the tests read."""
-
-    def __init__(self, args: list[str], log_path: Path, module: list[str] = ("folk_ros.ros.node",)):
-        self.log_path = log_path
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
-               "RCUTILS_COLORIZED_OUTPUT": "0"}
-        self._log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", *module, "--ros-args", *args],
-                                     cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, grace: float = 10.0) -> list[str]:
-        """SIGINT, then SIGTERM, then SIGKILL, ``grace`` s apart (shared notes, ros2-from-pypi); returns those sent."""
-        sent = []
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if self.proc.poll() is not None:
-                break
-            self.proc.send_signal(sig)
-            sent.append(sig.name)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
-        self.proc.wait()
-        self._log.close()
-        return sent
 
 
 class Probe:

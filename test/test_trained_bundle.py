@@ -16,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from demo.__main__ import NodeProcess
 from folk_ros.core.bundle import read_manifest
-from test.test_node import TOPIC_INSTANCES, NodeProcess, Probe, REPO
+from test.test_node import TOPIC_INSTANCES, Probe, REPO
 from training.data.synthetic import generate_scene, scene_name, scene_seed
 
 BUNDLE = REPO / "models" / "folk-synth"

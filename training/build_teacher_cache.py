@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.atomic import write_json_atomic
 from training.data import scannet200
 from training.teacher.config import TeacherConfig
 from training.teacher.teacher import Teacher, TeacherVariant
@@ -557,10 +558,7 @@ def main(argv: list[str] | None = None) -> dict:
                       teacher=TeacherConfig(frame_stride=args.every),
                       variant=TeacherVariant(args.views, args.mask, args.embedding), device=args.device)
     summary = build_cache(find_scenes(args.scenes), args.out, cfg, args.workers, args.force)
-    text = json.dumps(summary, indent=1)
-    tmp = args.out / "build_summary.json.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, args.out / "build_summary.json")
+    write_json_atomic(args.out / "build_summary.json", summary)
     print(f"teacher cache {args.out}: {summary['built']} built, {summary['skipped']} skipped, "
           f"{len(summary['failed'])} failed (config {summary['config_hash']})")
     return summary

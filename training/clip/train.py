@@ -61,6 +61,7 @@ from tqdm import tqdm
 
 from folk_ros.core.clip import (DEFAULT_TEMPLATE, OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME, ClipModel,
                                 images_to_float, maskclip_dense_features)
+from training.atomic import write_json_atomic
 from training.clip.dataset import (BACKGROUND_CLASSES, CropJitter, ViewConfig, ViewSet, find_scene_dirs,
                                    frame_masks, load_views)
 from training.data import scannet200
@@ -656,9 +657,7 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "open_clip": open_clip.__version__, "numpy": np.__version__, "device": str(clip.device)},
     }
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
+    write_json_atomic(out / MANIFEST, manifest, default=str)
     return manifest
 
 

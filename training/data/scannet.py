@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from training.atomic import write_text_atomic
 from training.data import scannet200
 from training.data.ply import read_ply, write_ply
 from training.data.types import Frame, SceneMesh
@@ -79,12 +80,6 @@ def is_complete(scene_dir: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _matrix_text(m: np.ndarray) -> str:
@@ -186,7 +181,7 @@ def write_frame(scene_dir: Path, frame: Frame, jpeg_quality: int = 95) -> None:
     _imwrite(d / "color" / f"{i}.jpg", cv2.cvtColor(frame.color, cv2.COLOR_RGB2BGR),
              [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
     _imwrite(d / "depth" / f"{i}.png", depth_to_mm(frame.depth))
-    _write_text(d / "pose" / f"{i}.txt", _matrix_text(frame.pose))
+    write_text_atomic(d / "pose" / f"{i}.txt", _matrix_text(frame.pose))
     if frame.instance is not None:
         inst = np.asarray(frame.instance)
         if inst.min(initial=0) < 0 or inst.max(initial=0) > 65535:
@@ -259,10 +254,10 @@ def write_scannet_scene(
                        "maxPoints": "30000", "thinThresh": "0.05", "flatThresh": "0.001",
                        "minLength": "0.02", "maxLength": "1"},
             "sceneId": sid, "segIndices": np.asarray(mesh.segments, np.int64).tolist()}
-    _write_text(segs_path(scene_dir, sid), json.dumps(segs))
+    write_text_atomic(segs_path(scene_dir, sid), json.dumps(segs))
     agg = {"sceneId": f"scannet.{sid}", "appId": "folk_ros.synthetic", "segGroups": groups,
            "segmentsFile": f"scannet.{segs_path(scene_dir, sid).name}"}
-    _write_text(aggregation_paths(scene_dir, sid)[0], json.dumps(agg))
+    write_text_atomic(aggregation_paths(scene_dir, sid)[0], json.dumps(agg))
 
     for sub in ("color", "depth", "pose", "intrinsic"):
         (scene_dir / sub).mkdir(exist_ok=True)
@@ -276,7 +271,7 @@ def write_scannet_scene(
             for name, text in (("intrinsic_color", k4), ("intrinsic_depth", k4),
                                ("extrinsic_color", _matrix_text(np.eye(4))),
                                ("extrinsic_depth", _matrix_text(np.eye(4)))):
-                _write_text(scene_dir / "intrinsic" / f"{name}.txt", text)
+                write_text_atomic(scene_dir / "intrinsic" / f"{name}.txt", text)
         elif frame.depth.shape != camera[1] or not np.allclose(frame.intrinsics, camera[0]):
             raise ValueError(
                 f"frame {frame.index}: resolution/intrinsics differ from frame {camera[2]}; "
@@ -287,14 +282,14 @@ def write_scannet_scene(
         write_frame(scene_dir, frame, jpeg_quality)
         count += 1
     k, size = (camera[0], camera[1]) if camera else (None, None)
-    _write_text(scene_dir / f"{sid}.txt", metadata_text(k, size, count))
+    write_text_atomic(scene_dir / f"{sid}.txt", metadata_text(k, size, count))
     (scene_dir / COMPLETE_MARKER).write_text(f"{count} frames\n", encoding="utf-8")
 
 
 def write_benchmark_gt(path: Path, mesh: SceneMesh) -> None:
     """Benchmark instance GT txt: one int per vertex, ``label_id * 1000 + instance_id`` (0 = unannotated)."""
     path = Path(path)
-    _write_text(path, "".join(f"{v}\n" for v in mesh.gt_encoding().tolist()))
+    write_text_atomic(path, "".join(f"{v}\n" for v in mesh.gt_encoding().tolist()))
 
 
 # --------------------------------------------------------------------------- reading

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from training.atomic import write_json_atomic
 from training.data.synth_layout import THEMES, sample_layout
 from training.data.synth_render import (FPS, HEIGHT, INTRINSICS, MAX_VERTICES, OBJECT_SPACING, STRUCTURE_SPACING,
                                         WIDTH, RenderedWalk, build_scene_mesh, camera_path, fused_clouds)
@@ -228,9 +229,7 @@ def write_scene(out_dir: Path, mesh: SceneMesh, frames: Iterable[Frame], clouds:
     timings = {"rendering": rendering, "writing": total - rendering}
     record = {**(meta or {}), "scene_id": mesh.scene_id, "bag": bool(bag),
               "timings": {**(meta or {}).get("timings", {}), **timings}}
-    tmp = scene_dir / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    os.replace(tmp, scene_dir / META_FILE)
+    write_json_atomic(scene_dir / META_FILE, record)
     return timings
 
 
@@ -306,9 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     bar.close()
     metas.sort(key=lambda m: m["scene_id"])
     summary = {"run_seed": args.seed, "config": asdict(cfg), "bags": bag, **summarize(metas)}
-    tmp = args.out / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
-    os.replace(tmp, args.out / SUMMARY_FILE)
+    write_json_atomic(args.out / SUMMARY_FILE, summary)
     return summary
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import math
 import os
@@ -71,6 +70,7 @@ from tqdm import tqdm
 
 from folk_ros.core.clip import DEFAULT_TEMPLATE, resolve_device
 from folk_ros.core.student import Student, StudentConfig
+from training.atomic import write_json_atomic
 from training.build_teacher_cache import BuildConfig, clip_identity, load_teacher_cache
 from training.data import scannet200
 from training.distill.features import POINT_FEATURE_KINDS, FeatureCache, find_teacher_caches
@@ -386,16 +386,6 @@ def atomic_save(obj, path: Path) -> None:
         raise
 
 
-def atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def load_last(path: Path, cfg: TrainConfig) -> dict:
     """The state of ``last.pt``; ValueError when it belongs to a run with another identity."""
     state = torch.load(path, map_location="cpu", weights_only=False)
@@ -548,7 +538,7 @@ def _run(cfg: TrainConfig, env: DistInfo, clip, on_epoch_end) -> dict:
             atomic_save({"format": LAST_FORMAT, "epoch": epoch + 1, "student": student.to_checkpoint(),
                          "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()},
                          "best": best, "history": history, "identity": cfg.identity()}, last_path)
-            atomic_json(record(), metrics_path)
+            write_json_atomic(metrics_path, record())
         bar.set_postfix(loss=f"{rec['train_loss']:.3f}", train=f"{rec['train_pseudo_acc']:.3f}",
                         val=f"{value:.3f}")
         if on_epoch_end is not None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.atomic import write_text_atomic
 from training.evaluate.harness import (ALL_METHODS, PROPOSAL_SOURCES, STUDENT, HarnessConfig, Labellers,
                                        SceneOutput, evaluate_scene, uses_mask3d)
 from training.evaluate.instance_ap import EvalConfig, EvalResult, summarize, write_pred_txt
@@ -259,18 +259,12 @@ def _json_safe(obj):
     return obj
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     """report.json, report.md and ap_vs_time.png in ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "markdown": out_dir / "report.md", "plot": out_dir / "ap_vs_time.png"}
-    _write_atomic(paths["json"], json.dumps(_json_safe(report), indent=1, allow_nan=False))
-    _write_atomic(paths["markdown"], format_markdown(report))
+    write_text_atomic(paths["json"], json.dumps(_json_safe(report), indent=1, allow_nan=False))
+    write_text_atomic(paths["markdown"], format_markdown(report))
     plot_ap_vs_time(report, paths["plot"])
     return paths
 

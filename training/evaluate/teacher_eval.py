@@ -22,8 +22,6 @@ mask pooling), ``teacher-mean`` (the teacher's views, labelled by their mean).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.atomic import write_json_atomic
 from training.data import scannet200
 from training.evaluate.instance_ap import EvalResult, GTScene, PredScene, evaluate
 from training.teacher.baseline import OpenMaskBaseline
@@ -200,16 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = evaluate_scenes(find_scenes(args.scenes), clip, args.methods, vocabulary(args.vocabulary), args.every)
     print(format_report(report))
     if args.out:
-        write_report(args.out, report)
+        write_json_atomic(args.out, report)
     return report
-
-
-def write_report(path: Path, report: dict) -> None:
-    """The report as JSON, written atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
