@@ -55,3 +55,19 @@ def box_room_cloud(seed: int = 0, points_per_box: int = 1500) -> tuple[PointClou
         ids.append(np.full(points_per_box, i))
         colors.append(np.tile(rgb, (points_per_box, 1)))
     return PointCloud.from_arrays(np.concatenate(parts), np.concatenate(colors)), np.concatenate(ids)
+
+
+def box_room_scene(root: Path, seed: int = 0) -> Path:
+    """The fixtures' box room (floor + three boxes) written as a ScanNet-layout scene without frames."""
+    from training.data import scannet200
+    from training.data.scannet import write_scannet_scene
+    from training.data.types import SceneMesh
+    cloud, inst = box_room_cloud(seed=seed, points_per_box=1200)
+    semantic = np.where(inst > 0, scannet200.label_id("box"), scannet200.label_id("floor"))
+    mesh = SceneMesh(scene_id=f"synth{seed:04d}_00", vertices=cloud.xyz.astype(np.float32),
+                     colors=np.round(cloud.rgb * 255).astype(np.uint8), faces=np.zeros((0, 3), np.int64),
+                     semantic_ids=semantic.astype(np.int64), instance_ids=inst.astype(np.int64),
+                     segments=inst.astype(np.int64), instance_labels={i: "box" for i in (1, 2, 3)})
+    scene_dir = root / mesh.scene_id
+    write_scannet_scene(scene_dir, mesh, frames=[])
+    return scene_dir

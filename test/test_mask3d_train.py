@@ -7,31 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import scannet200
-from training.data.scannet import write_scannet_scene
-from training.data.types import SceneMesh
 from training.mask3d.data import find_scenes, load_scene
 from training.mask3d.train import TrainConfig, class_agnostic_ap, load_trained, parse_args, train
-from test.fixtures import box_room_cloud
-
-
-def _box_room_scene(root, seed=0):
-    """The fixtures' box room (floor + three boxes) written as a ScanNet-layout scene without frames."""
-    cloud, inst = box_room_cloud(seed=seed, points_per_box=1200)
-    semantic = np.where(inst > 0, scannet200.label_id("box"), scannet200.label_id("floor"))
-    mesh = SceneMesh(scene_id=f"synth{seed:04d}_00", vertices=cloud.xyz.astype(np.float32),
-                     colors=np.round(cloud.rgb * 255).astype(np.uint8), faces=np.zeros((0, 3), np.int64),
-                     semantic_ids=semantic.astype(np.int64), instance_ids=inst.astype(np.int64),
-                     segments=inst.astype(np.int64), instance_labels={i: "box" for i in (1, 2, 3)})
-    scene_dir = root / mesh.scene_id
-    write_scannet_scene(scene_dir, mesh, frames=[])
-    return scene_dir
+from test.fixtures import box_room_scene
 
 
 @pytest.fixture(scope="module")
 def overfit_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("mask3d_train")
-    scene = _box_room_scene(root / "scenes")
+    scene = box_room_scene(root / "scenes")
     cfg = TrainConfig(train=[str(scene)], val=[str(scene)], out=str(root / "run"), epochs=80, lr=3e-3,
                       augment=False, seed=0, threads=1, voxel_size=0.04)
     threads = torch.get_num_threads()

@@ -38,6 +38,7 @@ class SegmenterConfig:
     min_points: int = 20                         # drop proposals with fewer points
     point_features: str = "backbone"             # Mask3D features the student pools: backbone | mask
     nms_iou: float = 0.9                         # class-agnostic mask NMS of the proposals (FOLK)
+    dbscan_eps: float = 0.0                      # split proposals into parts further apart (m); 0 = no split
 
     def __post_init__(self):
         if "{}" not in self.prompt_template:
@@ -48,6 +49,13 @@ class SegmenterConfig:
             raise ValueError("max_instances and min_points must be >= 1")
         if self.point_features not in ("backbone", "mask"):
             raise ValueError(f"point_features must be 'backbone' or 'mask', got {self.point_features!r}")
+        self.proposal_postprocess()  # checks dbscan_eps
+
+    def proposal_postprocess(self) -> PostprocessConfig:
+        """The Mask3D post-processing of the proposals: DBSCAN split (Mask3D's ``use_dbscan``, at
+        ``dbscan_eps``; off at 0), proposals under ``min_points`` dropped, then class-agnostic mask
+        NMS at ``nms_iou``."""
+        return PostprocessConfig.class_agnostic(self.dbscan_eps, self.nms_iou, self.min_points)
 
 
 @dataclass
@@ -169,7 +177,8 @@ class Segmenter:
         temperature = float(student_obj.get("tau", manifest.temperature)) if "student" in files \
             else manifest.temperature
         cfg = SegmenterConfig(prompt_template=manifest.prompt_template, temperature=temperature,
-                              point_features=manifest.point_features)
+                              point_features=manifest.point_features, dbscan_eps=manifest.dbscan_eps,
+                              nms_iou=manifest.nms_iou)
         return cls(mask3d, student, clip, replace(cfg, **overrides), device=dev)
 
     def text_embeddings(self, vocabulary: Sequence[str]) -> torch.Tensor:
@@ -192,8 +201,8 @@ class Segmenter:
         lap("text")
         if len(cloud) == 0:
             return self._empty(names, len(cloud), text.shape[1], timings)
-        post = PostprocessConfig(use_dbscan=False, nms_iou=self.cfg.nms_iou)
-        proposals = self.mask3d.predict(cloud.xyz, cloud.rgb, point_features=self.cfg.point_features, post=post)
+        proposals = self.mask3d.predict(cloud.xyz, cloud.rgb, point_features=self.cfg.point_features,
+                                        post=self.cfg.proposal_postprocess())
         lap("proposals")
         with torch.inference_mode():
             masks = proposals.masks.to(self.device)

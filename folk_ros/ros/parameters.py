@@ -100,8 +100,13 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               limits=(1, 1000)),
     ParamSpec("min_points", 20, T.INTEGER,
               "Drop proposals with fewer points (counted after downsampling).", limits=(1, 1_000_000)),
-    ParamSpec("nms_iou", 0.9, T.DOUBLE, "Class-agnostic mask NMS IoU of the Mask3D proposals (FOLK: 0.9).",
-              limits=(0.0, 1.0)),
+    ParamSpec("nms_iou", -1.0, T.DOUBLE,
+              "Class-agnostic mask NMS IoU of the Mask3D proposals (FOLK's paper: 0.9); -1 = the bundle's value.",
+              limits=(-1.0, 1.0)),
+    ParamSpec("dbscan_eps", -1.0, T.DOUBLE,
+              "Split every Mask3D proposal into its parts further apart than this many metres (Mask3D's DBSCAN "
+              "post-processing; the official ScanNet setting is 0.95). -1 = the bundle's value, 0 = no split.",
+              limits=(-1.0, 10.0)),
     # --- input
     ParamSpec("max_points", 200_000, T.INTEGER,
               "Voxel-downsample clouds with more points before Mask3D (voxel grown from voxel_size until "
@@ -158,6 +163,7 @@ class NodeSettings:
     max_instances: int
     min_points: int
     nms_iou: float
+    dbscan_eps: float
     max_points: int
     voxel_size: float
     max_input_points: int
@@ -201,8 +207,12 @@ def segmenter_overrides(settings: NodeSettings) -> dict[str, Any]:
     ``prompt_template`` is left out: the loaded config keeps the bundle's (the fallback for ''), and
     the node applies the live template per cloud.
     """
-    return {"score_threshold": float(settings.score_threshold), "max_instances": int(settings.max_instances),
-            "min_points": int(settings.min_points), "nms_iou": float(settings.nms_iou)}
+    out = {"score_threshold": float(settings.score_threshold), "max_instances": int(settings.max_instances),
+           "min_points": int(settings.min_points)}
+    for name in ("nms_iou", "dbscan_eps"):   # -1: keep the bundle's
+        if getattr(settings, name) >= 0:
+            out[name] = float(getattr(settings, name))
+    return out
 
 
 def checkpoint_overrides(settings: NodeSettings) -> dict[str, str]:

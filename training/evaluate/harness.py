@@ -168,7 +168,6 @@ def make_proposals(segmenter, points: np.ndarray, colors: np.ndarray, source: st
         gt_instance_labels: {instance id: class name}, for ``source="gt"``.
         need_features: run Mask3D for its point features even with GT proposals.
     """
-    from folk_ros.core.mask3d.config import PostprocessConfig
     from training.build_teacher_cache import gt_proposals
     if source not in PROPOSAL_SOURCES:
         raise ValueError(f"source must be one of {PROPOSAL_SOURCES}, got {source!r}")
@@ -176,8 +175,8 @@ def make_proposals(segmenter, points: np.ndarray, colors: np.ndarray, source: st
     features, seconds = None, 0.0
     if source == "mask3d" or need_features:
         t0 = time.perf_counter()
-        post = PostprocessConfig(use_dbscan=False, nms_iou=cfg.nms_iou)  # as Segmenter.segment
-        pred = segmenter.mask3d.predict(points, colors, point_features=cfg.point_features, post=post)
+        pred = segmenter.mask3d.predict(points, colors, point_features=cfg.point_features,
+                                        post=cfg.proposal_postprocess())  # as Segmenter.segment
         features = pred.point_features.to(dev)
         masks_t = pred.masks.to(dev)
         keep = masks_t.view(torch.uint8).sum(1, dtype=torch.int32) >= cfg.min_points

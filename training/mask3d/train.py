@@ -30,14 +30,14 @@ from tqdm import tqdm
 from folk_ros.core.mask3d.checkpoint import load_checkpoint, save_checkpoint
 from folk_ros.core.mask3d.config import PostprocessConfig, preset
 from folk_ros.core.mask3d.model import Mask3D
-from training.evaluate.instance_ap import EvalResult, GTScene, PredScene, evaluate
+from training.evaluate.instance_ap import EvalResult
 from training.mask3d.augment import AugmentConfig
 from training.mask3d.data import Scene, find_scenes, load_scene, make_sample
+from training.mask3d.evaluate import class_agnostic_results
 from training.mask3d.losses import CriterionConfig, SetCriterion
 from training.mask3d.matcher import MatcherConfig
 
 log = logging.getLogger("training.mask3d.train")
-OBJECT_ID = 1  # the single class of class-agnostic evaluation
 
 
 @dataclass
@@ -60,18 +60,12 @@ class TrainConfig:
     bn_scenes: int = 8                               # precise-BN recalibration scenes per epoch (0: off)
     match_points: int = -1                           # points sampled for the matching costs (-1: all, Mask3D's)
     init: str = ""                                   # checkpoint whose weights start the run (new schedule)
+    dbscan_eps: float = 0.0                          # validation: DBSCAN split of the proposals (m; 0: off)
 
 
 def class_agnostic_ap(model: Mask3D, scenes: list[Scene], post: PostprocessConfig | None = None) -> EvalResult:
     """ScanNet-protocol AP of the model's proposals, every GT object being one class."""
-    post = post or PostprocessConfig(use_dbscan=False)
-    gts, preds = [], []
-    for s in scenes:
-        p = model.predict(s.xyz, s.rgb, post=post)
-        gts.append(GTScene.from_labels(s.scene_id, np.where(s.instance > 0, OBJECT_ID, 0), s.instance))
-        masks = p.masks.cpu().numpy()
-        preds.append(PredScene(s.scene_id, masks, np.full(len(masks), OBJECT_ID), p.scores.cpu().numpy()))
-    return evaluate(gts, preds, class_ids=(OBJECT_ID,), class_names=("object",), ignored_labels=())
+    return class_agnostic_results(model, scenes, [post or PostprocessConfig.class_agnostic()])[0][0]
 
 
 @torch.no_grad()
@@ -183,7 +177,7 @@ def train(cfg: TrainConfig) -> dict:
         recalibrate_batchnorm(model, bn_samples)
         if val_scenes:
             model.eval()
-            res = class_agnostic_ap(model, val_scenes)
+            res = class_agnostic_ap(model, val_scenes, PostprocessConfig.class_agnostic(cfg.dbscan_eps))
             row.update({f"val_{k}": v for k, v in res.mean.items()})
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 4) for k, v in row.items()}))
@@ -228,6 +222,10 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--init", default=d.init,
                    help="start from this checkpoint's weights (e.g. an earlier run's best.pt) with a fresh optimiser "
                         "and schedule; the preset and voxel size must match")
+    p.add_argument("--dbscan-eps", type=float, default=d.dbscan_eps,
+                   help="validate (and pick best.pt) with Mask3D's DBSCAN split of every proposal into parts "
+                        "further apart than this many metres, as deployed (see python -m training.mask3d.evaluate); "
+                        "0: no split")
     p.add_argument("--voxel-size", type=float, default=d.voxel_size,
                    help="voxel edge in metres (0: the preset's 2 cm); saved with the model config")
     a = p.parse_args(argv)
@@ -235,7 +233,7 @@ def parse_args(argv=None) -> TrainConfig:
                        weight_decay=a.weight_decay, grad_clip=a.grad_clip, augment=a.augment, seed=a.seed,
                        resume=a.resume, device=a.device, max_val_scenes=a.max_val_scenes, threads=a.threads,
                        voxel_size=a.voxel_size, bn_scenes=a.bn_scenes,
-                       match_points=a.match_points, init=a.init)
+                       match_points=a.match_points, init=a.init, dbscan_eps=a.dbscan_eps)
 
 
 def main(argv=None) -> int:

@@ -75,6 +75,17 @@ class PostprocessConfig:
     dbscan_min_points: int = 1
     nms_iou: float = 0.9                       # class-agnostic mask NMS (FOLK)
     min_score: float = 0.0                     # class-agnostic: drop proposals at or below
+    min_points: int = 1                        # class-agnostic: drop proposals with fewer points (before NMS)
+
+    @staticmethod
+    def class_agnostic(dbscan_eps: float = 0.0, nms_iou: float = 0.9, min_points: int = 1) -> "PostprocessConfig":
+        """FOLK's proposal settings: DBSCAN split at ``dbscan_eps`` metres (0: no split), proposals under
+        ``min_points`` points dropped (the split's small fragments), NMS at ``nms_iou``."""
+        if not dbscan_eps >= 0:
+            raise ValueError(f"dbscan_eps must be >= 0 (0: no split), got {dbscan_eps}")
+        split = dbscan_eps > 0
+        return PostprocessConfig(use_dbscan=split, dbscan_eps=dbscan_eps if split else 0.95, nms_iou=nms_iou,
+                                 min_points=min_points)
 
 
 def preset(name: str) -> Mask3DConfig:

@@ -7,6 +7,7 @@ so an official checkpoint loads with :func:`folk_ros.core.mask3d.checkpoint.load
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,11 @@ class Mask3D(QueryDecoder):
         Runs under ``torch.inference_mode`` on the model's device. Raises
         :class:`CloudTooSmallError` for a cloud inside one coarsest-level cell (:func:`check_extent`).
         """
+        return self.predict_many(xyz, rgb, [post], point_features)[0]
+
+    def predict_many(self, xyz, rgb, posts: Sequence[PostprocessConfig],
+                     point_features: str = "backbone") -> list[Proposals]:
+        """:meth:`predict` under several post-processing settings, the network run once."""
         if point_features not in ("backbone", "mask"):
             raise ValueError(f"point_features must be 'backbone' or 'mask', got {point_features!r}")
         xyz_np = np.asarray(xyz.detach().cpu() if torch.is_tensor(xyz) else xyz, dtype=np.float32)
@@ -112,8 +118,9 @@ class Mask3D(QueryDecoder):
             finally:
                 self.train(was_training)
             inverse = torch.from_numpy(vox.inverse_map).to(dev)
-            masks, scores = class_agnostic_proposals(
-                out["pred_logits"][0], out["pred_masks"][0], inverse,
-                torch.from_numpy(xyz_np[vox.unique_map]).to(dev), post)
             feats = out["backbone_features"] if point_features == "backbone" else out["mask_features"]
-            return Proposals(masks, scores, feats[inverse].float())
+            feats = feats[inverse].float()
+            voxel_xyz = torch.from_numpy(xyz_np[vox.unique_map]).to(dev)
+            return [Proposals(*class_agnostic_proposals(out["pred_logits"][0], out["pred_masks"][0], inverse,
+                                                        voxel_xyz, post), feats)
+                    for post in posts]

@@ -113,31 +113,87 @@ def dbscan(xyz: np.ndarray, eps: float, min_samples: int = 1) -> np.ndarray:
     return labels
 
 
-def dbscan_split(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int):
-    """Split every query mask into its DBSCAN clusters (Mask3D's use_dbscan).
+MAX_SPLIT_EDGES = 50_000_000
+"""Above this many (neighbour pair, query) edges :func:`dbscan_split` splits query by query."""
 
-    mask_logits (V, Q); voxel_xyz (V, 3).  Returns (candidate logits (V, K), source
-    query (K,) int64): candidate = query logits zeroed outside the cluster; order:
-    by query, then by cluster id.  Queries with an empty mask give no candidate.
+
+def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float):
+    """eps-graph components of every column's positive points at once, or None when too many edges.
+
+    One neighbour search over all points (``|p - q| <= eps``), then one connected-components
+    run over the (point, column) nodes, an edge wherever both ends are positive in that column.
+    Returns (point index (K,), column (K,), cluster (K,)) per positive entry, clusters numbered
+    globally by (column, first point), i.e. the order of :func:`dbscan_split`'s candidates.
     """
-    xyz = voxel_xyz.detach().cpu().numpy()
+    tree = cKDTree(xyz)
+    if tree.count_neighbors(tree, eps) * positive.shape[1] > 2 * MAX_SPLIT_EDGES:
+        return None
+    pairs = tree.query_pairs(eps, output_type="ndarray")
+    col_major = np.ascontiguousarray(positive.T)                  # (Q, V): nodes ordered by column, point
+    q_nodes, v_nodes = np.nonzero(col_major)
+    node_of = np.full(col_major.shape, -1, dtype=np.int64)
+    node_of[q_nodes, v_nodes] = np.arange(q_nodes.size)
+    if len(pairs):
+        e, q = np.nonzero(positive[pairs[:, 0]] & positive[pairs[:, 1]])
+        src, dst = node_of[q, pairs[e, 0]], node_of[q, pairs[e, 1]]
+    else:
+        src = dst = np.zeros(0, dtype=np.int64)
+    n = q_nodes.size
+    graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    return v_nodes, q_nodes, _first_occurrence_labels(comp)       # nodes are in (column, point) order
+
+
+def dbscan_parts(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int):
+    """The DBSCAN clusters of every query mask (``logit > 0``) as sparse entries.
+
+    mask_logits (V, Q); voxel_xyz (V, 3).  Returns numpy int64 arrays (voxel (E,), query (E,),
+    part (E,)), one entry per voxel of a part, parts numbered by query, then by cluster id (order of
+    first occurrence); noise voxels (``min_points > 1``) are in no part.  With ``min_points <= 1``
+    (components of the eps-graph) all queries are split in one vectorised pass when the neighbour
+    pairs fit (:data:`MAX_SPLIT_EDGES`), else one by one.
+    """
+    xyz = voxel_xyz.detach().cpu().numpy().astype(np.float64)
     positive = (mask_logits > 0).cpu().numpy()
-    cols, src = [], []
+    fast = _columnwise_eps_components(xyz, positive, eps) if min_points <= 1 and positive.any() else None
+    if fast is not None:
+        return fast
+    vs, qs, parts, offset = [], [], [], 0
     for q in range(mask_logits.shape[1]):
         sel = np.flatnonzero(positive[:, q])
         if sel.size == 0:
             continue
         labels = dbscan(xyz[sel], eps, min_points)
-        for c in np.unique(labels):
-            if c < 0:
-                continue
-            keep = torch.zeros(mask_logits.shape[0], dtype=torch.bool)
-            keep[torch.from_numpy(sel[labels == c])] = True
-            cols.append(mask_logits[:, q] * keep.to(mask_logits.device))
-            src.append(q)
-    if not cols:
-        return mask_logits.new_zeros((mask_logits.shape[0], 0)), torch.zeros(0, dtype=torch.int64)
-    return torch.stack(cols, dim=1), torch.tensor(src, dtype=torch.int64)
+        inside = labels >= 0
+        vs.append(sel[inside])
+        qs.append(np.full(int(inside.sum()), q, dtype=np.int64))
+        parts.append(labels[inside] + offset)
+        offset += int(labels.max()) + 1 if inside.any() else 0
+    if not vs:
+        return (np.zeros(0, np.int64),) * 3
+    return np.concatenate(vs), np.concatenate(qs), np.concatenate(parts)
+
+
+def _part_sources(query: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """(K,) source query of each part numbered 0..K-1."""
+    src = np.zeros(int(part.max()) + 1 if part.size else 0, dtype=np.int64)
+    src[part] = query
+    return src
+
+
+def dbscan_split(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int):
+    """Split every query mask into its DBSCAN clusters (Mask3D's use_dbscan).
+
+    mask_logits (V, Q); voxel_xyz (V, 3).  Returns (candidate logits (V, K), source
+    query (K,) int64): candidate = query logits zeroed outside the cluster; order:
+    by query, then by cluster id (:func:`dbscan_parts`).  Queries with an empty mask give no candidate.
+    """
+    v, q, part = dbscan_parts(mask_logits, voxel_xyz, eps, min_points)
+    src = _part_sources(q, part)
+    out = mask_logits.new_zeros((mask_logits.shape[0], src.size))
+    vt, qt, pt = (torch.from_numpy(a).to(mask_logits.device) for a in (v, q, part))
+    out[vt, pt] = mask_logits[vt, qt]
+    return out, torch.from_numpy(src)
 
 
 # ---------------------------------------------------------- scoring ---------
@@ -245,18 +301,28 @@ def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tenso
     """One proposal per query (or DBSCAN part), mask NMS; FOLK's use of Mask3D.
 
     pred_logits (Q, C+1); mask_logits (V, Q); inverse_map (N,); voxel_xyz (V, 3).
-    score = (1 - p(no-object)) * mean sigmoid inside the mask.  Empty masks and
-    scores <= ``cfg.min_score`` are dropped; NMS at ``cfg.nms_iou`` (IoU over points).
+    score = (1 - p(no-object)) * mean sigmoid inside the mask.  Masks with fewer than
+    ``cfg.min_points`` points (at least one) and scores <= ``cfg.min_score`` are dropped;
+    NMS at ``cfg.nms_iou`` (IoU over points).
     Returns masks (M, N) bool and scores (M,) float32, by descending score.
     """
     objectness = 1.0 - pred_logits.float().softmax(-1)[:, -1]
-    if cfg.use_dbscan:
-        mask_logits, src = dbscan_split(mask_logits, voxel_xyz, cfg.dbscan_eps, cfg.dbscan_min_points)
-        objectness = objectness[src.to(objectness.device)]
-    binary, mscore = mask_scores(mask_logits)
+    if cfg.use_dbscan:   # sparse: the parts' masks and mean sigmoids without a dense (V, parts) float matrix
+        v, q, part = dbscan_parts(mask_logits, voxel_xyz, cfg.dbscan_eps, cfg.dbscan_min_points)
+        src = torch.from_numpy(_part_sources(q, part)).to(objectness.device)
+        vt, qt, pt = (torch.from_numpy(a).to(mask_logits.device) for a in (v, q, part))
+        binary = torch.zeros((mask_logits.shape[0], src.numel()), dtype=torch.bool, device=mask_logits.device)
+        binary[vt, pt] = True
+        heat = torch.zeros(src.numel(), device=mask_logits.device)
+        heat.index_add_(0, pt, mask_logits[vt, qt].float().sigmoid())
+        mscore = heat / binary.sum(0).clamp(min=1)
+        objectness = objectness[src]
+    else:
+        binary, mscore = mask_scores(mask_logits)
     scores = objectness * mscore
-    keep = (binary.any(0) & (scores > cfg.min_score)).nonzero().flatten()
-    binary, scores = binary[:, keep], scores[keep]
     points_per_voxel = torch.bincount(inverse_map, minlength=binary.shape[0])
+    points = points_per_voxel.to(torch.float32) @ binary.to(torch.float32)       # (K,) points per proposal
+    keep = ((points >= max(cfg.min_points, 1)) & (scores > cfg.min_score)).nonzero().flatten()
+    binary, scores = binary[:, keep], scores[keep]
     kept = mask_nms(binary, scores, cfg.nms_iou, points_per_voxel)
     return binary[:, kept][inverse_map].T.contiguous(), scores[kept]

@@ -1,0 +1,100 @@
+"""training.mask3d.evaluate: recall by hand, one network pass serving several post-processings, the
+DBSCAN split of a mask that covers two separate objects, and the CLI's grid report."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from folk_ros.core.mask3d.config import PostprocessConfig, preset
+from folk_ros.core.mask3d.checkpoint import save_checkpoint
+from folk_ros.core.mask3d.model import Mask3D
+from folk_ros.core.mask3d.postprocess import class_agnostic_proposals
+from folk_ros.core.segmenter import SegmenterConfig
+from training.mask3d.data import load_scene
+from training.mask3d.evaluate import class_agnostic_results, main, recall_at
+from training.mask3d.train import class_agnostic_ap
+from test.fixtures import box_room_scene
+
+
+def test_recall_at_by_hand():
+    gt = np.array([1] * 100 + [2] * 100 + [3] * 50 + [0] * 10)        # object 3 is under 100 points: ignored
+    hit1 = np.zeros(260, bool)
+    hit1[:60] = True                                                    # IoU 0.6 with object 1
+    miss2 = np.zeros(260, bool)
+    miss2[100:140] = True                                               # IoU 0.4 with object 2
+    assert recall_at(gt, np.stack([hit1, miss2])) == (1, 2)
+    assert recall_at(gt, np.zeros((0, 260), bool)) == (0, 2)
+
+
+def test_postprocess_settings_are_checked():
+    assert PostprocessConfig.class_agnostic(0.0).use_dbscan is False
+    post = PostprocessConfig.class_agnostic(0.1, 0.7)
+    assert post.use_dbscan and (post.dbscan_eps, post.nms_iou) == (0.1, 0.7)
+    with pytest.raises(ValueError, match="dbscan_eps"):
+        PostprocessConfig.class_agnostic(-0.1)
+    with pytest.raises(ValueError, match="dbscan_eps"):
+        SegmenterConfig(dbscan_eps=-1.0)
+
+
+def test_dbscan_split_gives_one_proposal_per_separate_part():
+    """A query lighting up two objects 1 m apart: without the split one proposal covers both."""
+    xyz = torch.tensor([[0.0, 0, 0], [0.02, 0, 0], [1.0, 0, 0], [1.02, 0, 0], [2.0, 0, 0]])
+    logits = torch.tensor([[3.0], [3.0], [3.0], [3.0], [-3.0]])          # (V, Q=1)
+    pred_logits = torch.tensor([[2.0, -2.0]])                            # object, no-object
+    inverse = torch.arange(5)
+    whole, _ = class_agnostic_proposals(pred_logits, logits, inverse, xyz, PostprocessConfig.class_agnostic(0.0))
+    parts, scores = class_agnostic_proposals(pred_logits, logits, inverse, xyz,
+                                             PostprocessConfig.class_agnostic(0.1))
+    assert whole.tolist() == [[True, True, True, True, False]]
+    assert sorted(parts.tolist()) == [[False, False, True, True, False], [True, True, False, False, False]]
+    assert scores.shape == (2,)
+
+
+@pytest.fixture(scope="module")
+def scene_and_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mask3d_eval")
+    scene = box_room_scene(root / "scenes")
+    torch.manual_seed(0)
+    model = Mask3D(preset("small")).eval()
+    save_checkpoint(root / "m.pt", model)
+    return scene, model, root / "m.pt"
+
+
+def test_one_pass_serves_every_postprocessing(scene_and_model):
+    scene_dir, model, _ = scene_and_model
+    scene = load_scene(scene_dir)
+    posts = [PostprocessConfig.class_agnostic(0.0, 0.9), PostprocessConfig.class_agnostic(0.1, 0.5)]
+    many = model.predict_many(scene.xyz, scene.rgb, posts)
+    for post, got in zip(posts, many):
+        one = model.predict(scene.xyz, scene.rgb, post=post)
+        assert torch.equal(one.masks, got.masks) and torch.allclose(one.scores, got.scores)
+    results = class_agnostic_results(model, [scene], posts)
+    assert results[1][0].mean == class_agnostic_ap(model, [scene], posts[1]).mean
+    assert all(0.0 <= recall <= 1.0 for _, recall in results)
+
+
+def test_cli_reports_the_grid_and_its_best(scene_and_model, tmp_path, capsys):
+    scene_dir, _, ckpt = scene_and_model
+    out = tmp_path / "r.json"
+    assert main(["--checkpoint", str(ckpt), "--scenes", str(scene_dir), "--dbscan-eps", "0", "0.1",
+                 "--nms-iou", "0.9", "0.5", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["dbscan_eps"], r["nms_iou"]) for r in report["rows"]] == [(0, 0.9), (0, 0.5), (0.1, 0.9), (0.1, 0.5)]
+    assert report["best"]["ap50"] == max(r["ap50"] for r in report["rows"])
+    assert "| dbscan_eps | nms_iou |" in capsys.readouterr().out
+    assert main(["--checkpoint", str(ckpt), "--scenes", str(scene_dir), "--dbscan-eps", "-1"]) == 2
+
+
+def test_vectorised_split_equals_query_by_query(monkeypatch):
+    """dbscan_parts' one-pass split equals DBSCAN run per query (the path taken when pairs are too many)."""
+    from folk_ros.core.mask3d import postprocess
+    gen = torch.Generator().manual_seed(0)
+    xyz = torch.rand((400, 3), generator=gen) * torch.tensor([3.0, 3.0, 1.0])
+    logits = torch.randn((400, 6), generator=gen) + 0.5
+    fast = postprocess.dbscan_split(logits, xyz, 0.25, 1)
+    monkeypatch.setattr(postprocess, "MAX_SPLIT_EDGES", 0)
+    slow = postprocess.dbscan_split(logits, xyz, 0.25, 1)
+    assert fast[0].shape[1] > logits.shape[1]                     # it did split
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
