@@ -25,6 +25,7 @@ from tqdm import tqdm
 from training.atomic import write_json_atomic
 from training.build_teacher_cache import gt_proposals
 from training.data.synthetic import SynthConfig, generate_scene, scene_name, scene_seed
+from training.evaluate.teacher_eval import clip_from_args
 from training.teacher.baseline import OpenMaskBaseline
 from training.teacher.config import TeacherConfig
 from training.teacher.teacher import Teacher, TeacherVariant
@@ -60,12 +61,10 @@ def _table(rows: dict[str, dict[str, float]], stages: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns (and writes) the JSON report."""
-    from folk_ros.core.clip import ClipModel
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    clip = (ClipModel(args.clip, device=args.device) if args.clip
-            else ClipModel.from_config(args.clip_config, device=args.device, seed=0))
+    clip = clip_from_args(args)
     cfg = TeacherConfig(frame_stride=args.every)
     methods = {"teacher": Teacher(clip, cfg), "baseline": OpenMaskBaseline(clip, cfg)}
     if args.variants:

@@ -11,6 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -24,3 +27,13 @@ _ros_home = tempfile.mkdtemp(prefix="folk_ros_test_")
 atexit.register(shutil.rmtree, _ros_home, ignore_errors=True)
 os.environ.setdefault("ROS_HOME", _ros_home)
 os.environ.setdefault("ROS_LOG_DIR", os.path.join(_ros_home, "log"))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): exact,
+    deterministic reductions and no oversubscription of the shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

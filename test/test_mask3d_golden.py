@@ -24,6 +24,7 @@ from folk_ros.core.mask3d.postprocess import remap_scannet200_classes, scannet20
 from folk_ros.core.mask3d.preprocess import normalize_colors, voxel_segments, voxelize
 from folk_ros.core.sparse import SparseTensor
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")   # exact agreement, and speed on shared cores
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("FOLK_SHARED_DATA", REPO.parent / "shared" / "data"))
 GOLDEN = DATA / "mask3d_golden.npz"
@@ -56,15 +57,6 @@ def fill_value(key: str, shape: tuple) -> torch.Tensor:
     if len(shape) == 1:
         return 1 + 0.1 * r
     return r / math.sqrt(math.prod(shape[1:]))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Exact agreement (and speed on shared cores): one intra-op thread for this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,8 @@ GOLDEN = Path(os.environ.get("FOLK_SHARED_DATA", REPO.parent / "shared" / "data"
 RTOL = 1e-5
 # MinkowskiEngine 0.5.4's own warnings (CPU-only build, autograd Functions instantiated): not ours to fix.
 pytestmark = [pytest.mark.filterwarnings("ignore:The MinkowskiEngine was compiled with CPU_ONLY"),
-              pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")]
+              pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning"),
+              pytest.mark.usefixtures("one_torch_thread")]   # deterministic reductions
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +42,6 @@ def me():
                 pytest.fail(f"FOLK_REQUIRE_MINKOWSKI=1 but {err}", pytrace=False)
             pytest.skip(str(err))
     return mk.require_minkowski()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Deterministic reductions and no oversubscription of the shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, what: str, rtol: float = RTOL) -> None:

@@ -187,15 +187,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def clip_from_args(args: argparse.Namespace):
+    """The CLIP of ``--clip`` (a model name or ``local-dir:`` folder), else the seeded ``--clip-config`` double."""
+    from folk_ros.core.clip import ClipModel
+    if args.clip:
+        return ClipModel(args.clip, device=args.device)
+    return ClipModel.from_config(args.clip_config, device=args.device, seed=0)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; prints the table, writes the JSON report if asked, returns the report."""
-    from folk_ros.core.clip import ClipModel
     from training.build_teacher_cache import find_scenes
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    clip = (ClipModel(args.clip, device=args.device) if args.clip
-            else ClipModel.from_config(args.clip_config, device=args.device, seed=0))
+    clip = clip_from_args(args)
     report = evaluate_scenes(find_scenes(args.scenes), clip, args.methods, vocabulary(args.vocabulary), args.every)
     print(format_report(report))
     if args.out:
