@@ -23,22 +23,18 @@ done
 # 2. Mask3D-small, class-agnostic, 4 cm voxels
 run $PY -m training.mask3d.train --train data/folk/train --val data/folk/val --out runs/mask3d-small \
     --preset small --epochs 20 --voxel-size 0.04 --match-points 8192 --threads 1 --seed 0
-# ... continued twice with a fresh one-cycle schedule from the previous best weights; the last run
-# validates (and picks best.pt) with the DBSCAN split the bundle deploys
+# ... continued with a fresh one-cycle schedule from the first run's best weights
 run $PY -m training.mask3d.train --train data/folk/train --val data/folk/val --out runs/mask3d-small-2 \
     --preset small --epochs 12 --voxel-size 0.04 --match-points 8192 --threads 1 --seed 1 \
     --init runs/mask3d-small/best.pt
-run $PY -m training.mask3d.train --train data/folk/train --val data/folk/val --out runs/mask3d-small-3 \
-    --preset small --epochs 20 --voxel-size 0.04 --match-points 8192 --threads 1 --seed 2 \
-    --init runs/mask3d-small-2/best.pt --dbscan-eps 0.1
-MASK3D=runs/mask3d-small-3/best.pt
-# the proposals' post-processing (DBSCAN split distance, NMS IoU) chosen on the validation scenes
+MASK3D=runs/mask3d-small-2/best.pt
+# the proposals' post-processing (mask threshold, DBSCAN split distance, NMS IoU) chosen on the validation scenes
 run $PY -m training.mask3d.evaluate --checkpoint "$MASK3D" --scenes data/folk/val \
-    --dbscan-eps 0 0.06 0.08 0.1 0.15 0.2 --nms-iou 0.9 0.7 0.5 --out runs/mask3d-val-post.json
-read -r EPS NMS < <($PY -c "import json; b = json.load(open('runs/mask3d-val-post.json'))['best']; \
-print(b['dbscan_eps'], b['nms_iou'])")
+    --mask-threshold 0.5 0.05 0.02 0.01 --dbscan-eps 0 0.08 0.12 --nms-iou 0.7 0.5 --out runs/mask3d-val-post.json
+read -r THR EPS NMS < <($PY -c "import json; b = json.load(open('runs/mask3d-val-post.json'))['best']; \
+print(b['mask_threshold'], b['dbscan_eps'], b['nms_iou'])")
 run $PY -m training.mask3d.evaluate --checkpoint "$MASK3D" --scenes data/folk/test \
-    --dbscan-eps 0 "$EPS" --nms-iou 0.9 "$NMS" --out runs/mask3d-test.json
+    --mask-threshold 0.5 "$THR" --dbscan-eps 0 "$EPS" --nms-iou 0.9 "$NMS" --out runs/mask3d-test.json
 
 # 3. the synthetic-world CLIP: from random weights on the CLIP scenes, then continued on FOLK's training scenes
 run $PY -m training.clip.train --scenes data/clip/train --val-scenes data/clip/val --test-scenes data/clip/test \
@@ -59,7 +55,7 @@ run $PY -m training.distill.train --cache data/folk/teacher-gt/train --val-cache
 
 # 6. evaluation on the 20 held-out scenes, Mask3D proposals and GT proposals
 run $PY -m training.make_bundle --mask3d "$MASK3D" --clip runs/clip2 \
-    --student runs/distill/best.pt --out runs/bundle-unevaluated --dbscan-eps "$EPS" --nms-iou "$NMS"
+    --student runs/distill/best.pt --out runs/bundle-unevaluated --mask-threshold "$THR" --dbscan-eps "$EPS" --nms-iou "$NMS"
 for proposals in mask3d gt; do
     run $PY -m training.evaluate --method student teacher baseline --scenes data/folk/test \
         --bundle runs/bundle-unevaluated --proposals "$proposals" --vocabulary synthetic --every 2 \
@@ -68,7 +64,7 @@ done
 
 # 7. the bundle, with every stage's metrics in its manifest
 run $PY -m training.make_bundle --mask3d "$MASK3D" --clip runs/clip2 \
-    --student runs/distill/best.pt --out "$OUT" --dbscan-eps "$EPS" --nms-iou "$NMS" \
-    --provenance mask3d_metrics=runs/mask3d-small-3/metrics.json mask3d_val_postprocess=runs/mask3d-val-post.json \
+    --student runs/distill/best.pt --out "$OUT" --mask-threshold "$THR" --dbscan-eps "$EPS" --nms-iou "$NMS" \
+    --provenance mask3d_metrics=runs/mask3d-small-2/metrics.json mask3d_val_postprocess=runs/mask3d-val-post.json \
     mask3d_test=runs/mask3d-test.json distill_metrics=runs/distill/metrics.json \
     evaluation_mask3d_proposals=runs/evaluate-mask3d/report.json evaluation_gt_proposals=runs/evaluate-gt/report.json

@@ -40,10 +40,10 @@ def test_bundle_round_trip(sources, tmp_path):
     out = tmp_path / "bundle"
     assert main(["--mask3d", str(sources / "mask3d_best.pt"), "--clip", str(sources / "clip"), "--student",
                  str(sources / "student_best.pt"), "--out", str(out), "--dbscan-eps", "0.1", "--nms-iou", "0.7",
-                 "--provenance", f"evaluation={sources / 'eval.json'}"]) == 0
+                 "--mask-threshold", "0.2", "--provenance", f"evaluation={sources / 'eval.json'}"]) == 0
     manifest = read_manifest(out)
     assert manifest.vocabulary == ("chair", "table", "box") and manifest.temperature == 0.05
-    assert (manifest.dbscan_eps, manifest.nms_iou) == (0.1, 0.7)
+    assert (manifest.dbscan_eps, manifest.nms_iou, manifest.mask_threshold) == (0.1, 0.7, 0.2)
     assert manifest.provenance["evaluation"] == {"student": {"ap50": 0.1}}
     assert manifest.provenance["mask3d_training"]["history"][0]["val_ap50"] == 0.5
     assert "optimizer" not in torch.load(out / "mask3d.pt", weights_only=False)
@@ -51,7 +51,7 @@ def test_bundle_round_trip(sources, tmp_path):
     seg = Segmenter.from_bundle(out, device="cpu", score_threshold=0.0, min_points=1)
     assert seg.cfg.temperature == 0.05
     post = seg.cfg.proposal_postprocess()                       # the bundle's post-processing is what runs
-    assert post.use_dbscan and (post.dbscan_eps, post.nms_iou) == (0.1, 0.7)
+    assert post.use_dbscan and (post.dbscan_eps, post.nms_iou, post.mask_threshold) == (0.1, 0.7, 0.2)
     assert Segmenter.from_bundle(out, device="cpu", dbscan_eps=0.0).cfg.proposal_postprocess().use_dbscan is False
     cloud, _ = box_room_cloud()
     assert len(seg.segment(cloud, manifest.vocabulary)) > 0

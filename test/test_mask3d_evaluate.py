@@ -1,5 +1,5 @@
 """training.mask3d.evaluate: recall by hand, one network pass serving several post-processings, the
-DBSCAN split of a mask that covers two separate objects, and the CLI's grid report."""
+DBSCAN split of a mask that covers two separate objects, the mask threshold, and the CLI's grid report."""
 
 import json
 
@@ -36,6 +36,31 @@ def test_postprocess_settings_are_checked():
         PostprocessConfig.class_agnostic(-0.1)
     with pytest.raises(ValueError, match="dbscan_eps"):
         SegmenterConfig(dbscan_eps=-1.0)
+    assert PostprocessConfig().mask_logit_threshold == 0.0                     # Mask3D's logit > 0
+    assert PostprocessConfig(mask_threshold=0.1).mask_logit_threshold == pytest.approx(np.log(0.1 / 0.9))
+    for bad in (0.0, 1.0, -1.0):
+        with pytest.raises(ValueError, match="mask_threshold"):
+            PostprocessConfig.class_agnostic(0.1, mask_threshold=bad)
+        with pytest.raises(ValueError, match="mask_threshold"):
+            SegmenterConfig(mask_threshold=bad)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_mask_threshold_takes_the_unsure_edge_of_an_object(eps):
+    """An object whose edge voxels have mask probability 0.2: at Mask3D's 0.5 the proposal is the core
+    only; at 0.1 it is the whole object, still not the background (probability 0.01), with or without
+    the split, and its score is the mean probability over the larger mask."""
+    xyz = torch.tensor([[0.0, 0, 0], [0.02, 0, 0], [0.04, 0, 0], [0.06, 0, 0], [1.0, 0, 0]])
+    p = torch.tensor([[0.9], [0.9], [0.2], [0.2], [0.01]])                   # core, edge, background
+    logits, pred_logits, inverse = torch.logit(p), torch.tensor([[5.0, -5.0]]), torch.arange(5)
+    core, s_core = class_agnostic_proposals(pred_logits, logits, inverse, xyz, PostprocessConfig.class_agnostic(eps))
+    whole, s_whole = class_agnostic_proposals(pred_logits, logits, inverse, xyz,
+                                              PostprocessConfig.class_agnostic(eps, mask_threshold=0.1))
+    assert core.tolist() == [[True, True, False, False, False]]
+    assert whole.tolist() == [[True, True, True, True, False]]
+    objectness = 1 - float(torch.tensor([5.0, -5.0]).softmax(0)[1])
+    assert s_core.item() == pytest.approx(objectness * 0.9, rel=1e-5)
+    assert s_whole.item() == pytest.approx(objectness * 0.55, rel=1e-5)
 
 
 def test_dbscan_split_gives_one_proposal_per_separate_part():
@@ -78,13 +103,15 @@ def test_one_pass_serves_every_postprocessing(scene_and_model):
 def test_cli_reports_the_grid_and_its_best(scene_and_model, tmp_path, capsys):
     scene_dir, _, ckpt = scene_and_model
     out = tmp_path / "r.json"
-    assert main(["--checkpoint", str(ckpt), "--scenes", str(scene_dir), "--dbscan-eps", "0", "0.1",
-                 "--nms-iou", "0.9", "0.5", "--out", str(out)]) == 0
+    assert main(["--checkpoint", str(ckpt), "--scenes", str(scene_dir), "--mask-threshold", "0.5", "0.2",
+                 "--dbscan-eps", "0", "0.1", "--nms-iou", "0.9", "0.5", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert [(r["dbscan_eps"], r["nms_iou"]) for r in report["rows"]] == [(0, 0.9), (0, 0.5), (0.1, 0.9), (0.1, 0.5)]
+    grid = [(t, e, n) for t in (0.5, 0.2) for e in (0, 0.1) for n in (0.9, 0.5)]
+    assert [(r["mask_threshold"], r["dbscan_eps"], r["nms_iou"]) for r in report["rows"]] == grid
     assert report["best"]["ap50"] == max(r["ap50"] for r in report["rows"])
-    assert "| dbscan_eps | nms_iou |" in capsys.readouterr().out
+    assert "| mask_threshold | dbscan_eps | nms_iou |" in capsys.readouterr().out
     assert main(["--checkpoint", str(ckpt), "--scenes", str(scene_dir), "--dbscan-eps", "-1"]) == 2
+    assert main(["--checkpoint", str(ckpt), "--scenes", str(scene_dir), "--mask-threshold", "1"]) == 2
 
 
 def test_vectorised_split_equals_query_by_query(monkeypatch):
@@ -94,7 +121,10 @@ def test_vectorised_split_equals_query_by_query(monkeypatch):
     xyz = torch.rand((400, 3), generator=gen) * torch.tensor([3.0, 3.0, 1.0])
     logits = torch.randn((400, 6), generator=gen) + 0.5
     fast = postprocess.dbscan_split(logits, xyz, 0.25, 1)
-    monkeypatch.setattr(postprocess, "MAX_SPLIT_EDGES", 0)
+    monkeypatch.setattr(postprocess, "MAX_SPLIT_EDGES", 1)         # one query per vectorised pass
+    chunked = postprocess.dbscan_split(logits, xyz, 0.25, 1)
+    monkeypatch.setattr(postprocess, "MAX_SPLIT_PAIRS", 0)         # query by query
     slow = postprocess.dbscan_split(logits, xyz, 0.25, 1)
     assert fast[0].shape[1] > logits.shape[1]                     # it did split
-    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+    for other in (chunked, slow):
+        assert torch.equal(fast[0], other[0]) and torch.equal(fast[1], other[1])

@@ -122,9 +122,12 @@ def test_read_settings_and_live_updates_reject_with_reasons():
     values = {p.name: p.default for p in params.PARAMETERS}
     settings = params.read_settings(values)
     assert "prompt_template" not in params.segmenter_overrides(settings)      # applied live, per cloud
-    assert {"nms_iou", "dbscan_eps"}.isdisjoint(params.segmenter_overrides(settings))   # -1: the bundle's
-    given = params.segmenter_overrides(params.read_settings({**values, "nms_iou": 0.5, "dbscan_eps": 0.0}))
-    assert (given["nms_iou"], given["dbscan_eps"]) == (0.5, 0.0)                     # 0: no split
+    assert {"nms_iou", "dbscan_eps", "mask_threshold"}.isdisjoint(params.segmenter_overrides(settings))  # -1
+    given = params.segmenter_overrides(params.read_settings({**values, "nms_iou": 0.5, "dbscan_eps": 0.0,
+                                                             "mask_threshold": 0.3}))
+    assert (given["nms_iou"], given["dbscan_eps"], given["mask_threshold"]) == (0.5, 0.0, 0.3)  # 0: no split
+    with pytest.raises(ValueError, match="mask_threshold"):
+        params.read_settings({**values, "mask_threshold": 0.0})
     assert params.initial_live(settings, "bundle {}").prompt_template == "bundle {}"   # '' -> the bundle's
     mine = params.read_settings({**values, "prompt_template": "a photo of a {}"})
     assert params.initial_live(mine, "bundle {}").prompt_template == "a photo of a {}"

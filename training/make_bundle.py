@@ -11,7 +11,8 @@
   than the training temperature, vocabulary, template and metrics;
 * ``manifest.json``: vocabulary, prompt template and temperature taken from the student's
   training (the runtime must score with what the student was trained with), the proposals'
-  DBSCAN split distance and NMS IoU (``--dbscan-eps``, ``--nms-iou``, chosen on validation scenes
+  mask threshold, DBSCAN split distance and NMS IoU (``--mask-threshold``, ``--dbscan-eps``,
+  ``--nms-iou``, chosen on validation scenes
   with ``python -m training.mask3d.evaluate``), the sha256 of every
   file, and ``provenance`` — this command, the source files' sha256, and each ``--provenance``
   JSON file (e.g. the metrics of each training stage and the evaluation report).
@@ -87,7 +88,8 @@ def folder_mb(path: Path) -> float:
 
 
 def make_bundle(mask3d: Path, clip: Path, student: Path, out: Path, provenance: dict[str, Path],
-                command: str, dbscan_eps: float = 0.0, nms_iou: float = 0.9) -> BundleManifest:
+                command: str, dbscan_eps: float = 0.0, nms_iou: float = 0.9,
+                mask_threshold: float = 0.5) -> BundleManifest:
     """Write the bundle into ``out`` (replacing what is there) and load it back; returns its manifest."""
     if out.exists():
         shutil.rmtree(out)
@@ -108,7 +110,7 @@ def make_bundle(mask3d: Path, clip: Path, student: Path, out: Path, provenance: 
     manifest = BundleManifest(root=out, vocabulary=tuple(student_obj["vocabulary"]),
                               prompt_template=student_obj["prompt_template"], temperature=float(student_obj["tau"]),
                               point_features=student_obj["point_features"], dbscan_eps=float(dbscan_eps),
-                              nms_iou=float(nms_iou), provenance=prov)
+                              nms_iou=float(nms_iou), mask_threshold=float(mask_threshold), provenance=prov)
     write_manifest(manifest)
     Segmenter.from_bundle(out, device="cpu")          # loads, checks every sha256
     return manifest
@@ -124,6 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dbscan-eps", type=float, default=0.0,
                    help="split every Mask3D proposal into parts further apart than this many metres (Mask3D's "
                         "DBSCAN; choose it on validation scenes with python -m training.mask3d.evaluate); 0: no split")
+    p.add_argument("--mask-threshold", type=float, default=0.5,
+                   help="a proposal's mask: the points whose Mask3D mask probability exceeds this (Mask3D: 0.5)")
     p.add_argument("--nms-iou", type=float, default=0.9,
                    help="class-agnostic mask NMS IoU of the proposals (FOLK's paper: 0.9)")
     p.add_argument("--provenance", nargs="*", default=[], metavar="KEY=FILE.json",
@@ -142,16 +146,16 @@ def main(argv=None) -> int:
             return 2
         provenance[key] = Path(path)
     command = "python -m training.make_bundle " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.dbscan_eps < 0 or not 0 <= args.nms_iou <= 1:
-        print(f"make_bundle: need --dbscan-eps >= 0 and --nms-iou in [0, 1], got {args.dbscan_eps}, "
-              f"{args.nms_iou}", file=sys.stderr)
+    if args.dbscan_eps < 0 or not 0 <= args.nms_iou <= 1 or not 0 < args.mask_threshold < 1:
+        print(f"make_bundle: need --dbscan-eps >= 0, --nms-iou in [0, 1] and --mask-threshold in (0, 1), got "
+              f"{args.dbscan_eps}, {args.nms_iou}, {args.mask_threshold}", file=sys.stderr)
         return 2
     manifest = make_bundle(args.mask3d, args.clip, args.student, args.out, provenance, command,
-                           args.dbscan_eps, args.nms_iou)
+                           args.dbscan_eps, args.nms_iou, args.mask_threshold)
     size = folder_mb(args.out)
     print(f"bundle {args.out}: {size:.1f} MB, vocabulary of {len(manifest.vocabulary)} names, "
           f"temperature {manifest.temperature}, point features {manifest.point_features!r}, "
-          f"DBSCAN split {manifest.dbscan_eps} m, NMS IoU {manifest.nms_iou}")
+          f"mask threshold {manifest.mask_threshold}, DBSCAN split {manifest.dbscan_eps} m, NMS IoU {manifest.nms_iou}")
     if size > SIZE_BUDGET_MB:
         print(f"warning: over the {SIZE_BUDGET_MB:.0f} MB the repository allows for models/", file=sys.stderr)
     return 0

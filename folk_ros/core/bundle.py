@@ -6,7 +6,7 @@ Layout (paths in the manifest are relative to the folder)::
                      "mask3d": "mask3d.pt", "clip": "clip", "student": "student.pt",
                      "vocabulary": [...], "prompt_template": "a {} in the scene",
                      "temperature": 0.07, "point_features": "backbone",
-                     "dbscan_eps": 0.08, "nms_iou": 0.7,
+                     "mask_threshold": 0.01, "dbscan_eps": 0.12, "nms_iou": 0.5,
                      "sha256": {"mask3d.pt": "...", ...}, "provenance": {...}}
     mask3d.pt       folk_ros.core.mask3d checkpoint (carries its config)
     clip/           open_clip folder (open_clip_config.json + open_clip_model.safetensors)
@@ -47,8 +47,9 @@ class BundleManifest:
     prompt_template: str = "a {} in the scene"
     temperature: float = 0.07          # softmax temperature of the student's similarity logits (training's tau)
     point_features: str = "backbone"   # which Mask3D point features the student pools ("backbone" | "mask")
+    mask_threshold: float = 0.5        # Mask3D proposal mask = mask probability above this (0.5: Mask3D's)
     dbscan_eps: float = 0.0            # Mask3D proposals split into parts further apart (m); 0 = no split
-    nms_iou: float = 0.9               # class-agnostic mask NMS of the proposals (both chosen on validation scenes)
+    nms_iou: float = 0.9               # class-agnostic mask NMS of the proposals (all three chosen on validation scenes)
     sha256: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
 
@@ -59,7 +60,8 @@ class BundleManifest:
         return {"format": FORMAT, "version": VERSION, "mask3d": self.mask3d, "clip": self.clip,
                 "student": self.student, "vocabulary": list(self.vocabulary),
                 "prompt_template": self.prompt_template, "temperature": self.temperature,
-                "point_features": self.point_features, "dbscan_eps": self.dbscan_eps, "nms_iou": self.nms_iou,
+                "point_features": self.point_features, "mask_threshold": self.mask_threshold,
+                "dbscan_eps": self.dbscan_eps, "nms_iou": self.nms_iou,
                 "sha256": self.sha256,
                 "provenance": self.provenance}
 

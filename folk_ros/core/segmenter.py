@@ -39,6 +39,7 @@ class SegmenterConfig:
     point_features: str = "backbone"             # Mask3D features the student pools: backbone | mask
     nms_iou: float = 0.9                         # class-agnostic mask NMS of the proposals (FOLK)
     dbscan_eps: float = 0.0                      # split proposals into parts further apart (m); 0 = no split
+    mask_threshold: float = 0.5                  # proposal mask = Mask3D mask probability above this
 
     def __post_init__(self):
         if "{}" not in self.prompt_template:
@@ -49,13 +50,13 @@ class SegmenterConfig:
             raise ValueError("max_instances and min_points must be >= 1")
         if self.point_features not in ("backbone", "mask"):
             raise ValueError(f"point_features must be 'backbone' or 'mask', got {self.point_features!r}")
-        self.proposal_postprocess()  # checks dbscan_eps
+        self.proposal_postprocess()  # checks dbscan_eps and mask_threshold
 
     def proposal_postprocess(self) -> PostprocessConfig:
-        """The Mask3D post-processing of the proposals: DBSCAN split (Mask3D's ``use_dbscan``, at
-        ``dbscan_eps``; off at 0), proposals under ``min_points`` dropped, then class-agnostic mask
-        NMS at ``nms_iou``."""
-        return PostprocessConfig.class_agnostic(self.dbscan_eps, self.nms_iou, self.min_points)
+        """The Mask3D post-processing of the proposals: masks where the mask probability exceeds
+        ``mask_threshold``, DBSCAN split (Mask3D's ``use_dbscan``, at ``dbscan_eps``; off at 0),
+        proposals under ``min_points`` dropped, then class-agnostic mask NMS at ``nms_iou``."""
+        return PostprocessConfig.class_agnostic(self.dbscan_eps, self.nms_iou, self.min_points, self.mask_threshold)
 
 
 @dataclass
@@ -178,7 +179,7 @@ class Segmenter:
             else manifest.temperature
         cfg = SegmenterConfig(prompt_template=manifest.prompt_template, temperature=temperature,
                               point_features=manifest.point_features, dbscan_eps=manifest.dbscan_eps,
-                              nms_iou=manifest.nms_iou)
+                              nms_iou=manifest.nms_iou, mask_threshold=manifest.mask_threshold)
         return cls(mask3d, student, clip, replace(cfg, **overrides), device=dev)
 
     def text_embeddings(self, vocabulary: Sequence[str]) -> torch.Tensor:

@@ -103,6 +103,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("nms_iou", -1.0, T.DOUBLE,
               "Class-agnostic mask NMS IoU of the Mask3D proposals (FOLK's paper: 0.9); -1 = the bundle's value.",
               limits=(-1.0, 1.0)),
+    ParamSpec("mask_threshold", -1.0, T.DOUBLE,
+              "A Mask3D proposal's mask is the points whose mask probability exceeds this (Mask3D: 0.5); "
+              "-1 = the bundle's value, else in (0, 1).", limits=(-1.0, 1.0)),
     ParamSpec("dbscan_eps", -1.0, T.DOUBLE,
               "Split every Mask3D proposal into its parts further apart than this many metres (Mask3D's DBSCAN "
               "post-processing; the official ScanNet setting is 0.95). -1 = the bundle's value, 0 = no split.",
@@ -163,6 +166,7 @@ class NodeSettings:
     max_instances: int
     min_points: int
     nms_iou: float
+    mask_threshold: float
     dbscan_eps: float
     max_points: int
     voxel_size: float
@@ -195,6 +199,9 @@ def read_settings(values: Mapping[str, Any]) -> NodeSettings:
     color = tuple(float(c) for c in values["default_color"])
     if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
         raise ValueError(f"parameter default_color must be 3 numbers in [0, 1], got {list(color)}")
+    if values["mask_threshold"] != -1.0 and not 0.0 < values["mask_threshold"] < 1.0:
+        raise ValueError(f"parameter mask_threshold must be -1 (the bundle's) or in (0, 1), "
+                         f"got {values['mask_threshold']}")
     vocabulary = _checked_vocabulary(values["vocabulary"])
     template = _checked_template(values["prompt_template"])
     fields = {name: values[name] for name in NodeSettings.__dataclass_fields__}
@@ -209,7 +216,7 @@ def segmenter_overrides(settings: NodeSettings) -> dict[str, Any]:
     """
     out = {"score_threshold": float(settings.score_threshold), "max_instances": int(settings.max_instances),
            "min_points": int(settings.min_points)}
-    for name in ("nms_iou", "dbscan_eps"):   # -1: keep the bundle's
+    for name in ("nms_iou", "mask_threshold", "dbscan_eps"):   # -1: keep the bundle's
         if getattr(settings, name) >= 0:
             out[name] = float(getattr(settings, name))
     return out

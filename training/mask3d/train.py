@@ -61,6 +61,7 @@ class TrainConfig:
     match_points: int = -1                           # points sampled for the matching costs (-1: all, Mask3D's)
     init: str = ""                                   # checkpoint whose weights start the run (new schedule)
     dbscan_eps: float = 0.0                          # validation: DBSCAN split of the proposals (m; 0: off)
+    mask_threshold: float = 0.5                      # validation: proposal mask = mask probability above this
 
 
 def class_agnostic_ap(model: Mask3D, scenes: list[Scene], post: PostprocessConfig | None = None) -> EvalResult:
@@ -177,7 +178,8 @@ def train(cfg: TrainConfig) -> dict:
         recalibrate_batchnorm(model, bn_samples)
         if val_scenes:
             model.eval()
-            res = class_agnostic_ap(model, val_scenes, PostprocessConfig.class_agnostic(cfg.dbscan_eps))
+            res = class_agnostic_ap(model, val_scenes, PostprocessConfig.class_agnostic(
+                cfg.dbscan_eps, mask_threshold=cfg.mask_threshold))
             row.update({f"val_{k}": v for k, v in res.mean.items()})
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 4) for k, v in row.items()}))
@@ -226,6 +228,8 @@ def parse_args(argv=None) -> TrainConfig:
                    help="validate (and pick best.pt) with Mask3D's DBSCAN split of every proposal into parts "
                         "further apart than this many metres, as deployed (see python -m training.mask3d.evaluate); "
                         "0: no split")
+    p.add_argument("--mask-threshold", type=float, default=d.mask_threshold,
+                   help="validate with proposal masks where the mask probability exceeds this (Mask3D: 0.5)")
     p.add_argument("--voxel-size", type=float, default=d.voxel_size,
                    help="voxel edge in metres (0: the preset's 2 cm); saved with the model config")
     a = p.parse_args(argv)
@@ -233,7 +237,8 @@ def parse_args(argv=None) -> TrainConfig:
                        weight_decay=a.weight_decay, grad_clip=a.grad_clip, augment=a.augment, seed=a.seed,
                        resume=a.resume, device=a.device, max_val_scenes=a.max_val_scenes, threads=a.threads,
                        voxel_size=a.voxel_size, bn_scenes=a.bn_scenes,
-                       match_points=a.match_points, init=a.init, dbscan_eps=a.dbscan_eps)
+                       match_points=a.match_points, init=a.init, dbscan_eps=a.dbscan_eps,
+                       mask_threshold=a.mask_threshold)
 
 
 def main(argv=None) -> int:

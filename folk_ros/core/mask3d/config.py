@@ -8,6 +8,8 @@ official model, 39.66 M parameters) or ``"small"`` (for CPU training).
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass, field, replace
 
 
@@ -76,16 +78,26 @@ class PostprocessConfig:
     nms_iou: float = 0.9                       # class-agnostic mask NMS (FOLK)
     min_score: float = 0.0                     # class-agnostic: drop proposals at or below
     min_points: int = 1                        # class-agnostic: drop proposals with fewer points (before NMS)
+    mask_threshold: float = 0.5                # class-agnostic: mask = sigmoid(logit) > this (0.5: logit > 0)
+
+    @property
+    def mask_logit_threshold(self) -> float:
+        """``mask_threshold`` as a logit: 0.0 at Mask3D's 0.5."""
+        return math.log(self.mask_threshold / (1.0 - self.mask_threshold))
 
     @staticmethod
-    def class_agnostic(dbscan_eps: float = 0.0, nms_iou: float = 0.9, min_points: int = 1) -> "PostprocessConfig":
-        """FOLK's proposal settings: DBSCAN split at ``dbscan_eps`` metres (0: no split), proposals under
+    def class_agnostic(dbscan_eps: float = 0.0, nms_iou: float = 0.9, min_points: int = 1,
+                       mask_threshold: float = 0.5) -> "PostprocessConfig":
+        """FOLK's proposal settings: masks where the query's mask probability exceeds ``mask_threshold``
+        (Mask3D: 0.5), DBSCAN split at ``dbscan_eps`` metres (0: no split), proposals under
         ``min_points`` points dropped (the split's small fragments), NMS at ``nms_iou``."""
         if not dbscan_eps >= 0:
             raise ValueError(f"dbscan_eps must be >= 0 (0: no split), got {dbscan_eps}")
+        if not 0.0 < mask_threshold < 1.0:
+            raise ValueError(f"mask_threshold must be a probability in (0, 1), got {mask_threshold}")
         split = dbscan_eps > 0
         return PostprocessConfig(use_dbscan=split, dbscan_eps=dbscan_eps if split else 0.95, nms_iou=nms_iou,
-                                 min_points=min_points)
+                                 min_points=min_points, mask_threshold=mask_threshold)
 
 
 def preset(name: str) -> Mask3DConfig:

@@ -6,14 +6,14 @@ optional DBSCAN split of every query mask, top-k over candidates x classes,
 full-resolution masks by a segment majority vote.  Class-agnostic path (FOLK):
 one proposal per query (or per DBSCAN part) with
 ``score = objectness * mean(sigmoid inside the mask)``, objectness = 1 - p(no-object),
-then greedy mask NMS at IoU 0.9.
+then greedy mask NMS at IoU 0.9 (the mask threshold, split distance and NMS IoU are settings).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
+from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
@@ -113,22 +113,39 @@ def dbscan(xyz: np.ndarray, eps: float, min_samples: int = 1) -> np.ndarray:
     return labels
 
 
+MAX_SPLIT_PAIRS = 10_000_000
+"""Above this many neighbour pairs (16 bytes each) :func:`dbscan_parts` splits query by query."""
 MAX_SPLIT_EDGES = 50_000_000
-"""Above this many (neighbour pair, query) edges :func:`dbscan_split` splits query by query."""
+"""(neighbour pair, query) entries tested at once (1 byte each): queries are split in chunks this size."""
 
 
 def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float):
-    """eps-graph components of every column's positive points at once, or None when too many edges.
+    """eps-graph components of every column's positive points at once, or None when too many pairs.
 
-    One neighbour search over all points (``|p - q| <= eps``), then one connected-components
-    run over the (point, column) nodes, an edge wherever both ends are positive in that column.
+    One neighbour search over the points positive in some column (``|p - q| <= eps``), then per
+    chunk of columns (:data:`MAX_SPLIT_EDGES`) one connected-components run over the (point,
+    column) nodes, an edge wherever both ends are positive in that column.
     Returns (point index (K,), column (K,), cluster (K,)) per positive entry, clusters numbered
     globally by (column, first point), i.e. the order of :func:`dbscan_split`'s candidates.
     """
-    tree = cKDTree(xyz)
-    if tree.count_neighbors(tree, eps) * positive.shape[1] > 2 * MAX_SPLIT_EDGES:
+    active = np.flatnonzero(positive.any(1))
+    tree = cKDTree(xyz[active])
+    if (tree.count_neighbors(tree, eps) - active.size) // 2 > MAX_SPLIT_PAIRS:
         return None
-    pairs = tree.query_pairs(eps, output_type="ndarray")
+    pairs = active[tree.query_pairs(eps, output_type="ndarray")].reshape(-1, 2)     # indices into xyz
+    chunk = max(1, MAX_SPLIT_EDGES // max(len(pairs), 1))
+    vs, qs, clusters, offset = [], [], [], 0
+    for q0 in range(0, positive.shape[1], chunk):
+        v, q, cluster = _chunk_components(positive[:, q0:q0 + chunk], pairs)
+        vs.append(v)
+        qs.append(q + q0)
+        clusters.append(cluster + offset)
+        offset += int(cluster.max()) + 1 if cluster.size else 0
+    return np.concatenate(vs), np.concatenate(qs), np.concatenate(clusters)
+
+
+def _chunk_components(positive: np.ndarray, pairs: np.ndarray):
+    """:func:`_columnwise_eps_components` for one chunk of columns, clusters numbered from 0."""
     col_major = np.ascontiguousarray(positive.T)                  # (Q, V): nodes ordered by column, point
     q_nodes, v_nodes = np.nonzero(col_major)
     node_of = np.full(col_major.shape, -1, dtype=np.int64)
@@ -144,17 +161,18 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     return v_nodes, q_nodes, _first_occurrence_labels(comp)       # nodes are in (column, point) order
 
 
-def dbscan_parts(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int):
-    """The DBSCAN clusters of every query mask (``logit > 0``) as sparse entries.
+def dbscan_parts(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int,
+                 logit_threshold: float = 0.0):
+    """The DBSCAN clusters of every query mask (``logit > logit_threshold``) as sparse entries.
 
     mask_logits (V, Q); voxel_xyz (V, 3).  Returns numpy int64 arrays (voxel (E,), query (E,),
     part (E,)), one entry per voxel of a part, parts numbered by query, then by cluster id (order of
     first occurrence); noise voxels (``min_points > 1``) are in no part.  With ``min_points <= 1``
-    (components of the eps-graph) all queries are split in one vectorised pass when the neighbour
-    pairs fit (:data:`MAX_SPLIT_EDGES`), else one by one.
+    (components of the eps-graph) all queries are split in vectorised passes when the neighbour
+    pairs fit (:data:`MAX_SPLIT_PAIRS`), else one by one.
     """
     xyz = voxel_xyz.detach().cpu().numpy().astype(np.float64)
-    positive = (mask_logits > 0).cpu().numpy()
+    positive = (mask_logits > logit_threshold).cpu().numpy()
     fast = _columnwise_eps_components(xyz, positive, eps) if min_points <= 1 and positive.any() else None
     if fast is not None:
         return fast
@@ -198,9 +216,9 @@ def dbscan_split(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float,
 
 # ---------------------------------------------------------- scoring ---------
 
-def mask_scores(mask_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(V, K) logits -> (binary (V, K) bool, mean sigmoid inside each mask (K,))."""
-    binary = mask_logits > 0
+def mask_scores(mask_logits: torch.Tensor, logit_threshold: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, K) logits -> (binary ``logit > logit_threshold`` (V, K) bool, mean sigmoid inside each mask (K,))."""
+    binary = mask_logits > logit_threshold
     heat = mask_logits.float().sigmoid()
     fb = binary.float()
     return binary, (heat * fb).sum(0) / (fb.sum(0) + 1e-6)
@@ -280,14 +298,16 @@ def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
     when its IoU with a kept higher-scoring mask exceeds ``iou_threshold``.
     """
     order = torch.sort(scores, descending=True, stable=True).indices
-    m = masks[:, order].float()
-    w = m if weights is None else m * weights.float()[:, None]
-    inter = w.T @ m                                   # (K, K) weighted intersections
+    rows, cols = masks[:, order].nonzero(as_tuple=True)   # masks are sparse: intersections as a sparse product
+    w = np.ones(rows.numel()) if weights is None else weights.double()[rows].cpu().numpy()
+    r, c = rows.cpu().numpy(), cols.cpu().numpy()
+    shape = (masks.shape[0], len(order))
+    inter = (csr_matrix((w, (r, c)), shape=shape).T @ csr_matrix((np.ones(r.size), (r, c)), shape=shape)).toarray()
+    inter = torch.from_numpy(inter)                       # (K, K) weighted intersections
     area = inter.diagonal()
-    iou = inter / (area[:, None] + area[None, :] - inter).clamp_(min=1e-9)
+    iou_cpu = inter / (area[:, None] + area[None, :] - inter).clamp_(min=1e-9)
     suppressed = torch.zeros(len(order), dtype=torch.bool)
     keep = []
-    iou_cpu = iou.cpu()
     for i in range(len(order)):
         if suppressed[i]:
             continue
@@ -301,28 +321,38 @@ def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tenso
     """One proposal per query (or DBSCAN part), mask NMS; FOLK's use of Mask3D.
 
     pred_logits (Q, C+1); mask_logits (V, Q); inverse_map (N,); voxel_xyz (V, 3).
+    mask = sigmoid(logit) > ``cfg.mask_threshold`` (Mask3D: 0.5; a lower threshold recovers the
+    whole object where a model's mask probabilities are low at its edges),
     score = (1 - p(no-object)) * mean sigmoid inside the mask.  Masks with fewer than
     ``cfg.min_points`` points (at least one) and scores <= ``cfg.min_score`` are dropped;
     NMS at ``cfg.nms_iou`` (IoU over points).
     Returns masks (M, N) bool and scores (M,) float32, by descending score.
     """
     objectness = 1.0 - pred_logits.float().softmax(-1)[:, -1]
-    if cfg.use_dbscan:   # sparse: the parts' masks and mean sigmoids without a dense (V, parts) float matrix
-        v, q, part = dbscan_parts(mask_logits, voxel_xyz, cfg.dbscan_eps, cfg.dbscan_min_points)
+    points_per_voxel = torch.bincount(inverse_map, minlength=mask_logits.shape[0])
+    min_points = max(cfg.min_points, 1)
+    if cfg.use_dbscan:   # the parts' sizes and scores from their sparse entries; only kept parts densified
+        v, q, part = dbscan_parts(mask_logits, voxel_xyz, cfg.dbscan_eps, cfg.dbscan_min_points,
+                                  cfg.mask_logit_threshold)
         src = torch.from_numpy(_part_sources(q, part)).to(objectness.device)
         vt, qt, pt = (torch.from_numpy(a).to(mask_logits.device) for a in (v, q, part))
-        binary = torch.zeros((mask_logits.shape[0], src.numel()), dtype=torch.bool, device=mask_logits.device)
-        binary[vt, pt] = True
-        heat = torch.zeros(src.numel(), device=mask_logits.device)
-        heat.index_add_(0, pt, mask_logits[vt, qt].float().sigmoid())
-        mscore = heat / binary.sum(0).clamp(min=1)
-        objectness = objectness[src]
+        k = src.numel()
+        voxels = torch.bincount(pt, minlength=k).clamp(min=1)
+        points = torch.zeros(k, device=pt.device).index_add_(0, pt, points_per_voxel[vt].float())
+        mscore = torch.zeros(k, device=pt.device).index_add_(0, pt, mask_logits[vt, qt].float().sigmoid()) / voxels
+        scores = objectness[src] * mscore
+        keep = (points >= min_points) & (scores > cfg.min_score)
+        column = torch.full((k,), -1, dtype=torch.int64, device=pt.device)
+        column[keep] = torch.arange(int(keep.sum()), device=pt.device)
+        entry = keep[pt]
+        binary = torch.zeros((mask_logits.shape[0], int(keep.sum())), dtype=torch.bool, device=mask_logits.device)
+        binary[vt[entry], column[pt[entry]]] = True
+        scores = scores[keep]
     else:
-        binary, mscore = mask_scores(mask_logits)
-    scores = objectness * mscore
-    points_per_voxel = torch.bincount(inverse_map, minlength=binary.shape[0])
-    points = points_per_voxel.to(torch.float32) @ binary.to(torch.float32)       # (K,) points per proposal
-    keep = ((points >= max(cfg.min_points, 1)) & (scores > cfg.min_score)).nonzero().flatten()
-    binary, scores = binary[:, keep], scores[keep]
+        binary, mscore = mask_scores(mask_logits, cfg.mask_logit_threshold)
+        scores = objectness * mscore
+        points = points_per_voxel.to(torch.float32) @ binary.to(torch.float32)     # (K,) points per proposal
+        keep = ((points >= min_points) & (scores > cfg.min_score)).nonzero().flatten()
+        binary, scores = binary[:, keep], scores[keep]
     kept = mask_nms(binary, scores, cfg.nms_iou, points_per_voxel)
     return binary[:, kept][inverse_map].T.contiguous(), scores[kept]
