@@ -3,8 +3,9 @@
 # teacher cache -> label-guided distillation -> evaluation on held-out scenes -> bundle.
 #
 # Every step is one of the project's own commands, seeded; outputs go to data/ and runs/ (gitignored)
-# and the bundle to models/folk-synth (replaced). About 3 hours on 2 CPU cores (Mask3D ~90 min and the
-# CLIP ~80 min dominate; they are independent and may run side by side); minutes on a GPU.
+# and the bundle to models/folk-synth (replaced). About 3.5 hours on 2 CPU cores (Mask3D ~90 min with the
+# choice of its post-processing and the CLIP ~80 min dominate, independent, they may run side by side;
+# the evaluation on Mask3D proposals ~25 min); minutes on a GPU.
 #
 # Usage: scripts/train_bundle.sh [OUT_BUNDLE]   (default models/folk-synth)
 set -euo pipefail

@@ -258,8 +258,9 @@ def test_gather_form_equals_pair_form_and_reference(kind):
         torch.testing.assert_close(res["gather"][0][order], ref_f, rtol=1e-10, atol=1e-10)
 
 
-def test_gather_form_float32_is_bitwise_pair_form():
-    """Same summation order (centre first, then offsets ascending): identical float32 results."""
+def test_gather_form_float32_equals_pair_form():
+    """Same summation order (centre first, then offsets ascending): equal float32 results up to the
+    matmul kernel's blocking, which differs by CPU (bitwise equal on some, not on AMD EPYC)."""
     torch.manual_seed(5)
     coords = random_coords(400, 6)
     m = CoordinateManager()
@@ -268,7 +269,8 @@ def test_gather_form_float32_is_bitwise_pair_form():
     for kmap in _maps(m).values():
         kernel = torch.randn(kmap.kernel_volume, 8, 5)
         f = feats if kmap.n_in == coords.shape[0] else torch.randn(kmap.n_in, 8)
-        assert torch.equal(sparse_conv(f, kernel, kmap, method="gather"), sparse_conv(f, kernel, kmap, method="pairs"))
+        torch.testing.assert_close(sparse_conv(f, kernel, kmap, method="gather"),
+                                   sparse_conv(f, kernel, kmap, method="pairs"), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["sub3", "down", "up"])

@@ -6,9 +6,11 @@ bundle's manifest) are generated here (mesh only), published as fused clouds to
 setting the vocabulary to the objects its scene holds. A GT object counts as found when an
 instance has mask IoU >= 0.5 with it; the labels of the found objects must be mostly right.
 
-How many objects are found is Mask3D-small's business (issue 3: its class-agnostic AP50 on the
-held-out set is 0.06, so about 18 % of the objects are found); what this test holds the node to
-is the open-vocabulary labelling of what it finds (11 of 14 right when this was written).
+With the bundle's proposal post-processing (mask threshold, DBSCAN split, NMS: the manifest's,
+as the node's -1 defaults take them) Mask3D-small's class-agnostic AP50 on the 20 held-out scenes
+is 0.78 and it finds 90 % of the objects; here 55 of 59 objects were found and 31 of them
+labelled right when this was written. The test holds the node to finding most objects and
+labelling more than half of those right.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def test_trained_bundle_labels_the_objects_it_finds(node):
                          timeout=120, what="the node's subscription")
         assert node.proc.poll() is None, node.log()
         assert probe.params.wait_for_services(timeout_sec=30)
-        found = right = 0
+        found = right = total = 0
         for index in SCENES:
             mesh, objects = _scene(index)
             names = sorted({mesh.instance_labels[i] for i in objects})
@@ -72,12 +74,13 @@ def test_trained_bundle_labels_the_objects_it_finds(node):
             for i in objects:
                 gt = mesh.instance_ids == i
                 iou = (masks & gt).sum(1) / np.maximum((masks | gt).sum(1), 1)
+                total += 1
                 if len(iou) and iou.max() >= 0.5:
                     found += 1
                     right += labels[int(iou.argmax())] == mesh.instance_labels[i]
     finally:
         probe.close()
-    print(f"trained bundle on {len(SCENES)} held-out scenes: {found} objects found, {right} labelled right")
-    assert found >= 5, f"only {found} objects found at IoU >= 0.5"
+    print(f"trained bundle on {len(SCENES)} held-out scenes: {found} of {total} objects found, {right} labelled right")
+    assert found >= 0.75 * total, f"only {found} of {total} objects found at IoU >= 0.5"
     assert right > found / 2, f"{right} of {found} found objects labelled right"
     assert "Traceback" not in node.log()

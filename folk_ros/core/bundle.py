@@ -49,7 +49,7 @@ class BundleManifest:
     point_features: str = "backbone"   # which Mask3D point features the student pools ("backbone" | "mask")
     mask_threshold: float = 0.5        # Mask3D proposal mask = mask probability above this (0.5: Mask3D's)
     dbscan_eps: float = 0.0            # Mask3D proposals split into parts further apart (m); 0 = no split
-    nms_iou: float = 0.9               # class-agnostic mask NMS of the proposals (all three chosen on validation scenes)
+    nms_iou: float = 0.9               # class-agnostic mask NMS IoU (all three chosen on validation scenes)
     sha256: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
 

@@ -111,14 +111,15 @@ def main(argv=None) -> int:
              for t in args.mask_threshold for e in args.dbscan_eps for n in args.nms_iou]
     rows = []
     for post, (res, recall) in zip(posts, class_agnostic_results(model, scenes, posts, progress=True)):
-        rows.append({"mask_threshold": post.mask_threshold, "dbscan_eps": post.dbscan_eps if post.use_dbscan else 0.0, "nms_iou": post.nms_iou,
+        rows.append({"mask_threshold": post.mask_threshold,
+                     "dbscan_eps": post.dbscan_eps if post.use_dbscan else 0.0, "nms_iou": post.nms_iou,
                      **{k: float(v) for k, v in res.mean.items()}, "recall50": recall})
     print(f"{len(scenes)} scenes, checkpoint {args.checkpoint}")
     print("| mask_threshold | dbscan_eps | nms_iou | AP | AP50 | AP25 | recall50 |\n"
           "|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['mask_threshold']:g} | {r['dbscan_eps']:g} | {r['nms_iou']:g} | {r['ap']:.3f} | {r['ap50']:.3f} | {r['ap25']:.3f} "
-              f"| {r['recall50']:.3f} |")
+        print(f"| {r['mask_threshold']:g} | {r['dbscan_eps']:g} | {r['nms_iou']:g} | {r['ap']:.3f} | {r['ap50']:.3f} "
+              f"| {r['ap25']:.3f} | {r['recall50']:.3f} |")
     best = max(rows, key=lambda r: r["ap50"])
     print(f"best AP50 {best['ap50']:.3f} at mask_threshold {best['mask_threshold']:g}, "
           f"dbscan_eps {best['dbscan_eps']:g}, nms_iou {best['nms_iou']:g}")
