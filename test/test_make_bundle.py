@@ -67,3 +67,4 @@ def test_bad_sources_are_clear_errors(sources, tmp_path):
     with pytest.raises(FileNotFoundError, match="not an open_clip folder"):
         make_bundle(sources / "mask3d_best.pt", tmp_path, sources / "student_best.pt", tmp_path / "b", {}, "")
     assert main(["--mask3d", "a", "--clip", "b", "--student", "c", "--out", "d", "--provenance", "nofile"]) == 2
+    assert main(["--mask3d", "a", "--clip", "b", "--student", "c", "--out", "d", "--mask-threshold", "1"]) == 2

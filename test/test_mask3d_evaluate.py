@@ -36,6 +36,8 @@ def test_postprocess_settings_are_checked():
         PostprocessConfig.class_agnostic(-0.1)
     with pytest.raises(ValueError, match="dbscan_eps"):
         SegmenterConfig(dbscan_eps=-1.0)
+    with pytest.raises(ValueError, match="nms_iou"):
+        SegmenterConfig(nms_iou=1.5)
     assert PostprocessConfig().mask_logit_threshold == 0.0                     # Mask3D's logit > 0
     assert PostprocessConfig(mask_threshold=0.1).mask_logit_threshold == pytest.approx(np.log(0.1 / 0.9))
     for bad in (0.0, 1.0, -1.0):

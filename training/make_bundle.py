@@ -33,6 +33,7 @@ import torch
 
 from folk_ros.core.bundle import BundleManifest, file_sha256, write_manifest
 from folk_ros.core.mask3d.checkpoint import FORMAT as MASK3D_FORMAT
+from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.core.student import Student
 
@@ -146,9 +147,10 @@ def main(argv=None) -> int:
             return 2
         provenance[key] = Path(path)
     command = "python -m training.make_bundle " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.dbscan_eps < 0 or not 0 <= args.nms_iou <= 1 or not 0 < args.mask_threshold < 1:
-        print(f"make_bundle: need --dbscan-eps >= 0, --nms-iou in [0, 1] and --mask-threshold in (0, 1), got "
-              f"{args.dbscan_eps}, {args.nms_iou}, {args.mask_threshold}", file=sys.stderr)
+    try:                                               # the runtime's own checks of the settings
+        PostprocessConfig.class_agnostic(args.dbscan_eps, args.nms_iou, mask_threshold=args.mask_threshold)
+    except ValueError as e:
+        print(f"make_bundle: {e}", file=sys.stderr)
         return 2
     manifest = make_bundle(args.mask3d, args.clip, args.student, args.out, provenance, command,
                            args.dbscan_eps, args.nms_iou, args.mask_threshold)

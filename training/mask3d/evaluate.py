@@ -95,10 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     from training.mask3d.train import load_trained
     args = parse_args(argv)
-    if any(e < 0 for e in args.dbscan_eps) or any(not 0 <= n <= 1 for n in args.nms_iou) \
-            or any(not 0 < t < 1 for t in args.mask_threshold):
-        print("evaluate: --dbscan-eps values must be >= 0 (0: no split), --nms-iou in [0, 1], "
-              "--mask-threshold in (0, 1)", file=sys.stderr)
+    try:
+        posts = [PostprocessConfig.class_agnostic(e, n, mask_threshold=t)
+                 for t in args.mask_threshold for e in args.dbscan_eps for n in args.nms_iou]
+    except ValueError as e:
+        print(f"evaluate: {e}", file=sys.stderr)
         return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -107,8 +108,6 @@ def main(argv=None) -> int:
         dirs = dirs[:args.max_scenes]
     scenes = [load_scene(d) for d in tqdm(dirs, desc="load")]
     model = load_trained(args.checkpoint, device=args.device).eval()
-    posts = [PostprocessConfig.class_agnostic(e, n, mask_threshold=t)
-             for t in args.mask_threshold for e in args.dbscan_eps for n in args.nms_iou]
     rows = []
     for post, (res, recall) in zip(posts, class_agnostic_results(model, scenes, posts, progress=True)):
         rows.append({"mask_threshold": post.mask_threshold,

@@ -123,6 +123,7 @@ def train(cfg: TrainConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
     dev = torch.device(cfg.device)
+    val_post = PostprocessConfig.class_agnostic(cfg.dbscan_eps, mask_threshold=cfg.mask_threshold)  # checked now
     train_scenes = [load_scene(p) for p in tqdm(find_scenes([Path(p) for p in cfg.train]), desc="load train")]
     val_dirs = find_scenes([Path(p) for p in cfg.val]) if cfg.val else []
     if cfg.max_val_scenes:
@@ -178,8 +179,7 @@ def train(cfg: TrainConfig) -> dict:
         recalibrate_batchnorm(model, bn_samples)
         if val_scenes:
             model.eval()
-            res = class_agnostic_ap(model, val_scenes, PostprocessConfig.class_agnostic(
-                cfg.dbscan_eps, mask_threshold=cfg.mask_threshold))
+            res = class_agnostic_ap(model, val_scenes, val_post)
             row.update({f"val_{k}": v for k, v in res.mean.items()})
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 4) for k, v in row.items()}))

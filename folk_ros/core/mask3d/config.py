@@ -95,6 +95,8 @@ class PostprocessConfig:
             raise ValueError(f"dbscan_eps must be >= 0 (0: no split), got {dbscan_eps}")
         if not 0.0 < mask_threshold < 1.0:
             raise ValueError(f"mask_threshold must be a probability in (0, 1), got {mask_threshold}")
+        if not 0.0 <= nms_iou <= 1.0:
+            raise ValueError(f"nms_iou must be in [0, 1], got {nms_iou}")
         split = dbscan_eps > 0
         return PostprocessConfig(use_dbscan=split, dbscan_eps=dbscan_eps if split else 0.95, nms_iou=nms_iou,
                                  min_points=min_points, mask_threshold=mask_threshold)
