@@ -1,4 +1,4 @@
-"""Atomic file writes for the offline tools: a temporary file beside the target, then a rename.
+"""Atomic JSON and text writes for the offline tools (:mod:`folk_ros.core.atomic` underneath).
 
 A reader (or a resumed run) sees the old file or the new one, never half of one; a failed write
 leaves no temporary file behind.
@@ -10,19 +10,7 @@ import json
 import os
 from pathlib import Path
 
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically, creating its folder; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+from folk_ros.core.atomic import write_text_atomic  # noqa: F401  (re-exported: the tools import it from here)
 
 
 def write_json_atomic(path: str | os.PathLike, obj, indent: int = 1, **dumps_kwargs) -> Path:

@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from folk_ros.core.atomic import write_text_atomic
 
 FORMAT = "folk_ros.bundle"
 VERSION = 1
@@ -113,10 +114,4 @@ def write_manifest(manifest: BundleManifest) -> Path:
     hashes = {getattr(manifest, n): file_sha256(manifest.path(n)) for n in ("mask3d", "clip", "student")}
     data = manifest.to_json()
     data["sha256"] = hashes
-    fd, tmp = tempfile.mkstemp(dir=manifest.root, prefix=MANIFEST + ".", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    out = manifest.root / MANIFEST
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(manifest.root / MANIFEST, json.dumps(data, indent=2) + "\n")

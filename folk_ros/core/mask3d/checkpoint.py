@@ -12,11 +12,12 @@ All key repair lives here (the model class stays clean):
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from folk_ros.core.atomic import atomic_path
 
 from .config import Mask3DConfig
 from .model import Mask3D
@@ -117,14 +118,6 @@ def load_checkpoint(path: str | os.PathLike, cfg: Mask3DConfig | None = None, st
 
 def save_checkpoint(path: str | os.PathLike, model: Mask3D, **extra) -> None:
     """Write ``{"format", "config", "state_dict", **extra}`` atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     obj = {"format": FORMAT, "config": model.cfg.to_dict(), "state_dict": model.state_dict(), **extra}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
