@@ -18,13 +18,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm import tqdm
 
 from training.data.scannet200 import label_id
 from training.data.synth_layout import Layout, Room
 from training.data.synth_objects import Part
 from training.data.types import Frame, SceneMesh
+
+if TYPE_CHECKING:
+    from training.data.synth_apartment import Apartment
 
 # ScanNet depth-camera intrinsics (640 x 480).
 WIDTH, HEIGHT = 640, 480
@@ -316,12 +321,17 @@ def _mesh_layout(layout: Layout, obj_spacing: float, struct_spacing: float):
 def _covered(v: np.ndarray, part_of: np.ndarray, layout: Layout, tol: float) -> np.ndarray:
     """(N,) bool: vertices inside (within ``tol``) a part other than their own, i.e. hidden surface."""
     covered = np.zeros(len(v), dtype=bool)
+    by_x = np.argsort(v[:, 0], kind="stable")        # x-sorted order: each object's x slab is one slice
+    xs = v[by_x, 0]
     gpart = 0
     for pl in layout.objects:
         lo, hi = pl.model.lo - tol, pl.model.hi + tol
         corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1).T
         wc = pl.to_world(corners)
-        cand = np.flatnonzero((v >= wc.min(0)).all(1) & (v <= wc.max(0)).all(1))
+        w0, w1 = wc.min(0), wc.max(0)
+        slab = by_x[np.searchsorted(xs, w0[0], "left"):np.searchsorted(xs, w1[0], "right")]
+        vy = v[slab, 1:]
+        cand = np.sort(slab[(vy >= w0[1:]).all(1) & (vy <= w1[1:]).all(1)])   # ascending, as a full scan gives
         q = pl.to_local(v[cand])
         for part in pl.model.parts:
             inside = _points_in_part(part, q, tol) & (part_of[cand] != gpart)
@@ -335,6 +345,14 @@ def _segments(v: np.ndarray, inst: np.ndarray, part: np.ndarray) -> np.ndarray:
     STRUCTURE_CELL for floor and walls; never straddles two instances."""
     cell = np.where(part[:, None] >= 0, np.floor(v / SEGMENT_CELL), np.floor(v / STRUCTURE_CELL)).astype(np.int64)
     keys = np.concatenate([inst[:, None], part[:, None], cell], axis=1)
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo = keys.min(0)
+    span = keys.max(0) - lo + 1
+    if np.prod(span.astype(np.float64)) < 2.0**62:
+        # row-major packing keeps the lexicographic row order: the same ids as unique(keys, axis=0), much faster
+        packed = np.ravel_multi_index(tuple((keys - lo).T), tuple(span))
+        return np.unique(packed, return_inverse=True)[1].reshape(-1).astype(np.int64)
     return np.unique(keys, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
@@ -540,11 +558,12 @@ class RenderedWalk(Sequence):
         poses: (T, 4, 4) camera-to-world.
         intrinsics, width, height: the camera.
         fps: frame ``i`` gets stamp ``i / fps``.
-        layout: the layout the mesh was built from (kept for metadata and tests), optional.
+        layout: the layout (or multi-room :class:`~training.data.synth_apartment.Apartment`) the mesh
+            was built from (kept for metadata and tests), optional.
     """
 
     def __init__(self, mesh: SceneMesh, poses: np.ndarray, intrinsics: np.ndarray = INTRINSICS,
-                 width: int = WIDTH, height: int = HEIGHT, fps: float = FPS, layout: Layout | None = None):
+                 width: int = WIDTH, height: int = HEIGHT, fps: float = FPS, layout: Layout | Apartment | None = None):
         poses = np.asarray(poses, dtype=np.float64)
         if poses.ndim != 3 or poses.shape[1:] != (4, 4):
             raise ValueError(f"poses must be (T, 4, 4), got {poses.shape}")
@@ -579,12 +598,14 @@ class RenderedWalk(Sequence):
             yield self[i]
 
 
-def fused_clouds(walk: RenderedWalk, every: int = 50, stride: int = 4) -> list[tuple[float, np.ndarray, np.ndarray]]:
+def fused_clouds(walk: RenderedWalk, every: int = 50, stride: int = 4,
+                 progress: bool = False) -> list[tuple[float, np.ndarray, np.ndarray]]:
     """The map a mapping node would publish along the walk: the mesh vertices observed so far.
 
     A vertex counts as observed once a triangle holding it was hit by a ray of some frame
     (rays of every ``stride``-th pixel, to keep this pass cheap). A cloud is emitted after every
-    ``every`` frames and after the last one, stamped with that frame's stamp.
+    ``every`` frames and after the last one, stamped with that frame's stamp. Each cloud holds
+    the previous one's points (in mesh vertex order) plus the newly observed ones.
 
     Returns:
         [(stamp seconds, xyz (k, 3) float32, rgb (k, 3) uint8)], stamps increasing.
@@ -594,7 +615,7 @@ def fused_clouds(walk: RenderedWalk, every: int = 50, stride: int = 4) -> list[t
     seen = np.zeros(walk.mesh.num_vertices, dtype=bool)
     out = []
     n = len(walk)
-    for i in range(n):
+    for i in tqdm(range(n), desc="fused clouds", unit="frame", disable=not progress):
         seen[walk.renderer.seen_vertices(walk.poses[i], stride)] = True
         if (i + 1) % every == 0 or i == n - 1:
             out.append((i / walk.fps, walk.mesh.vertices[seen].copy(), walk.mesh.colors[seen].copy()))
