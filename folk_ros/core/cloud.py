@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +103,28 @@ def voxel_downsample(cloud: PointCloud, voxel_size: float) -> tuple[PointCloud, 
         return cloud, empty, empty
     vox = voxelize(cloud.xyz, voxel_size)  # the same quantisation Mask3D uses
     return cloud.select(vox.unique_map), vox.unique_map, vox.inverse_map
+
+
+def fit_point_budget(cloud: PointCloud, max_points: int, voxel_size: float, growth: float = 1.25,
+                     max_rounds: int = 16) -> tuple[PointCloud, np.ndarray | None, float]:
+    """Voxel-downsample ``cloud`` to at most ``max_points`` (0: no limit).
+
+    The voxel edge starts at ``voxel_size`` and grows by at least ``growth`` (more when far off,
+    assuming surface-like density, count ~ 1 / voxel^2) until the budget holds.
+
+    Returns:
+        (segmented cloud of V points, inverse (K,) int64 index of each input point's voxel in it, or
+        None when nothing was dropped, voxel edge used (0.0 when not downsampled)).
+    """
+    if max_points <= 0 or len(cloud) <= max_points:
+        return cloud, None, 0.0
+    voxel = float(voxel_size)
+    for _ in range(max_rounds):
+        sub, _, inverse = voxel_downsample(cloud, voxel)
+        if len(sub) <= max_points:
+            break
+        voxel *= max(growth, math.sqrt(len(sub) / max_points))
+    return sub, inverse, voxel
 
 
 def _check_points(name: str, arr: np.ndarray, n: int | None = None) -> None:

@@ -11,7 +11,9 @@ The confidence of an instance is ``proposal score x softmax(similarity / tau)[la
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -95,6 +97,37 @@ class Instances:
         return [self.vocabulary[i] for i in self.label_indices]
 
 
+@dataclass
+class EmbeddedProposals:
+    """Class-agnostic proposals of one cloud with their student embeddings (no vocabulary yet).
+
+    Attributes:
+        masks: (M, N) bool over the cloud's points. proposal_scores: (M,) float32 Mask3D scores.
+        embeddings: (M, C) float32 unit-norm student embeddings (Eq. 7).
+        timings: milliseconds of the proposals and student stages.
+    """
+
+    masks: np.ndarray
+    proposal_scores: np.ndarray
+    embeddings: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+
+def classify(embeddings: torch.Tensor, text: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inference rule: softmax(embeddings @ text.T / tau) over the vocabulary, one matmul.
+
+    Args:
+        embeddings: (M, C) unit-norm instance embeddings. text: (K, C) unit-norm text embeddings.
+
+    Returns:
+        (label probability (M,), label index (M,) int64) of the best name per instance.
+    """
+    return (embeddings @ text.T / temperature).softmax(dim=-1).max(dim=-1)
+
+
 def validate_vocabulary(vocabulary) -> tuple[str, ...]:
     """A non-empty sequence of distinct non-empty strings, or ValueError saying what is wrong."""
     if isinstance(vocabulary, str) or not isinstance(vocabulary, Sequence):
@@ -105,7 +138,7 @@ def validate_vocabulary(vocabulary) -> tuple[str, ...]:
     bad = [n for n in names if not isinstance(n, str) or not n.strip()]
     if bad:
         raise ValueError(f"vocabulary entries must be non-empty strings, got {bad!r}")
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    dupes = sorted(n for n, count in Counter(names).items() if count > 1)   # linear, not names.count per name
     if dupes:
         raise ValueError(f"vocabulary has duplicate names {dupes}")
     return names
@@ -186,44 +219,63 @@ class Segmenter:
         """(K, C) unit-norm text embeddings, cached by the CLIP wrapper per vocabulary."""
         return self.clip.encode_text(list(validate_vocabulary(vocabulary)), self.cfg.prompt_template).to(self.device)
 
-    def segment(self, cloud: PointCloud, vocabulary: Sequence[str]) -> Instances:
-        """Label the instances of ``cloud`` with names from ``vocabulary`` (see module docstring)."""
-        names = validate_vocabulary(vocabulary)
-        timings: dict[str, float] = {}
-        t_start = tick = time.perf_counter()
+    @property
+    def embedding_space(self) -> str:
+        """sha256 of the student's weights: embeddings (and saved maps) of one space are comparable."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.student.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()
 
-        def lap(stage: str) -> None:
-            nonlocal tick
-            now = time.perf_counter()
-            timings[stage] = (now - tick) * 1e3
-            tick = now
+    def embed(self, cloud: PointCloud) -> EmbeddedProposals:
+        """Class-agnostic Mask3D proposals of ``cloud`` with their student embeddings (Eq. 7), no text.
 
-        text = self.text_embeddings(names)
-        lap("text")
+        Proposals under ``min_points`` are dropped; nothing is filtered by score. Raises
+        CloudTooSmallError for a cloud inside one coarsest Mask3D cell.
+        """
+        t0 = time.perf_counter()
         if len(cloud) == 0:
-            return self._empty(names, len(cloud), text.shape[1], timings)
+            return EmbeddedProposals(np.zeros((0, 0), bool), np.zeros(0, np.float32),
+                                     np.zeros((0, self.clip.embed_dim), np.float32), {})
         proposals = self.mask3d.predict(cloud.xyz, cloud.rgb, point_features=self.cfg.point_features,
                                         post=self.cfg.proposal_postprocess())
-        lap("proposals")
+        t1 = time.perf_counter()
         with torch.inference_mode():
             masks = proposals.masks.to(self.device)
             keep = masks.view(torch.uint8).sum(1, dtype=torch.int32) >= self.cfg.min_points  # bool sum is slow
-            masks, prop_scores = masks[keep], proposals.scores.to(self.device)[keep]
+            masks, scores = masks[keep], proposals.scores.to(self.device)[keep]
             embeddings = self.student(proposals.point_features.to(self.device), masks)
-            lap("student")
-            probs = (embeddings @ text.T / self.cfg.temperature).softmax(dim=-1)   # (M, K), one matmul
-            label_probs, labels = probs.max(dim=-1)
+        t2 = time.perf_counter()
+        return EmbeddedProposals(masks.cpu().numpy(), scores.float().cpu().numpy(),
+                                 embeddings.float().cpu().numpy(),
+                                 {"proposals": (t1 - t0) * 1e3, "student": (t2 - t1) * 1e3})
+
+    def segment(self, cloud: PointCloud, vocabulary: Sequence[str]) -> Instances:
+        """Label the instances of ``cloud`` with names from ``vocabulary`` (see module docstring)."""
+        names = validate_vocabulary(vocabulary)
+        t_start = time.perf_counter()
+        text = self.text_embeddings(names)
+        timings = {"text": (time.perf_counter() - t_start) * 1e3}
+        if len(cloud) == 0:
+            return self._empty(names, len(cloud), text.shape[1], timings)
+        embedded = self.embed(cloud)
+        timings.update(embedded.timings)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            embeddings = torch.from_numpy(embedded.embeddings).to(self.device)
+            prop_scores = torch.from_numpy(embedded.proposal_scores).to(self.device)
+            label_probs, labels = classify(embeddings, text, self.cfg.temperature)
             scores = prop_scores * label_probs
             order = torch.argsort(scores, descending=True)
             order = order[scores[order] >= self.cfg.score_threshold][: self.cfg.max_instances]
-            masks, labels, scores = masks[order], labels[order], scores[order]
-            xyz = torch.from_numpy(cloud.xyz).to(self.device)
-            boxes, centroids = mask_geometry(xyz, masks)
-            lap("classify")
+            masks = torch.from_numpy(embedded.masks)[order.cpu()]       # geometry on the host, where masks are
+            boxes, centroids = mask_geometry(torch.from_numpy(cloud.xyz), masks)
+        timings["classify"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return Instances(
-            masks=masks.cpu().numpy(), label_indices=labels.cpu().numpy().astype(np.int64),
-            scores=scores.float().cpu().numpy(), label_probs=label_probs[order].float().cpu().numpy(),
+            masks=masks.cpu().numpy(), label_indices=labels[order].cpu().numpy().astype(np.int64),
+            scores=scores[order].float().cpu().numpy(), label_probs=label_probs[order].float().cpu().numpy(),
             proposal_scores=prop_scores[order].float().cpu().numpy(),
             embeddings=embeddings[order].float().cpu().numpy(), boxes=boxes.float().cpu().numpy(),
             centroids=centroids.float().cpu().numpy(), vocabulary=names, timings=timings)
