@@ -36,6 +36,7 @@ setup(
         *_data("config", "*.yaml"),
         *_data("config", "*.rviz"),
         *_data("msg", "*.msg"),
+        *_data("srv", "*.srv"),
         *_tree("models"),
     ],
     python_requires=">=3.10",

@@ -34,7 +34,8 @@ from tqdm import tqdm
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.ros import parameters as params
 from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
-from folk_ros.ros.node import build_outputs, fit_point_budget, label_points
+from folk_ros.core.cloud import fit_point_budget
+from folk_ros.ros.cloud_outputs import build_outputs, label_points
 
 STAGES = ("convert", "downsample", "text", "proposals", "student", "classify", "messages", "serialize")
 VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant")

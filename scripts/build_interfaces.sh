@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Build the folk_ros_interfaces message package (msg/*.msg) with colcon and install it
+# Build the folk_ros_interfaces message package (msg/*.msg, srv/*.srv) with colcon and install it
 # into the project venv itself (merge install): its Python module lands in site-packages
 # and its libraries in $VENV/lib, which the ROS wheels' bootstrapper already puts on
 # LD_LIBRARY_PATH, so `from folk_ros_interfaces.msg import InstanceArray` works with no
 # sourcing. Idempotent: skips the build when the
-# generated Python module is newer than every .msg file.
+# generated Python module is newer than every .msg/.srv file.
 # The two environment fixes the wheels need are in ../shared/notes/ros2-from-pypi.md:
 #   1. AMENT_PREFIX_PATH / CMAKE_PREFIX_PATH must include the venv;
 #   2. the wheels' exported CMake files name the include dirs of the interpreter they
@@ -15,7 +15,7 @@ venv=$(realpath -m "${VENV:-$root/.venv}")
 py=$venv/bin/python
 stamp=$venv/share/folk_ros_interfaces/.built
 
-newest_msg=$(ls -t "$root"/msg/*.msg "$root"/interfaces/folk_ros_interfaces/* | head -1)
+newest_msg=$(ls -t "$root"/msg/*.msg "$root"/srv/*.srv "$root"/interfaces/folk_ros_interfaces/* | head -1)
 if [ -f "$stamp" ] && [ "$stamp" -nt "$newest_msg" ]; then
   echo "folk_ros_interfaces: up to date"
   exit 0

@@ -11,7 +11,6 @@ namespace.
 from __future__ import annotations
 
 import array
-import contextlib
 import importlib.util
 import subprocess
 import sys
@@ -24,15 +23,16 @@ import numpy as np
 import pytest
 import yaml
 
-from demo.__main__ import NodeProcess
 from folk_ros.core.segmenter import Instances
 from folk_ros.ros import parameters as params
-from folk_ros.ros.node import (TOPIC_IN, TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS, LatestSlot, Throttle,
-                               fit_point_budget, input_problem, label_points)
+from folk_ros.core.cloud import fit_point_budget
+from folk_ros.ros.cloud_outputs import label_points
+from folk_ros.ros.node import TOPIC_IN, TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS
+from folk_ros.ros.work import LatestSlot, Throttle, input_problem
 from test.fixtures import box_room_cloud, make_untrained_bundle
+from test.ros_harness import cloud_fields, ready_probe, room_msg, running_node
 
 REPO = Path(__file__).resolve().parents[1]
-TIMEOUT = 30.0  # generous: two shared cores; only reached when something is broken
 AUTO_PARAMS = {"use_sim_time", "start_type_description_service"}  # declared by rclpy itself
 
 
@@ -44,17 +44,25 @@ def test_latest_slot_keeps_only_the_newest():
     slot = LatestSlot()
     assert slot.put("a") is None
     assert slot.put("b") == "a"          # "a" was waiting: replaced, returned to be counted as dropped
-    assert slot.take(timeout=0) == "b"
+    assert slot.take(timeout=0).item == "b"
     assert slot.take(timeout=0.01) is None
     got = []
     t = threading.Thread(target=lambda: got.append(slot.take()))
     t.start()
     slot.put("c")
     t.join(2)
-    assert got == ["c"]
+    assert [w.item for w in got] == ["c"]
+    slot.request("relabel")              # requests are never dropped by clouds
     slot.put("d")
+    slot.put("e")
+    work = slot.take(timeout=0)
+    assert work.item == "e" and work.requests == {"relabel"}
+    slot.request("relabel")
+    work = slot.take(timeout=0)
+    assert work.item is None and work.requests == {"relabel"}
+    slot.put("f")
     slot.close()
-    assert slot.take() is None           # closed: the worker stops, a waiting item is discarded
+    assert slot.take() is None and slot.closed   # closed: the worker stops, a waiting item is discarded
 
 
 def test_throttle_per_key():
@@ -261,141 +269,21 @@ def test_startup_errors_are_one_line_and_nonzero_exit(tmp_path, startup_bundle, 
 # the node over rclpy
 
 
-class Probe:
-    """A test-side node on its own context: publishes clouds, collects the outputs by stamp."""
-
-    def __init__(self, namespace: str = ""):
-        import rclpy
-        from folk_ros_interfaces.msg import InstanceArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.parameter_client import AsyncParameterClient
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import PointCloud2
-        from visualization_msgs.msg import MarkerArray
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("folk_test_probe", namespace=namespace, context=self.context)
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.outputs: dict[tuple[int, int], dict] = {}
-        self.cond = threading.Condition()
-        for topic, kind in ((TOPIC_INSTANCES, InstanceArray), (TOPIC_MARKERS, MarkerArray),
-                            (TOPIC_LABELED, PointCloud2)):
-            self.node.create_subscription(kind, topic, lambda msg, t=topic: self._store(t, msg), qos)
-        self.pub = self.node.create_publisher(PointCloud2, TOPIC_IN, qos)
-        self.params = AsyncParameterClient(self.node, f"{namespace}/{params.NODE_NAME}")
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-        self._next_sec = 100
-
-    def _store(self, topic, msg):
-        header = msg.markers[0].header if topic == TOPIC_MARKERS else msg.header
-        with self.cond:
-            self.outputs.setdefault((header.stamp.sec, header.stamp.nanosec), {})[topic] = msg
-            self.cond.notify_all()
-
-    def wait_until(self, predicate, timeout=TIMEOUT, what="condition"):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not predicate():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out waiting for {what}")
-                self.cond.wait(min(left, 0.1))
-
-    def publish(self, msg) -> tuple[int, int]:
-        """Publish with a fresh stamp; returns the stamp."""
-        self._next_sec += 1
-        msg.header.stamp.sec, msg.header.stamp.nanosec = self._next_sec, 7
-        msg.header.frame_id = "map"
-        self.pub.publish(msg)
-        return (self._next_sec, 7)
-
-    def result(self, stamp, topics=(TOPIC_INSTANCES, TOPIC_MARKERS, TOPIC_LABELED)) -> dict:
-        self.wait_until(lambda: set(topics) <= set(self.outputs.get(stamp, {})), what=f"outputs of {stamp}")
-        return self.outputs[stamp]
-
-    def call(self, future):
-        self.wait_until(future.done, what="parameter service")
-        return future.result()
-
-    def close(self):
-        import rclpy
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-NODE_ARGS = ["--params-file", "config/segment.yaml", "-p", "device:=cpu", "-p", "num_threads:=1",
-             "-p", "score_threshold:=0.0", "-p", "min_points:=5", "-p", "max_points:=6000",
-             "-p", "log_throttle_s:=60.0", "-p", "marker_points:=true"]
-
-
-@contextlib.contextmanager
-def _running_node(tmp: Path, extra_args=(), module=("folk_ros.ros.node",)):
-    bundle = tmp / "bundle"
-    if not bundle.exists():
-        make_untrained_bundle(bundle)
-    proc = NodeProcess([*NODE_ARGS, "-p", f"model_bundle:={bundle}", *extra_args], tmp / "node.log", module)
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@contextlib.contextmanager
-def _ready_probe(node_proc: NodeProcess, namespace: str = ""):
-    p = Probe(namespace)
-    try:
-        p.wait_until(lambda: p.pub.get_subscription_count() > 0 or node_proc.proc.poll() is not None,
-                     timeout=120, what="the node's cloud_in subscription")
-        assert node_proc.proc.poll() is None, f"node exited:\n{node_proc.log()}"
-        p.wait_until(lambda: all(p.node.count_publishers(t) > 0
-                                 for t in (TOPIC_INSTANCES, TOPIC_MARKERS, TOPIC_LABELED)), what="publishers")
-        assert p.params.wait_for_services(timeout_sec=TIMEOUT)
-        yield p
-    finally:
-        p.close()
-
-
 @pytest.fixture(scope="module")
 def node_proc(tmp_path_factory):
-    with _running_node(tmp_path_factory.mktemp("node")) as proc:
+    with running_node(tmp_path_factory.mktemp("node")) as proc:
         yield proc
 
 
 @pytest.fixture(scope="module")
 def probe(node_proc):
-    with _ready_probe(node_proc) as p:
+    with ready_probe(node_proc) as p:
         yield p
-
-
-def _room_msg(seed=0, nan_rows=(5, 17, 4000), color=True, points_per_box=1500):
-    """A box room as an organised 2 x N/2 PointCloud2 with a few NaN points; also returns its (N, 3) xyz."""
-    from folk_ros.ros.conversions import cloud_to_msg
-    from std_msgs.msg import Header
-    cloud, _ = box_room_cloud(seed=seed, points_per_box=points_per_box)
-    xyz = cloud.xyz.copy()
-    xyz[list(nan_rows)] = np.nan
-    msg = cloud_to_msg(xyz, cloud.rgb if color else None, Header())
-    msg.height, msg.width, msg.row_step = 2, len(xyz) // 2, msg.point_step * (len(xyz) // 2)
-    return msg, xyz
-
-
-def _fields(msg) -> dict[str, np.ndarray]:
-    names = [f.name for f in msg.fields]
-    offsets = [f.offset for f in msg.fields]
-    codes = {7: "<f4", 6: "<u4", 5: "<i4"}
-    dtype = np.dtype({"names": names, "formats": [codes[f.datatype] for f in msg.fields], "offsets": offsets,
-                      "itemsize": msg.point_step})
-    return np.frombuffer(msg.data, dtype, count=msg.width * msg.height)
 
 
 def test_outputs_agree_with_each_other_and_the_input(probe, node_proc):
     from visualization_msgs.msg import Marker
-    msg, xyz = _room_msg()
+    msg, xyz = room_msg()
     stamp = probe.publish(msg)
     out = probe.result(stamp)
     inst, markers, labeled = out[TOPIC_INSTANCES], out[TOPIC_MARKERS], out[TOPIC_LABELED]
@@ -407,7 +295,7 @@ def test_outputs_agree_with_each_other_and_the_input(probe, node_proc):
     assert m >= 1, "the untrained bundle finds at least one proposal in the box room"
 
     # labeled cloud: point i is input point i; NaN stays NaN and unlabeled
-    pts = _fields(labeled)
+    pts = cloud_fields(labeled)
     assert labeled.width * labeled.height == n
     np.testing.assert_array_equal(np.c_[pts["x"], pts["y"], pts["z"]][finite], xyz[finite])
     assert (pts["instance_id"][~finite] == -1).all()
@@ -442,7 +330,7 @@ def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
     results = probe.call(probe.params.set_parameters([Parameter("vocabulary", value=["mug", "plant"]),
                                                       Parameter("prompt_template", value="a photo of a {}")])).results
     assert all(r.successful for r in results), [r.reason for r in results]
-    msg, _ = _room_msg(seed=1)
+    msg, _ = room_msg(seed=1)
     inst = probe.result(probe.publish(msg), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
     assert list(inst.vocabulary) == ["mug", "plant"]
     assert inst.instances and {i.label for i in inst.instances} <= {"mug", "plant"}
@@ -452,12 +340,12 @@ def test_a_cloud_with_no_instance_above_the_threshold_gives_empty_outputs(probe)
     from rclpy.parameter import Parameter
     assert probe.call(probe.params.set_parameters([Parameter("score_threshold", value=1.0)])).results[0].successful
     try:
-        out = probe.result(probe.publish(_room_msg(seed=2)[0]))
+        out = probe.result(probe.publish(room_msg(seed=2)[0]))
     finally:
         probe.call(probe.params.set_parameters([Parameter("score_threshold", value=0.0)]))
     assert list(out[TOPIC_INSTANCES].instances) == []
     assert [m.action for m in out[TOPIC_MARKERS].markers] == [3]          # DELETEALL only
-    fields = _fields(out[TOPIC_LABELED])
+    fields = cloud_fields(out[TOPIC_LABELED])
     assert (fields["instance_id"] == -1).all() and (fields["score"] == 0).all()
 
 
@@ -476,7 +364,7 @@ def test_invalid_parameter_values_are_rejected_and_old_kept(probe):
     values = probe.call(probe.params.get_parameters(["vocabulary", "prompt_template", "max_instances"])).values
     assert list(values[0].string_array_value) == ["mug", "plant"]
     assert values[1].string_value == "a photo of a {}" and values[2].integer_value == 100
-    msg, _ = _room_msg(seed=2)
+    msg, _ = room_msg(seed=2)
     inst = probe.result(probe.publish(msg), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
     assert list(inst.vocabulary) == ["mug", "plant"]
 
@@ -504,7 +392,7 @@ def test_bad_input_gets_one_warning_each_and_the_node_survives(probe, node_proc)
          "datatype INT32"),
         ("truncated", _raw_cloud(xyz_fields, 12, 1000, bytes(1200)), "is truncated"),
         ("5M points", _raw_cloud(xyz_fields, 12, huge, bytes(12 * huge)), "exceeds max_input_points"),
-        ("no colour", _room_msg(seed=3, color=False)[0], "no colour fields"),
+        ("no colour", room_msg(seed=3, color=False)[0], "no colour fields"),
         ("tiny", _raw_cloud(xyz_fields, 12, 100, np.random.default_rng(0).uniform(0, 0.05, (100, 3))
                             .astype(np.float32).tobytes()), "cloud skipped: the cloud fits in one"),
     ]
@@ -513,7 +401,7 @@ def test_bad_input_gets_one_warning_each_and_the_node_survives(probe, node_proc)
         probe.wait_until(lambda: warning in node_proc.log(), what=f"the warning for the {name} cloud")
         assert node_proc.proc.poll() is None, f"node died on the {name} cloud"
     probe.publish(cases[0][1])                       # the same problem again: throttled, not repeated
-    good, _ = _room_msg(seed=4)
+    good, _ = room_msg(seed=4)
     assert probe.result(probe.publish(good))[TOPIC_INSTANCES].instances
     log = node_proc.log()
     for name, _, warning in cases:
@@ -526,13 +414,13 @@ def test_clouds_arriving_while_one_is_processed(tmp_path):
     # test/slow_node.py: the real node, each segmentation held 1.5 s, so that on any machine the clouds below
     # arrive while the first is processed; its own namespace keeps it apart from the module's node
     ns = "/slow"
-    with _running_node(tmp_path, ["-r", f"__ns:={ns}"], module=("test.slow_node", "1.5")) as node, \
-            _ready_probe(node, ns) as probe:
-        first = probe.publish(_room_msg(seed=5)[0])
+    with running_node(tmp_path, ["-r", f"__ns:={ns}"], module=("test.slow_node", "1.5")) as node, \
+            ready_probe(node, ns) as probe:
+        first = probe.publish(room_msg(seed=5)[0])
         waiting = []
         for k in range(3):   # paced so that each reaches the node's callback (not only its DDS queue)
             time.sleep(0.1)
-            waiting.append(probe.publish(_room_msg(seed=6 + k)[0]))
+            waiting.append(probe.publish(room_msg(seed=6 + k)[0]))
         # the parameter service answers while the first cloud is being segmented
         answer = probe.params.get_parameters(["score_threshold"])
         probe.wait_until(answer.done, what="get_parameters during segmentation")

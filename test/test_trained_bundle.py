@@ -20,7 +20,8 @@ import pytest
 
 from demo.__main__ import NodeProcess
 from folk_ros.core.bundle import read_manifest
-from test.test_node import TOPIC_INSTANCES, Probe, REPO
+from folk_ros.ros.node import TOPIC_INSTANCES
+from test.ros_harness import REPO, Probe
 from training.data.synthetic import generate_scene, scene_name, scene_seed
 
 BUNDLE = REPO / "models" / "folk-synth"

@@ -409,8 +409,10 @@ def label_colors(label_indices: np.ndarray) -> np.ndarray:
 
 def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_per_instance: Sequence[np.ndarray],
                      label_indices: np.ndarray, scores: np.ndarray, centroids: np.ndarray,
-                     boxes_min: np.ndarray, boxes_max: np.ndarray) -> InstanceArray:
-    """An InstanceArray with one Instance per row; instance ``id`` is the row index.
+                     boxes_min: np.ndarray, boxes_max: np.ndarray, *, ids: np.ndarray | None = None,
+                     observations: np.ndarray | None = None, first_seen: np.ndarray | None = None,
+                     last_seen: np.ndarray | None = None) -> InstanceArray:
+    """An InstanceArray with one Instance per row.
 
     Args:
         header: copied (the input cloud's frame_id and stamp).
@@ -419,6 +421,9 @@ def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_pe
             point order (0 <= i < 2**32).
         label_indices: (M,) int in [-1, V); -1 gives label "".
         scores: (M,) float. centroids, boxes_min, boxes_max: (M, 3).
+        ids: (M,) instance ids in [0, 2**32) (map mode: stable ids); None = the row index.
+        observations: (M,) clouds each was found in; None = 1.
+        first_seen, last_seen: (M,) stamps in seconds; None = the header's stamp.
     """
     vocabulary = list(vocabulary)
     if not all(isinstance(v, str) for v in vocabulary):
@@ -439,15 +444,44 @@ def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_pe
     if m and (label_indices.min() < -1 or label_indices.max() >= len(vocabulary)):
         raise ValueError(f"label_indices must lie in [-1, {len(vocabulary)}), got "
                          f"[{label_indices.min()}, {label_indices.max()}]")
+    ids = np.arange(m) if ids is None else np.asarray(ids).reshape(-1)
+    observations = np.ones(m, np.int64) if observations is None else np.asarray(observations).reshape(-1)
+    for name, a in (("ids", ids), ("observations", observations)):
+        if a.shape != (m,) or (m and (a.min() < 0 or a.max() >= 2 ** 32)):
+            raise ValueError(f"{name} must be (M,) integers in [0, 2**32), got shape {a.shape}")
+    stamps = {}
+    for name, a in (("first_seen", first_seen), ("last_seen", last_seen)):
+        if a is None:
+            stamps[name] = [header.stamp] * m
+        else:
+            a = np.asarray(a, np.float64).reshape(-1)
+            if a.shape != (m,):
+                raise ValueError(f"{name} must have shape ({m},), got {a.shape}")
+            stamps[name] = [stamp_msg(t) for t in a]
     instances = []
     for i in range(m):
         li = int(label_indices[i])
         instances.append(Instance(
-            id=i, label=vocabulary[li] if li >= 0 else "", label_index=li, score=float(scores[i]),
+            id=int(ids[i]), label=vocabulary[li] if li >= 0 else "", label_index=li, score=float(scores[i]),
             point_indices=_uint32_array(point_indices_per_instance[i], f"point indices of instance {i}"),
             centroid=_point(geometry["centroids"][i]), bbox_min=_point(geometry["boxes_min"][i]),
-            bbox_max=_point(geometry["boxes_max"][i])))
+            bbox_max=_point(geometry["boxes_max"][i]), observations=int(observations[i]),
+            first_seen=_copy_time(stamps["first_seen"][i]), last_seen=_copy_time(stamps["last_seen"][i])))
     return InstanceArray(header=_copy_header(header), vocabulary=vocabulary, instances=instances)
+
+
+def stamp_seconds(stamp: Time) -> float:
+    """A builtin_interfaces/Time as float seconds."""
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def stamp_msg(seconds: float) -> Time:
+    """Float seconds (>= 0) as a builtin_interfaces/Time."""
+    nanos = int(round(float(seconds) * 1e9))
+    if nanos < 0:
+        raise ValueError(f"a stamp must be >= 0 s, got {seconds}")
+    sec, nanosec = divmod(nanos, 1_000_000_000)
+    return Time(sec=sec, nanosec=nanosec)
 
 
 def _uint32_array(values: np.ndarray, what: str) -> array.array:
@@ -472,14 +506,17 @@ _CORNER_BITS = (np.arange(8)[:, None] >> np.arange(3)) & 1  # (8, 3)
 def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndarray, boxes_min: np.ndarray,
                            boxes_max: np.ndarray, colors: np.ndarray, lifetime_s: float,
                            namespace: str = "folk", point_sets: Sequence[np.ndarray] | None = None, *,
+                           ids: Sequence[int] | None = None, delete_ids: Sequence[int] | None = None,
                            box_style: str = "wire", line_width: float = 0.02, text_height: float = 0.15,
                            point_size: float = 0.02, max_marker_points: int = 2000) -> MarkerArray:
     """RViz markers for M instances: DELETEALL, then per instance a box, a label and optionally points.
 
-    Marker ids are stable: instance i has id i in each of the namespaces ``{namespace}/boxes``,
-    ``{namespace}/labels`` and ``{namespace}/points`` (RViz shows them as separately toggled groups);
-    the leading DELETEALL (RViz 2 clears every marker of the display) removes the previous cloud's
-    markers even when fewer instances follow.
+    Instance i has marker id ``ids[i]`` (default i) in each of the namespaces ``{namespace}/boxes``,
+    ``{namespace}/labels`` and ``{namespace}/points`` (RViz shows them as separately toggled groups).
+    With ``delete_ids`` None, a leading DELETEALL (RViz 2 clears every marker of the display) removes
+    the previous cloud's markers even when fewer instances follow. The live map passes its stable ids
+    and ``delete_ids`` (the ids gone since the last array) instead: markers are then replaced in place
+    and deleted one by one, so RViz does not flicker.
 
     Args:
         header: copied into every marker.
@@ -516,23 +553,31 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
         mk.pose.orientation.w = 1.0
         return mk
 
-    markers = [Marker(header=_copy_header(header), ns=namespace, id=0, action=Marker.DELETEALL)]
+    ids = list(range(m)) if ids is None else [int(i) for i in ids]
+    if len(ids) != m:
+        raise ValueError(f"ids must hold {m} marker ids, got {len(ids)}")
+    if delete_ids is None:
+        markers = [Marker(header=_copy_header(header), ns=namespace, id=0, action=Marker.DELETEALL)]
+    else:
+        kinds = ("boxes", "labels") + (("points",) if point_sets is not None else ())
+        markers = [Marker(header=_copy_header(header), ns=f"{namespace}/{kind}", id=int(i), action=Marker.DELETE)
+                   for i in delete_ids for kind in kinds]
     center, size = (bmin + bmax) / 2.0, bmax - bmin
-    for i in range(m):
+    for i, mid in enumerate(ids):
         if box_style == "cube":
-            box = marker(f"{namespace}/boxes", i, Marker.CUBE)
+            box = marker(f"{namespace}/boxes", mid, Marker.CUBE)
             box.pose.position = _point(center[i])
             box.scale.x, box.scale.y, box.scale.z = (float(s) for s in np.maximum(size[i], 1e-3))
             box.color = ColorRGBA(r=rgba[i, 0], g=rgba[i, 1], b=rgba[i, 2], a=0.35)
         else:
-            box = marker(f"{namespace}/boxes", i, Marker.LINE_LIST)
+            box = marker(f"{namespace}/boxes", mid, Marker.LINE_LIST)
             corners = np.where(_CORNER_BITS == 1, bmax[i], bmin[i])  # (8, 3)
             box.points = [_point(p) for p in corners[_BOX_EDGES.reshape(-1)]]
             box.scale.x = float(line_width)
             box.color = ColorRGBA(r=rgba[i, 0], g=rgba[i, 1], b=rgba[i, 2], a=1.0)
         markers.append(box)
 
-        text = marker(f"{namespace}/labels", i, Marker.TEXT_VIEW_FACING)
+        text = marker(f"{namespace}/labels", mid, Marker.TEXT_VIEW_FACING)
         text.pose.position = _point((center[i, 0], center[i, 1], bmax[i, 2] + text_height))
         text.scale.z = float(text_height)
         text.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
@@ -543,7 +588,7 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
             pts = np.asarray(point_sets[i], np.float64).reshape(-1, 3)
             if len(pts) > max_marker_points:
                 pts = pts[:: math.ceil(len(pts) / max_marker_points)]
-            cloud = marker(f"{namespace}/points", i, Marker.POINTS)
+            cloud = marker(f"{namespace}/points", mid, Marker.POINTS)
             cloud.points = [Point(x=x, y=y, z=z) for x, y, z in pts.tolist()]
             cloud.scale.x = cloud.scale.y = float(point_size)
             cloud.color = ColorRGBA(r=rgba[i, 0], g=rgba[i, 1], b=rgba[i, 2], a=1.0)
@@ -566,8 +611,11 @@ def _marker_colors(colors: np.ndarray, m: int) -> np.ndarray:
 
 def _copy_header(header: Header) -> Header:
     """A new Header with the same stamp and frame_id (messages must not share mutable parts)."""
-    return Header(stamp=Time(sec=int(header.stamp.sec), nanosec=int(header.stamp.nanosec)),
-                  frame_id=str(header.frame_id))
+    return Header(stamp=_copy_time(header.stamp), frame_id=str(header.frame_id))
+
+
+def _copy_time(stamp: Time) -> Time:
+    return Time(sec=int(stamp.sec), nanosec=int(stamp.nanosec))
 
 
 def _point(p) -> Point:

@@ -4,18 +4,29 @@ Topics (relative names; remap ``cloud_in`` to your mapping node's output)::
 
     cloud_in       sensor_msgs/PointCloud2                    subscribed (QoS from qos_reliability/qos_depth)
     instances      folk_ros_interfaces/InstanceArray          one per processed cloud, same header
-    markers        visualization_msgs/MarkerArray             DELETEALL, then per instance a box + label
+    markers        visualization_msgs/MarkerArray             per instance a box + label
     labeled_cloud  sensor_msgs/PointCloud2                    point i = input point i (row-major):
                                                               x, y, z, rgb by label, instance_id,
                                                               label_index, score (NaN x,y,z stay NaN)
 
+Two modes (parameter ``mode``):
+
+- ``per_cloud``: every cloud is segmented on its own; instance ids are the rows of one InstanceArray and
+  markers start with DELETEALL.
+- ``map``: clouds in ``map_frame`` update a live object map (:class:`~folk_ros.core.live_map.LiveMap`):
+  only what changed since the last cloud is segmented, objects keep stable ids, ``instances`` carries the
+  whole map, markers are replaced in place per id, and a vocabulary change re-labels and republishes the
+  map at once. Services ``~/query`` (folk_ros_interfaces/QueryMap), ``~/reset_map`` (std_srvs/Trigger)
+  and ``~/save_map`` (folk_ros_interfaces/SaveMap, files only inside ``map_dir``).
+
 Threading: the subscription callback only checks and converts the message (``cloud_from_msg``) and
-puts it into a one-slot, latest-only :class:`LatestSlot`; a worker thread takes it, runs the
-Segmenter and publishes. A cloud that arrives while another waits replaces it (counted as dropped and
-reported at a throttle), so the executor keeps serving the subscription and the parameter services
-while a cloud is segmented. Live parameters (``vocabulary``, ``prompt_template``, ``score_threshold``)
-are validated and the new text encoded in the on-set callback, on the executor, never in the worker;
-the worker reads the committed :class:`~folk_ros.ros.parameters.LiveSettings` once per cloud.
+puts it into a latest-only :class:`~folk_ros.ros.work.LatestSlot`; a worker thread takes it, runs the
+Segmenter (or the live map) and publishes. A cloud that arrives while another waits replaces it (counted
+as dropped and reported at a throttle), so the executor keeps serving the subscription, the parameter
+services and the map services while a cloud is segmented. Live parameters (``vocabulary``,
+``prompt_template``, ``score_threshold``) are validated in the on-set callback; the text is encoded by
+the worker (never on the executor), which reads the committed
+:class:`~folk_ros.ros.parameters.LiveSettings` before every cloud.
 
 Clouds above ``max_points`` are voxel-downsampled before Mask3D (:func:`fit_point_budget`), and the
 masks are mapped back to every input point through the voxel inverse map (:func:`label_points`).
@@ -29,227 +40,48 @@ Run::
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any
+import traceback
+from dataclasses import replace
+from pathlib import Path
 
-import numpy as np
 import rclpy
 import rclpy.logging
 import rclpy.utilities
 import torch
 from folk_ros_interfaces.msg import InstanceArray
+from folk_ros_interfaces.srv import QueryMap, SaveMap
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
+from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from folk_ros.core.cloud import PointCloud, voxel_downsample
+from folk_ros.core.cloud import fit_point_budget
+from folk_ros.core.instance_map import MapFileError
+from folk_ros.core.live_map import LiveMap
 from folk_ros.core.mask3d.model import CloudTooSmallError
-from folk_ros.core.segmenter import Instances, Segmenter
+from folk_ros.core.segmenter import Segmenter
 from folk_ros.ros import parameters as params
-from folk_ros.ros.conversions import (CloudConversion, CloudFormatError, cloud_from_msg, cloud_to_msg,
-                                      instance_geometry, instances_to_msg, label_colors, markers_from_instances,
-                                      point_labels)
+from folk_ros.ros.cloud_outputs import Outputs, build_outputs, label_points
+from folk_ros.ros.conversions import CloudFormatError, cloud_from_msg, stamp_seconds
+from folk_ros.ros.map_outputs import (MapView, build_map_outputs, instances_msg, map_view, query_problem, save_path,
+                                      shown_rows)
+from folk_ros.ros.work import CloudReport, Job, LatestSlot, Throttle, input_problem
 
 TOPIC_IN, TOPIC_INSTANCES, TOPIC_MARKERS, TOPIC_LABELED = "cloud_in", "instances", "markers", "labeled_cloud"
+SERVICE_QUERY, SERVICE_RESET, SERVICE_SAVE = "~/query", "~/reset_map", "~/save_map"
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
-STAGES = ("convert", "downsample", "text", "proposals", "student", "classify", "messages", "publish")
 
 
 class StartupError(RuntimeError):
     """The node cannot start (bad parameter, missing bundle); the message is the one line to print."""
-
-
-# ---------------------------------------------------------------------------------------------
-# pure helpers (no Node): tested without spinning
-
-
-class LatestSlot:
-    """A one-slot, latest-only hand-off between the executor (put) and one worker (take).
-
-    ``put`` replaces a waiting item and returns it (the caller counts it as dropped); ``take`` blocks
-    until an item or ``close``; after ``close`` it returns None.
-    """
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._item = None
-        self._closed = False
-
-    def put(self, item) -> Any:
-        with self._cond:
-            replaced, self._item = self._item, item
-            self._cond.notify()
-            return replaced
-
-    def take(self, timeout: float | None = None) -> Any:
-        with self._cond:
-            self._cond.wait_for(lambda: self._item is not None or self._closed, timeout)
-            if self._closed:
-                return None
-            item, self._item = self._item, None
-            return item
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._item = None
-            self._cond.notify_all()
-
-
-class Throttle:
-    """``ready(key)``: True at most once per ``period_s`` for each key (period 0: always)."""
-
-    def __init__(self, period_s: float, clock=time.monotonic):
-        self.period_s = float(period_s)
-        self._clock = clock
-        self._last: dict[str, float] = {}
-
-    def ready(self, key: str) -> bool:
-        now = self._clock()
-        if len(self._last) > 1000:  # keys are warning texts: a stream of ever-different ones must not grow
-            self._last.clear()
-        last = self._last.get(key)
-        if self.period_s > 0 and last is not None and now - last < self.period_s:
-            return False
-        self._last[key] = now
-        return True
-
-
-def input_problem(msg: PointCloud2, max_input_points: int) -> str | None:
-    """Why a message is skipped before it is read (size only), or None."""
-    n = int(msg.width) * int(msg.height)
-    if n == 0:
-        return f"empty cloud (width {msg.width} x height {msg.height}): skipped"
-    if n > max_input_points:
-        return (f"cloud of {n:,} points exceeds max_input_points {max_input_points:,}: skipped "
-                f"(downsample upstream or raise max_input_points)")
-    return None
-
-
-def fit_point_budget(cloud: PointCloud, max_points: int, voxel_size: float, growth: float = 1.25,
-                     max_rounds: int = 16) -> tuple[PointCloud, np.ndarray | None, float]:
-    """Voxel-downsample ``cloud`` to at most ``max_points`` (0: no limit).
-
-    The voxel edge starts at ``voxel_size`` and grows by at least ``growth`` (more when far off,
-    assuming surface-like density, count ~ 1 / voxel^2) until the budget holds.
-
-    Returns:
-        (segmented cloud of V points, inverse (K,) int64 index of each input point's voxel in it, or
-        None when nothing was dropped, voxel edge used (0.0 when not downsampled)).
-    """
-    if max_points <= 0 or len(cloud) <= max_points:
-        return cloud, None, 0.0
-    voxel = float(voxel_size)
-    for _ in range(max_rounds):
-        sub, _, inverse = voxel_downsample(cloud, voxel)
-        if len(sub) <= max_points:
-            break
-        voxel *= max(growth, math.sqrt(len(sub) / max_points))
-    return sub, inverse, voxel
-
-
-@dataclass(frozen=True)
-class PointLabels:
-    """Segmenter output mapped back to the K kept input points.
-
-    Attributes:
-        point_ids: M arrays of (K_i,) int64 indices into the kept points, one per instance.
-        instance_id, label_index: (K,) int32 (-1: none); score: (K,) float32 (0: none); where instances
-            overlap the higher score wins (:func:`point_labels`).
-    """
-
-    point_ids: list[np.ndarray]
-    instance_id: np.ndarray
-    label_index: np.ndarray
-    score: np.ndarray
-
-
-def label_points(instances: Instances, inverse: np.ndarray | None) -> PointLabels:
-    """Map masks over V segmented points back to K input points through ``inverse`` (K,) (None: V = K)."""
-    masks = instances.masks
-    if inverse is None:
-        ids = [np.flatnonzero(m) for m in masks]
-    else:
-        ids = [np.flatnonzero(m[inverse]) for m in masks]  # one (K,) gather per instance, no (M, K) copy
-    iid, lab, score = point_labels(masks, instances.label_indices, instances.scores)
-    if inverse is not None:
-        iid, lab, score = iid[inverse], lab[inverse], score[inverse]
-    return PointLabels(point_ids=ids, instance_id=iid, label_index=lab, score=score)
-
-
-@dataclass
-class Outputs:
-    instances: InstanceArray
-    markers: MarkerArray
-    labeled_cloud: PointCloud2 | None
-
-
-def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances: Instances,
-                  labels: PointLabels, settings: params.NodeSettings) -> Outputs:
-    """The three output messages of one cloud, all in ``header``'s frame and stamp.
-
-    ``n_input`` is the message's point count (width * height); ``conv.indices`` maps the K kept
-    points to it, so instance point indices and labeled-cloud points are in input row-major order.
-    """
-    xyz = conv.cloud.xyz
-    centroids, bmin, bmax = instance_geometry(xyz, labels.point_ids)
-    msg_ids = [conv.indices[ids] for ids in labels.point_ids]
-    inst_msg = instances_to_msg(header, instances.vocabulary, msg_ids, instances.label_indices,
-                                instances.scores, centroids, bmin, bmax)
-    colors = label_colors(instances.label_indices)
-    point_sets = [xyz[ids] for ids in labels.point_ids] if settings.marker_points else None
-    markers = markers_from_instances(header, instances.labels, instances.scores, bmin, bmax, colors,
-                                     lifetime_s=settings.marker_lifetime, point_sets=point_sets)
-    labeled = None
-    if settings.publish_labeled_cloud:
-        full_xyz = np.full((n_input, 3), np.nan, np.float32)
-        full_xyz[conv.indices] = xyz
-        fields = {"instance_id": np.full(n_input, -1, np.int32), "label_index": np.full(n_input, -1, np.int32),
-                  "score": np.zeros(n_input, np.float32)}
-        for name, values in (("instance_id", labels.instance_id), ("label_index", labels.label_index),
-                             ("score", labels.score)):
-            fields[name][conv.indices] = values
-        labeled = cloud_to_msg(full_xyz, label_colors(fields["label_index"]), header, fields)
-    return Outputs(instances=inst_msg, markers=markers, labeled_cloud=labeled)
-
-
-@dataclass(frozen=True)
-class CloudReport:
-    """What the per-cloud log line says: counts and milliseconds per stage (keys of STAGES)."""
-
-    n_input: int
-    n_nonfinite: int
-    n_segmented: int
-    n_instances: int
-    timings: dict[str, float]
-
-    def line(self, processed: int, dropped: int) -> str:
-        stages = " ".join(f"{k} {self.timings[k]:.1f}" for k in STAGES if k in self.timings)
-        return (f"cloud {self.n_input:,} pts ({self.n_nonfinite:,} non-finite, {self.n_segmented:,} segmented) "
-                f"-> {self.n_instances} instances | ms: {stages} | total {sum(self.timings.values()):.1f} "
-                f"| processed {processed}, dropped {dropped}")
-
-
-@dataclass
-class Job:
-    """A converted cloud waiting for the worker."""
-
-    header: Header
-    conv: CloudConversion
-    n_input: int
-    convert_ms: float
-
-
-# ---------------------------------------------------------------------------------------------
-# the node
 
 
 class SegmenterNode(Node):
@@ -261,12 +93,19 @@ class SegmenterNode(Node):
         self.segmenter = self._load_segmenter(self.settings)
         self._bundle_template = self.segmenter.cfg.prompt_template  # from the manifest (see segmenter_overrides)
         self._live = params.initial_live(self.settings, self._bundle_template)
-        self._encode_text(self._live)
+        self._encode_text(self._live)          # before "ready": the first cloud finds the text encoded
         self._live_lock = threading.Lock()
         self._throttle = Throttle(self.settings.log_throttle_s)
         self._warned_no_color = False
+        self._warned_frames: set[str] = set()
+        self._errors_traced: set[str] = set()
         self._dropped = 0
         self._processed = 0
+        self.live_map = self._load_map(self.settings) if self.settings.mode == "map" else None
+        self._map_lock = threading.Lock()      # the worker updates the map, services read it
+        self._last_map_job: Job | None = None  # the last cloud folded into the map (republished on relabel)
+        self._published_ids: set[int] = set()
+        self._map_updates = 0
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._on_parameters_set)
 
@@ -274,6 +113,11 @@ class SegmenterNode(Node):
         self._pub_markers = self.create_publisher(MarkerArray, TOPIC_MARKERS, OUTPUT_QOS)
         self._pub_cloud = (self.create_publisher(PointCloud2, TOPIC_LABELED, OUTPUT_QOS)
                            if self.settings.publish_labeled_cloud else None)
+        if self.live_map is not None:          # own group: a query never waits for a cloud's conversion
+            group = MutuallyExclusiveCallbackGroup()
+            self.create_service(QueryMap, SERVICE_QUERY, self._on_query, callback_group=group)
+            self.create_service(Trigger, SERVICE_RESET, self._on_reset, callback_group=group)
+            self.create_service(SaveMap, SERVICE_SAVE, self._on_save, callback_group=group)
         self._slot = LatestSlot()
         self._worker = threading.Thread(target=self._work, name="folk_segmenter_worker", daemon=True)
         self._worker.start()
@@ -281,9 +125,11 @@ class SegmenterNode(Node):
                        else ReliabilityPolicy.BEST_EFFORT)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.settings.qos_depth, reliability=reliability)
         self.create_subscription(PointCloud2, TOPIC_IN, self._on_cloud, qos)  # last: ready when visible
+        mode = (f"map (frame {self.settings.map_frame!r}, {len(self.live_map.map)} instances, map_dir "
+                f"{params.map_directory(self.settings)})" if self.live_map is not None else "per_cloud")
         self.get_logger().info(
-            f"ready: bundle {self._bundle_path}, device {self.segmenter.device}, vocabulary "
-            f"{list(self._live.vocabulary)}, subscribed to {self.resolve_topic_name(TOPIC_IN)}")
+            f"ready: mode {mode}, bundle {self._bundle_path}, device {self.segmenter.device}, "
+            f"{params.describe_vocabulary(self._live.vocabulary)}, subscribed to {self.resolve_topic_name(TOPIC_IN)}")
 
     # ---------------------------------------------------------------- start-up
 
@@ -307,25 +153,39 @@ class SegmenterNode(Node):
             raise StartupError(f"cannot start the Segmenter (model_bundle {settings.model_bundle!r}, device "
                                f"{settings.device!r}): {err}") from err
 
+    def _load_map(self, settings: params.NodeSettings) -> LiveMap:
+        live_map = LiveMap(self.segmenter, settings.map_config, settings.max_points, settings.voxel_size)
+        path = self._map_file_path()
+        if path is not None and path.exists():
+            try:
+                live_map.load(path)
+            except MapFileError as err:   # never start empty and overwrite the user's map on shutdown
+                raise StartupError(f"cannot load map_file: {err}; move the file away or set map_file:=''") from err
+            self.get_logger().info(f"map loaded from {path}: {len(live_map.map)} instances")
+        return live_map
+
+    def _map_file_path(self) -> Path | None:
+        name = self.settings.map_file
+        return save_path(params.map_directory(self.settings), name) if name else None
+
     # ---------------------------------------------------------------- parameters (executor thread)
 
     def _encode_text(self, live: params.LiveSettings) -> None:
-        """Encode the vocabulary's text once (cached by the CLIP wrapper for the worker's next cloud)."""
+        """Encode the vocabulary's text (cached by the CLIP wrapper): at start-up and in the worker."""
         self.segmenter.clip.encode_text(list(live.vocabulary), live.prompt_template)
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
+        """Validate live changes (cheap checks only: the text is encoded by the worker, off the executor)."""
         live_changes = [p for p in changes if p.name in params.LIVE]
         if not live_changes:
             return SetParametersResult(successful=True)
         try:
             with self._live_lock:
                 current = self._live
-            candidate = params.check_live_update(current, live_changes, self._bundle_template)
-            if (candidate.vocabulary, candidate.prompt_template) != (current.vocabulary, current.prompt_template):
-                self._encode_text(candidate)
-        except Exception as err:  # ValueError from validation; anything from the text encoder
+            params.check_live_update(current, live_changes, self._bundle_template)
+        except ValueError as err:
             reason = str(err)
-            self.get_logger().warning(f"parameter change rejected: {reason}")
+            self._warn(f"parameter change rejected: {reason}")
             return SetParametersResult(successful=False, reason=reason)
         return SetParametersResult(successful=True)
 
@@ -336,8 +196,9 @@ class SegmenterNode(Node):
         with self._live_lock:
             self._live = params.check_live_update(self._live, live_changes, self._bundle_template)
             live = self._live
-        self.get_logger().info(f"live parameters now: vocabulary {list(live.vocabulary)}, prompt_template "
-                               f"{live.prompt_template!r}, score_threshold {live.score_threshold}")
+        self._slot.request("relabel")   # the worker encodes the text; in map mode it republishes the map
+        self.get_logger().info(f"live parameters now: {params.describe_vocabulary(live.vocabulary)}, "
+                               f"prompt_template {live.prompt_template!r}, score_threshold {live.score_threshold}")
 
     # ---------------------------------------------------------------- input (executor thread)
 
@@ -345,6 +206,14 @@ class SegmenterNode(Node):
         problem = input_problem(msg, self.settings.max_input_points)
         if problem is not None:
             self._warn(problem)
+            return
+        if self.live_map is not None and msg.header.frame_id != self.settings.map_frame:
+            if msg.header.frame_id not in self._warned_frames:   # one clear warning per foreign frame
+                self._warned_frames.add(msg.header.frame_id)
+                self.get_logger().warning(
+                    f"cloud in frame {msg.header.frame_id!r} skipped: map mode needs clouds in map_frame "
+                    f"{self.settings.map_frame!r} (folk_ros does not use tf2; transform upstream or set map_frame). "
+                    f"Further clouds in this frame are skipped silently.")
             return
         t0 = time.perf_counter()
         try:
@@ -375,35 +244,66 @@ class SegmenterNode(Node):
 
     def _work(self) -> None:
         while True:
-            job = self._slot.take()
-            if job is None:
+            work = self._slot.take()
+            if work is None:
                 return
             try:
-                outputs, report = self._process(job)
+                live = self._current_live()
+                if work.item is not None:
+                    outputs, report = self._process(work.item, live)
+                elif self.live_map is not None and self._last_map_job is not None:
+                    outputs, report = self._republish_map(live), None   # vocabulary change or reset
+                else:
+                    continue
             except CloudTooSmallError as err:    # bad input, not a failure: one throttled warning
                 self._warn(f"cloud skipped: {err}")
                 continue
             except Exception as err:  # keep the node alive; the next cloud may be fine
-                self.get_logger().error(f"segmentation failed: {type(err).__name__}: {err}")
+                self._error_once(f"segmentation failed: {type(err).__name__}: {err}", traceback.format_exc())
                 continue
-            t0 = time.perf_counter()
-            try:
-                if outputs.labeled_cloud is not None and self._pub_cloud is not None:
-                    self._pub_cloud.publish(outputs.labeled_cloud)
-                self._pub_markers.publish(outputs.markers)
-                self._pub_instances.publish(outputs.instances)
-            except Exception:  # publishers are gone: the node is shutting down
+            if not self._publish(outputs, report):
                 return
+
+    def _current_live(self) -> params.LiveSettings:
+        """The committed live settings; the text is encoded here (cached) and the Segmenter's config follows."""
+        with self._live_lock:
+            live = self._live
+        self._encode_text(live)
+        self.segmenter.cfg = replace(self.segmenter.cfg, prompt_template=live.prompt_template,
+                                     score_threshold=live.score_threshold)  # only this thread segments
+        return live
+
+    def _publish(self, outputs: Outputs, report: CloudReport | None) -> bool:
+        """Publish one set of outputs; False when the node is shutting down. A publisher error while the
+        node runs is logged (with its traceback, once per distinct error) and the worker goes on."""
+        t0 = time.perf_counter()
+        try:
+            if outputs.labeled_cloud is not None and self._pub_cloud is not None:
+                self._pub_cloud.publish(outputs.labeled_cloud)
+            self._pub_markers.publish(outputs.markers)
+            self._pub_instances.publish(outputs.instances)
+        except Exception as err:
+            if self._slot.closed or not rclpy.ok(context=self.context):
+                return False
+            self._error_once(f"publishing failed: {type(err).__name__}: {err}", traceback.format_exc())
+            return True
+        if report is not None:
             report.timings["publish"] = (time.perf_counter() - t0) * 1e3
             self._processed += 1
             if self._throttle.ready("cloud"):
                 self.get_logger().info(report.line(self._processed, self._dropped))
+        return True
 
-    def _process(self, job: Job) -> tuple[Outputs, CloudReport]:
-        with self._live_lock:
-            live = self._live
-        self.segmenter.cfg = replace(self.segmenter.cfg, prompt_template=live.prompt_template,
-                                     score_threshold=live.score_threshold)  # only this thread segments
+    def _error_once(self, text: str, trace: str = "") -> None:
+        """Log an error at most once per log_throttle_s (per distinct text); the first time with ``trace``."""
+        if self._throttle.ready(text):
+            first = text not in self._errors_traced
+            self._errors_traced.add(text)
+            self.get_logger().error(text + (f"\n{trace}" if trace and first else ""))
+
+    def _process(self, job: Job, live: params.LiveSettings) -> tuple[Outputs, CloudReport]:
+        if self.live_map is not None:
+            return self._process_map(job, live)
         t0 = time.perf_counter()
         cloud, inverse, _ = fit_point_budget(job.conv.cloud, self.settings.max_points, self.settings.voxel_size)
         timings = {"convert": job.convert_ms, "downsample": (time.perf_counter() - t0) * 1e3}
@@ -416,13 +316,124 @@ class SegmenterNode(Node):
         return outputs, CloudReport(n_input=job.n_input, n_nonfinite=job.conv.dropped_nonfinite,
                                     n_segmented=len(cloud), n_instances=len(instances), timings=timings)
 
+    # ---------------------------------------------------------------- map mode (worker thread)
+
+    def _process_map(self, job: Job, live: params.LiveSettings) -> tuple[Outputs, CloudReport]:
+        with self._map_lock:
+            update = self.live_map.update(job.conv.cloud, stamp_seconds(job.header.stamp))
+            self._last_map_job = job
+            self._map_updates += 1
+            t0 = time.perf_counter()
+            view = self._map_view(live, job)
+        timings = {"convert": job.convert_ms, **{k: v for k, v in update.timings.items() if k != "total"}}
+        outputs = self._map_outputs(job, view)
+        timings["messages"] = (time.perf_counter() - t0) * 1e3
+        every = self.settings.map_save_every
+        if every and self._map_updates % every == 0:
+            self._save_map_file()
+        return outputs, CloudReport(n_input=job.n_input, n_nonfinite=job.conv.dropped_nonfinite,
+                                    n_segmented=update.segmented_points, n_instances=len(view), timings=timings,
+                                    map_instances=len(self.live_map.map), update=update)
+
+    def _map_view(self, live: params.LiveSettings, job: Job) -> MapView:
+        """The shown map for ``job``'s cloud (call under the map lock)."""
+        labels = self.live_map.label(live.vocabulary, live.prompt_template)
+        rows = shown_rows(self.live_map, labels, live.score_threshold)
+        return map_view(self.live_map, labels, live.vocabulary, rows, job.conv.cloud.xyz)
+
+    def _map_outputs(self, job: Job, view: MapView) -> Outputs:
+        outputs = build_map_outputs(job.header, job.conv, job.n_input, view, self.settings, self._published_ids)
+        self._published_ids = {int(i) for i in view.ids}
+        return outputs
+
+    def _republish_map(self, live: params.LiveSettings) -> Outputs:
+        """Re-label the map for the current vocabulary (one matmul) and publish it with the last cloud."""
+        with self._map_lock:
+            job = self._last_map_job
+            view = self._map_view(live, job)
+        return self._map_outputs(job, view)
+
+    def _save_map_file(self) -> None:
+        path = self._map_file_path()
+        if path is None:
+            return
+        try:
+            with self._map_lock:
+                self.live_map.save(path)
+        except OSError as err:
+            self._error_once(f"cannot save the map to {path}: {err}")
+
+    # ---------------------------------------------------------------- map services (service group thread)
+
+    def _on_query(self, request: QueryMap.Request, response: QueryMap.Response) -> QueryMap.Response:
+        phrases = list(request.phrases)
+        problem = query_problem(phrases, int(request.max_results), float(request.min_score))
+        if problem is not None:
+            response.success, response.message = False, f"query refused: {problem}"
+            return response
+        try:
+            with self._live_lock:
+                live = self._live
+            text = self.live_map.encode_phrases(phrases)     # outside the map lock (CLIP has its own)
+            reference = self.segmenter.clip.encode_text(list(live.vocabulary), live.prompt_template).cpu().numpy()
+            with self._map_lock:
+                k, min_score = int(request.max_results), float(request.min_score)
+                tau = self.segmenter.cfg.temperature
+                rows, scores, phrase = self.live_map.map.query(text, k, min_score, reference, tau)
+                labels = self.live_map.label(live.vocabulary, live.prompt_template)
+                view = map_view(self.live_map, labels, live.vocabulary, rows)
+                total = len(self.live_map.map)
+                last = self._last_map_job
+                header = last.header if last is not None else Header(frame_id=self.settings.map_frame)
+        except Exception as err:  # never crash the executor on a request
+            response.success, response.message = False, f"query failed: {type(err).__name__}: {err}"
+            return response
+        answer = instances_msg(header, view)
+        response.header, response.instances = answer.header, list(answer.instances)
+        response.scores = [float(s) for s in scores]
+        response.matched_phrases = [phrases[int(p)] for p in phrase]
+        response.success, response.message = True, f"{len(rows)} of {total} instances returned"
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._map_lock:
+            removed = len(self.live_map.map)
+            self.live_map.reset()
+        self._slot.request("republish")
+        response.success, response.message = True, f"map reset: {removed} instances removed"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_save(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
+        name = request.file_name or self.settings.map_file
+        if not name:
+            response.success, response.message = False, "no file_name given and the map_file parameter is empty"
+            return response
+        try:
+            path = save_path(params.map_directory(self.settings), name)
+            with self._map_lock:
+                self.live_map.save(path)
+                count = len(self.live_map.map)
+        except (ValueError, OSError) as err:
+            response.success, response.message = False, f"map not saved: {err}"
+            return response
+        response.success, response.path = True, str(path)
+        response.message = f"saved {count} instances to {path}"
+        self.get_logger().info(response.message)
+        return response
+
     # ---------------------------------------------------------------- shutdown
 
     def destroy_node(self) -> None:
-        """Stop the worker (waits for the cloud in progress, up to 10 s), then destroy the node."""
-        self._slot.close()
-        if self._worker.is_alive():
-            self._worker.join(timeout=10.0)
+        """Stop the worker (waits for the cloud in progress, up to 10 s), save map_file, destroy the node.
+        Safe on a node whose start-up failed half way."""
+        slot, worker = getattr(self, "_slot", None), getattr(self, "_worker", None)
+        if slot is not None:
+            slot.close()
+        if worker is not None and worker.is_alive():
+            worker.join(timeout=10.0)
+        if getattr(self, "live_map", None) is not None and self.settings.map_file:
+            self._save_map_file()
         super().destroy_node()
 
 
@@ -445,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         except StartupError as err:
             rclpy.logging.get_logger(params.NODE_NAME).error(str(err))
             return 1
-        rclpy.spin(node)
+        # two threads: the subscription and parameter services in one, the map services in the other
+        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=2))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -16,13 +16,14 @@ the subscription or the published messages, which are built once at start-up.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
+from folk_ros.core.instance_map import MapConfig
 from folk_ros.core.segmenter import validate_vocabulary
 
 PACKAGE = "folk_ros"
@@ -32,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # the source tree (or site-pack
 DEVICES = ("auto", "cpu", "cuda")
 RELIABILITIES = ("reliable", "best_effort")
 SPARSE_BACKENDS = ("torch", "minkowski", "auto")
+MODES = ("per_cloud", "map")
 DEFAULT_VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant",
                       "monitor", "trash can", "toilet", "sink", "door", "window")
 
@@ -137,6 +139,25 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("log_throttle_s", 5.0, T.DOUBLE,
               "At most one per-cloud log line, one drop report and one of each distinct warning per this "
               "many seconds; 0 = every time.", limits=(0.0, 3600.0)),
+    # --- live object map (start-up)
+    ParamSpec("mode", "per_cloud", T.STRING,
+              "per_cloud: every cloud is segmented on its own, instance ids are rows of one InstanceArray. "
+              "map: clouds (in map_frame) update a live object map with stable ids; instances carries the "
+              "whole map; services query, reset_map and save_map.", limits=MODES),
+    ParamSpec("map_frame", "map", T.STRING,
+              "Map mode: the frame clouds must be in (tf2 is not used: clouds in another frame are skipped "
+              "with one warning)."),
+    ParamSpec("map_dir", "", T.STRING,
+              "Map mode: the only folder save_map and map_file read and write; '' = $ROS_HOME/folk_ros/maps "
+              "(ROS_HOME defaults to ~/.ros)."),
+    ParamSpec("map_file", "", T.STRING,
+              "Map mode: a file name inside map_dir, loaded at start when it exists, saved on shutdown and "
+              "every map_save_every updates; '' = none."),
+    ParamSpec("map_save_every", 0, T.INTEGER,
+              "Map mode: also save map_file after every this many map updates; 0 = only on shutdown.",
+              limits=(0, 1_000_000)),
+    *(ParamSpec("map_" + f.name, f.default, T.INTEGER if f.type in (int, "int") else T.DOUBLE,
+                "Map mode: " + f.metadata["help"], limits=f.metadata["limits"]) for f in fields(MapConfig)),
 )
 del T
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMETERS}
@@ -178,6 +199,12 @@ class NodeSettings:
     marker_lifetime: float
     marker_points: bool
     log_throttle_s: float
+    mode: str
+    map_frame: str
+    map_dir: str
+    map_file: str
+    map_save_every: int
+    map_config: MapConfig   # from the map_* parameters of MapConfig's fields
     vocabulary: tuple[str, ...]
     prompt_template: str   # as given: '' = the bundle's
     score_threshold: float
@@ -204,8 +231,30 @@ def read_settings(values: Mapping[str, Any]) -> NodeSettings:
                          f"got {values['mask_threshold']}")
     vocabulary = _checked_vocabulary(values["vocabulary"])
     template = _checked_template(values["prompt_template"])
-    fields = {name: values[name] for name in NodeSettings.__dataclass_fields__}
-    return NodeSettings(**{**fields, "default_color": color, "vocabulary": vocabulary, "prompt_template": template})
+    try:
+        map_config = MapConfig(**{f.name: values["map_" + f.name] for f in fields(MapConfig)})
+    except ValueError as err:   # "map margin must ..." names the parameter map_margin
+        raise ValueError(f"parameter {str(err).replace('map ', 'map_', 1)}") from None
+    if values["map_file"] and not is_plain_file_name(values["map_file"]):
+        raise ValueError(f"parameter map_file must be a plain file name inside map_dir (no path separators, "
+                         f"no '..'), got {values['map_file']!r}")
+    given = {name: values[name] for name in NodeSettings.__dataclass_fields__ if name in values}
+    return NodeSettings(**{**given, "default_color": color, "vocabulary": vocabulary, "prompt_template": template,
+                           "map_config": map_config})
+
+
+def is_plain_file_name(name: str) -> bool:
+    """A file name that stays inside its folder: no separators, not '.' or '..', not absolute, no NUL."""
+    return (isinstance(name, str) and bool(name) and name not in (".", "..") and "/" not in name
+            and "\\" not in name and "\0" not in name and not os.path.isabs(name))
+
+
+def map_directory(settings: NodeSettings, environ: Mapping[str, str] = os.environ) -> Path:
+    """The folder of map files: ``map_dir``, or $ROS_HOME/folk_ros/maps ($ROS_HOME defaults to ~/.ros)."""
+    if settings.map_dir:
+        return Path(os.path.expanduser(settings.map_dir)).resolve()
+    ros_home = environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
+    return (Path(ros_home) / "folk_ros" / "maps").resolve()
 
 
 def segmenter_overrides(settings: NodeSettings) -> dict[str, Any]:
@@ -306,6 +355,14 @@ def _package_share() -> Path | None:
         return Path(get_package_share_directory(PACKAGE))
     except (PackageNotFoundError, LookupError, ValueError, OSError):  # not installed, or no AMENT_PREFIX_PATH
         return None
+
+
+def describe_vocabulary(vocabulary: Sequence[str], shown: int = 8) -> str:
+    """A short log text: the count and the first ``shown`` names (a 10,000-name list is not one log line)."""
+    names = list(vocabulary)
+    head = ", ".join(repr(n if len(n) <= 40 else n[:37] + "...") for n in names[:shown])
+    more = f", ... {len(names) - shown} more" if len(names) > shown else ""
+    return f"vocabulary of {len(names)} names [{head}{more}]"
 
 
 def help_text() -> str:

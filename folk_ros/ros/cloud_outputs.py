@@ -1,0 +1,90 @@
+"""The three output messages of one cloud in per_cloud mode (instances, markers, labeled cloud).
+
+Pure functions over the Segmenter's :class:`Instances`: tested without spinning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from folk_ros_interfaces.msg import InstanceArray
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from folk_ros.core.segmenter import Instances
+from folk_ros.ros import parameters as params
+from folk_ros.ros.conversions import (CloudConversion, cloud_to_msg, instance_geometry, instances_to_msg,
+                                      label_colors, markers_from_instances, point_labels)
+
+
+@dataclass(frozen=True)
+class PointLabels:
+    """Segmenter output mapped back to the K kept input points.
+
+    Attributes:
+        point_ids: M arrays of (K_i,) int64 indices into the kept points, one per instance.
+        instance_id, label_index: (K,) int32 (-1: none); score: (K,) float32 (0: none); where instances
+            overlap the higher score wins (:func:`point_labels`).
+    """
+
+    point_ids: list[np.ndarray]
+    instance_id: np.ndarray
+    label_index: np.ndarray
+    score: np.ndarray
+
+
+def label_points(instances: Instances, inverse: np.ndarray | None) -> PointLabels:
+    """Map masks over V segmented points back to K input points through ``inverse`` (K,) (None: V = K)."""
+    masks = instances.masks
+    if inverse is None:
+        ids = [np.flatnonzero(m) for m in masks]
+    else:
+        ids = [np.flatnonzero(m[inverse]) for m in masks]  # one (K,) gather per instance, no (M, K) copy
+    iid, lab, score = point_labels(masks, instances.label_indices, instances.scores)
+    if inverse is not None:
+        iid, lab, score = iid[inverse], lab[inverse], score[inverse]
+    return PointLabels(point_ids=ids, instance_id=iid, label_index=lab, score=score)
+
+
+@dataclass
+class Outputs:
+    instances: InstanceArray
+    markers: MarkerArray
+    labeled_cloud: PointCloud2 | None
+
+
+def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances: Instances,
+                  labels: PointLabels, settings: params.NodeSettings) -> Outputs:
+    """The three output messages of one cloud, all in ``header``'s frame and stamp.
+
+    ``n_input`` is the message's point count (width * height); ``conv.indices`` maps the K kept
+    points to it, so instance point indices and labeled-cloud points are in input row-major order.
+    """
+    xyz = conv.cloud.xyz
+    centroids, bmin, bmax = instance_geometry(xyz, labels.point_ids)
+    msg_ids = [conv.indices[ids] for ids in labels.point_ids]
+    inst_msg = instances_to_msg(header, instances.vocabulary, msg_ids, instances.label_indices,
+                                instances.scores, centroids, bmin, bmax)
+    colors = label_colors(instances.label_indices)
+    point_sets = [xyz[ids] for ids in labels.point_ids] if settings.marker_points else None
+    markers = markers_from_instances(header, instances.labels, instances.scores, bmin, bmax, colors,
+                                     lifetime_s=settings.marker_lifetime, point_sets=point_sets)
+    labeled = None
+    if settings.publish_labeled_cloud:
+        labeled = labeled_cloud_msg(header, conv, n_input, labels.instance_id, labels.label_index, labels.score)
+    return Outputs(instances=inst_msg, markers=markers, labeled_cloud=labeled)
+
+
+def labeled_cloud_msg(header: Header, conv: CloudConversion, n_input: int, instance_id: np.ndarray,
+                      label_index: np.ndarray, score: np.ndarray) -> PointCloud2:
+    """``labeled_cloud``: every input point (row-major; dropped NaN points stay NaN) with x, y, z, rgb by
+    label, and the (K,) per-kept-point ``instance_id`` (int32, -1 none), ``label_index`` and ``score``."""
+    full_xyz = np.full((n_input, 3), np.nan, np.float32)
+    full_xyz[conv.indices] = conv.cloud.xyz
+    fields = {"instance_id": np.full(n_input, -1, np.int32), "label_index": np.full(n_input, -1, np.int32),
+              "score": np.zeros(n_input, np.float32)}
+    for name, values in (("instance_id", instance_id), ("label_index", label_index), ("score", score)):
+        fields[name][conv.indices] = values
+    return cloud_to_msg(full_xyz, label_colors(fields["label_index"]), header, fields)
