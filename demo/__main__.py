@@ -17,7 +17,12 @@ Run from the repository root::
 4. Halfway, set the node's ``vocabulary`` parameter through its parameter service; the next cloud
    is labeled from the new names.
 5. ``instances.json`` with every instance of every cloud; the node is stopped with SIGINT (then
-   SIGTERM, SIGKILL if it hangs). Exit code 0 when all of it worked, 1 otherwise.
+   SIGTERM, SIGKILL if it hangs).
+6. The same walk-through again, every cloud of the bag, into a second node in map mode
+   (:mod:`demo.map_walk`): stable ids, update latency next to the map size, one ``~/query`` per cloud,
+   renders coloured by stable id, ``~/save_map``; ``--no-map`` skips it.
+
+Exit code 0 when all of it worked, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="any other node parameter (repeatable), e.g. -p score_threshold:=0.1")
     p.add_argument("--namespace", default="/folk_demo", help="ROS namespace of the demo's node and player")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds allowed for the node start and per cloud")
+    p.add_argument("--query", default="chair", help="map mode: the object asked for through ~/query ('a NAME')")
+    p.add_argument("--no-map", action="store_true", help="skip the second part (the walk-through in map mode)")
     args = p.parse_args(argv)
     if args.scenes < 1 or args.frames < 1 or args.clouds < 0 or args.threads < 0:
         p.error("--scenes and --frames must be >= 1, --clouds and --threads >= 0")
@@ -213,7 +220,7 @@ def node_arguments(args: argparse.Namespace, bundle: Path) -> list[str]:
     return ros
 
 
-_CLOUD_LINE = re.compile(r"cloud ([\d,]+) pts \(([\d,]+) non-finite, ([\d,]+) segmented\) -> (\d+) instances "
+_CLOUD_LINE = re.compile(r"cloud ([\d,]+) pts \(([\d,]+) non-finite, ([\d,]+) segmented\) -> (.*?) "
                          r"\| ms: (.*?) \| total ([\d.]+) \| processed (\d+), dropped (\d+)")
 
 
@@ -227,6 +234,7 @@ class NodeReport:
     stages_ms: dict[str, float]
     total_ms: float
     processed: int
+    found: str = ""   # what the line says was found ("12 instances", or the map's update in map mode)
 
 
 def node_reports(log: str) -> dict[int, NodeReport]:
@@ -234,9 +242,11 @@ def node_reports(log: str) -> dict[int, NodeReport]:
     out = {}
     for m in _CLOUD_LINE.finditer(log):
         stages = {name: float(ms) for name, ms in re.findall(r"([a-z_]+) ([\d.]+)", m.group(5))}
+        instances = int(re.search(r"(\d+) instances", m.group(4)).group(1))
         out[int(m.group(7))] = NodeReport(points=int(m.group(1).replace(",", "")),
-                                          segmented=int(m.group(3).replace(",", "")), instances=int(m.group(4)),
-                                          stages_ms=stages, total_ms=float(m.group(6)), processed=int(m.group(7)))
+                                          segmented=int(m.group(3).replace(",", "")), instances=instances,
+                                          stages_ms=stages, total_ms=float(m.group(6)), processed=int(m.group(7)),
+                                          found=m.group(4))
     return out
 
 
@@ -465,7 +475,12 @@ def main(argv=None) -> int:
     bag = prepare_scenes(args)
     if bag is None:
         return 1
-    return play_into_node(args, bundle, bag)
+    code = play_into_node(args, bundle, bag)
+    if code != 0 or args.no_map:
+        return code
+    from demo.map_walk import play_map_mode
+    from demo.player import read_clouds
+    return play_map_mode(args, bundle, read_clouds(bag, BAG_TOPICS["cloud"], 0))
 
 
 if __name__ == "__main__":

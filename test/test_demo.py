@@ -118,7 +118,7 @@ def test_player_cli_waits_for_the_outputs_of_each_cloud(tmp_path):
 def test_node_log_lines_parse():
     """The demo reads the node's per-cloud log line: its parser must follow CloudReport.line."""
     from demo.__main__ import node_reports
-    from folk_ros.ros.node import STAGES, CloudReport
+    from folk_ros.ros.work import STAGES, CloudReport
 
     timings = {k: 1.5 * (i + 1) for i, k in enumerate(STAGES)}
     report = CloudReport(n_input=150_000, n_nonfinite=12, n_segmented=99_000, n_instances=7, timings=timings)
@@ -192,6 +192,28 @@ def _check_clouds(doc: dict, stdout: str, num_clouds: int) -> None:
             assert all(lo <= hi for lo, hi in zip(r["bbox_min"], r["bbox_max"]))
 
 
+def _check_map_mode(out: Path, stdout: str, num_clouds: int) -> None:
+    """The second part: the walk-through in map mode (stable ids, query, renders, saved map)."""
+    maps = json.loads((out / "map_instances.json").read_text())
+    clouds = maps["clouds"]
+    assert len(clouds) == num_clouds
+    assert clouds[0]["instances"] and all(r["new"] for r in clouds[0]["instances"])
+    seen = set()
+    for rec in clouds:
+        ids = [r["id"] for r in rec["instances"]]
+        assert len(set(ids)) == len(ids)
+        assert all(r["new"] == (r["id"] not in seen) for r in rec["instances"])
+        seen |= set(ids)
+        assert rec["query"]["answers"] and all(0.0 <= a["score"] <= 1.0 for a in rec["query"]["answers"])
+        assert rec["round_trip_ms"] > 0 and {"change", "associate"} <= set(rec["node_ms"])
+        assert Path(rec["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"map cloud {rec['position']}/{num_clouds}:" in stdout
+    assert "~/save_map: saved" in stdout and "map file saved on shutdown: True" in stdout
+    assert (out / "maps" / "walk.map").is_file() and (out / "maps" / "demo.map").is_file()
+    node_log = (out / "node_map.log").read_text()
+    assert "mode map" in node_log and "shut down" in node_log and "Traceback" not in node_log
+
+
 def test_demo_end_to_end(tmp_path):
     proc = _demo(tmp_path)
     out = tmp_path / "out"
@@ -210,8 +232,9 @@ def test_demo_end_to_end(tmp_path):
         in proc.stdout
     assert "node stopped (SIGINT), exit code 0" in proc.stdout
     node_log = (out / "node.log").read_text()
-    assert "live parameters now: vocabulary ['mug', 'fire extinguisher']" in node_log
+    assert "live parameters now: vocabulary of 2 names ['mug', 'fire extinguisher']" in node_log
     assert "shut down" in node_log and "Traceback" not in node_log
+    _check_map_mode(out, proc.stdout, 2)
 
     # again, reusing the scene, with one cloud: it is played before and after the change
     meta = next((tmp_path / "data").glob("*/synth_meta.json"))
