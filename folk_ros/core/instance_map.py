@@ -319,14 +319,17 @@ class InstanceMap:
             2. Association: voxel IoU between observations and the map instances near them, gated by
                ``match_iou`` and ``min_cosine`` and tie-broken by cosine; one Hungarian assignment.
                A matched instance keeps its id; inside ``region`` its voxels become the observation's
-               (outside they are kept), and its embedding, scores and counts are fused.
+               (outside they are kept), and its embedding, scores and counts are fused. A further
+               observation lying ``merge_overlap`` inside a matched instance (``merge_cosine`` gated: one
+               object split into two proposals) joins it too.
             3. Map instances re-observed (``reobserved_fraction`` of their voxels inside ``region``) but
                not matched vanished: with ``relocate_distance`` > 0 an unmatched observation of the same
                kind (cosine) within that distance takes over the id (a moved object); else they count a
                miss and go after ``miss_limit`` misses in a row.
             4. The other observations get new ids.
             5. Instances touched by this update merge with any map instance holding ``merge_overlap`` of
-               the smaller one's voxels (cosine gated); the older (smaller) id survives.
+               the smaller one's voxels (``merge_cosine`` gated; two new ones never merge with each
+               other); the older (smaller) id survives.
         """
         cfg = self.cfg
         xyz = np.asarray(xyz)
@@ -354,7 +357,7 @@ class InstanceMap:
 
         # 2. association with the map instances near the observations
         cand = self._candidates(obs_sets, region)
-        iou, inside, cos = self._pair_measures(obs_sets, obs_emb, cand)
+        iou, contained, cos = self._pair_measures(obs_sets, obs_emb, cand)
         valid = (iou >= max(cfg.match_iou, 1e-9)) & (cos >= cfg.min_cosine)
         pairs = _assign(np.where(valid, iou + 0.01 * cos, -np.inf))
         matched_obs = np.zeros(len(obs_sets), bool)
@@ -365,7 +368,7 @@ class InstanceMap:
             matched_obs[o] = True
             matched_rows.add(row)
         # further proposals of an already matched object (a split proposal) join it instead of a new id
-        part_of = np.where((inside >= cfg.merge_overlap) & (cos >= cfg.merge_cosine), inside, -np.inf)
+        part_of = np.where((contained >= cfg.merge_overlap) & (cos >= cfg.merge_cosine), contained, -np.inf)
         for o in np.flatnonzero(~matched_obs):
             c = int(np.argmax(part_of[o])) if cand.size else 0
             if cand.size and np.isfinite(part_of[o, c]) and int(cand[c]) in matched_rows:
@@ -564,8 +567,10 @@ class InstanceMap:
         for keep_id, gone_id in merged:
             k, g = self.row_of(keep_id), self.row_of(gone_id)
             self.voxels[k] = np.union1d(self.voxels[k], self.voxels[g])
-            for name in ("emb_sum", "weight", "score_sum", "points_sum", "observations"):
+            for name in ("emb_sum", "weight", "score_sum", "points_sum"):
                 getattr(self, name)[k] += getattr(self, name)[g]
+            # both may have been found in the same clouds: the larger count is a lower bound, the sum is not
+            self.observations[k] = max(self.observations[k], self.observations[g])
             self.first_seen[k] = min(self.first_seen[k], self.first_seen[g])
             self.last_seen[k] = max(self.last_seen[k], self.last_seen[g])
             self.misses[k] = 0

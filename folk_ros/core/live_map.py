@@ -88,6 +88,7 @@ class LiveMap:
         self.voxel_size = float(voxel_size)
         self.map = InstanceMap(segmenter.clip.embed_dim, cfg, segmenter.embedding_space)
         self._detector: ChangeDetector | None = None
+        self._last_keys: tuple | None = None   # (xyz, keys, inside) of the last cloud
 
     # ------------------------------------------------------------------ updates
 
@@ -102,7 +103,7 @@ class LiveMap:
         grid = self.map.ensure_grid(cloud.xyz)
         if self._detector is None:
             self._detector = ChangeDetector(grid, self.cfg.margin, self.cfg.full_pass_fraction)
-        keys, inside = grid.keys(cloud.xyz)
+        keys, inside = self._keys(cloud.xyz)
         change = self._detector.detect(cloud.xyz, keys, inside)
         timings["change"] = (time.perf_counter() - t_start) * 1e3
         report = MapUpdate(kind=change.kind, full=change.full, points=len(cloud), segmented_points=0,
@@ -171,24 +172,32 @@ class LiveMap:
                                               self.segmenter.cfg.temperature)
         return [QueryHit(int(r), int(self.map.ids[r]), float(s), names[p]) for r, s, p in zip(rows, scores, phrase)]
 
+    def _keys(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The map-grid voxel keys and in-range mask of ``xyz``; those of the last cloud are kept, so the
+        per-point lookups after an update do not compute them again."""
+        if self._last_keys is None or self._last_keys[0] is not xyz:
+            self._last_keys = (xyz, *self.map.ensure_grid(xyz).keys(xyz))
+        return self._last_keys[1], self._last_keys[2]
+
     def point_instances(self, xyz: np.ndarray) -> np.ndarray:
         """(N,) int64 map row of the instance holding each point (-1: none), by voxel."""
         if self.map.grid is None or len(self.map) == 0:
             return np.full(len(xyz), -1, np.int64)
-        keys, inside = self.map.grid.keys(xyz)
+        keys, inside = self._keys(xyz)
         rows = self.map.point_rows(keys)
         rows[~inside] = -1
         return rows
 
     def instance_points(self, xyz: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
         """Per map row in ``rows``, the (K_i,) int64 indices of the points of ``xyz`` inside its voxels
-        (instances may share voxels, so a point may belong to several; one sort of the points' keys)."""
+        (instances may share voxels, so a point may belong to several). One sort of the keys of the points
+        that lie in some instance's voxel, not of the whole cloud."""
         rows = np.asarray(rows, np.int64)
         if self.map.grid is None or rows.size == 0:
             return [np.zeros(0, np.int64) for _ in rows]
-        keys, inside = self.map.grid.keys(xyz)
-        order = np.flatnonzero(inside)
-        order = order[np.argsort(keys[order], kind="stable")]          # points grouped by voxel
+        keys, _ = self._keys(xyz)
+        order = np.flatnonzero(self.point_instances(xyz) >= 0)
+        order = order[np.argsort(keys[order], kind="stable")]          # points in objects, grouped by voxel
         sorted_keys = keys[order]
         voxel_keys, starts = np.unique(sorted_keys, return_index=True)
         ends = np.append(starts[1:], sorted_keys.size)
@@ -196,7 +205,7 @@ class LiveMap:
         for r in rows:                                                   # M instances, not points
             vox = self.map.voxels[r]
             pos = np.searchsorted(voxel_keys, vox)
-            pos = pos[(pos < voxel_keys.size) & (voxel_keys[np.minimum(pos, voxel_keys.size - 1)] == vox)]
+            pos = pos[(pos < voxel_keys.size) & (voxel_keys[np.minimum(pos, max(voxel_keys.size - 1, 0))] == vox)]
             counts = ends[pos] - starts[pos]
             first = np.repeat(starts[pos] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
             out.append(np.sort(order[first + np.arange(int(counts.sum()))]))
@@ -213,3 +222,4 @@ class LiveMap:
         is compared with nothing, so it is segmented whole."""
         self.map = InstanceMap.load(path, embedding_space=self.map.embedding_space, cfg=self.cfg)
         self._detector = None
+        self._last_keys = None
