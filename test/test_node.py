@@ -181,14 +181,26 @@ class _LaunchConfiguration:
         return context[self.name]
 
 
-def _load_launch_file(monkeypatch):
+class _PackageNotFoundError(KeyError):
+    pass
+
+
+def _share_directory(pkg, installed=("folk_ros", "rviz2")):
+    if pkg not in installed:
+        raise _PackageNotFoundError(f"package '{pkg}' not found")
+    return str(REPO)
+
+
+def _load_launch_file(monkeypatch, share_directory=_share_directory):
     """Import launch/segment.launch.py with recording stand-ins for launch/launch_ros (not installable here)."""
     stubs = {
         "launch": {"LaunchDescription": lambda entities: list(entities)},
         "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
         "launch_ros": {}, "launch_ros.actions": {"Node": _Recorded},
-        "ament_index_python": {}, "ament_index_python.packages": {"get_package_share_directory": lambda pkg: str(REPO)},
+        "ament_index_python": {},
+        "ament_index_python.packages": {"get_package_share_directory": share_directory,
+                                        "PackageNotFoundError": _PackageNotFoundError},
     }
     for name, attrs in stubs.items():
         monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**attrs))
@@ -229,6 +241,18 @@ def test_launch_file_names_match_the_node(monkeypatch):
     setup_py = (REPO / "setup.py").read_text()
     if "folk_segmenter" in setup_py:   # the console_scripts entry the launch file starts
         assert "folk_segmenter = folk_ros.ros.node:main" in setup_py
+
+
+def test_rviz_without_rviz2_fails_before_starting_anything(monkeypatch):
+    launch = _load_launch_file(monkeypatch, lambda pkg: _share_directory(pkg, installed=("folk_ros",)))
+    entities = launch.generate_launch_description()
+    args = {e.args[0]: e.kwargs["default_value"] for e in entities if "default_value" in e.kwargs}
+    setup = entities[-1].kwargs["function"]
+    with pytest.raises(RuntimeError, match="rviz:=true needs the ROS package 'rviz2'") as err:
+        setup({**args, "rviz": "true"})
+    assert len(str(err.value).splitlines()) == 1
+    (node,) = setup({**args, "rviz": "false"})          # without rviz the segmenter starts as before
+    assert node.kwargs["executable"] == "folk_segmenter"
 
 
 def test_rviz_config_shows_the_node_outputs():
