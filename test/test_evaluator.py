@@ -295,9 +295,12 @@ def test_txt_round_trip(tmp_path):
     assert first[0] == "predicted_masks/scene0007_00_000.txt" and first[1] == str(CHAIR)
     back = read_pred_txt(txt, num_vertices=N)
     assert back.scene_id == p.scene_id
-    np.testing.assert_array_equal(back.masks, p.masks)
-    np.testing.assert_array_equal(back.label_ids, p.label_ids)
-    np.testing.assert_array_equal(back.scores, p.scores)  # exact, via repr
+    order = [0, 2, 1]   # written best first: the official script matches in file order
+    scores = [float(line.split()[2]) for line in txt.read_text().splitlines()]
+    assert scores == sorted(scores, reverse=True)
+    np.testing.assert_array_equal(back.masks, p.masks[order])
+    np.testing.assert_array_equal(back.label_ids, p.label_ids[order])
+    np.testing.assert_array_equal(back.scores, p.scores[order])  # exact, via repr
     gt_path = tmp_path / "gt" / "scene0007_00.txt"
     gt_path.parent.mkdir()
     np.savetxt(gt_path, g.ids, fmt="%d")
@@ -320,6 +323,10 @@ def test_read_pred_txt_errors(tmp_path):
     (tmp_path / "missing.txt").write_text("predicted_masks/nope.txt 2 0.5\n")
     with pytest.raises(ValueError, match="does not exist"):
         read_pred_txt(tmp_path / "missing.txt")
+    (tmp_path / "twice.txt").write_text("predicted_masks/scene0007_00_000.txt 2 0.5\n"
+                                        "predicted_masks/scene0007_00_000.txt 3 0.4\n")
+    with pytest.warns(UserWarning, match="named again .first on line 1.; the official ScanNet200 script keeps"):
+        assert read_pred_txt(tmp_path / "twice.txt").num_predictions == 2
 
 
 def test_benchmark_cli(tmp_path, capsys):

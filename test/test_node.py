@@ -146,16 +146,25 @@ def test_read_settings_and_live_updates_reject_with_reasons():
     from rclpy.parameter import Parameter
     live = params.LiveSettings(("chair",), "a {} in the scene", 0.1)
     new = params.check_live_update(live, [Parameter("vocabulary", value=["mug", "cup"]),
-                                          Parameter("prompt_template", value="")], "bundle {}")
+                                          Parameter("prompt_template", value="")], "bundle {}", settings)
     assert new == params.LiveSettings(("mug", "cup"), "bundle {}", 0.1)
     for bad, match in [(Parameter("vocabulary", Parameter.Type.STRING_ARRAY, []), "empty"),
                        (Parameter("vocabulary", value=["mug", ""]), "non-empty strings"),
                        (Parameter("vocabulary", value=["mug", "mug"]), "duplicate"),
                        (Parameter("vocabulary", value=[1, 2]), "non-empty strings"),
                        (Parameter("prompt_template", value="no placeholder"), "{}"),
+                       (Parameter("prompt_template", value="{} and {}"), "exactly once"),
+                       (Parameter("vocabulary", value=[f"n{i}" for i in range(2001)]), "max_vocabulary 2,000"),
+                       (Parameter("vocabulary", value=["x" * 100_000]), "max_name_length 200"),
                        (Parameter("score_threshold", value=1.5), r"\[0, 1\]")]:
         with pytest.raises(ValueError, match=match):
-            params.check_live_update(live, [bad], "bundle {}")
+            params.check_live_update(live, [bad], "bundle {}", settings)
+    for name, bad in [("dbscan_eps", -0.5), ("nms_iou", -0.5), ("nms_iou", 1.5), ("mask_threshold", 1.0)]:
+        with pytest.raises(ValueError, match=f"{name} must be -1"):    # never silently the bundle's value
+            params.read_settings({**values, name: bad})
+    big = [f"name {i}" for i in range(10_000)]      # the cap is a parameter
+    assert params.check_live_update(live, [Parameter("vocabulary", value=big)], "b {}",
+                                    params.read_settings({**values, "max_vocabulary": 20_000})).vocabulary == tuple(big)
 
 
 def test_resolve_bundle(tmp_path):
@@ -278,8 +287,16 @@ def startup_bundle(tmp_path_factory):
     (["model_bundle:={tmp}/nowhere"], "nowhere"),
     (["model_bundle:={bundle}", "mask3d_checkpoint:={tmp}/missing.ckpt"], "missing.ckpt"),
     (["model_bundle:={bundle}", "student_checkpoint:={root}/student7.pt"], "student pools 7-d features"),
-], ids=["missing bundle", "missing mask3d checkpoint", "mismatched student"])
+    (["model_bundle:={bundle}", "prompt_template:=a {{}} and {{}}"], "exactly once"),
+    (["model_bundle:={bundle}", "prompt_template:={{}} {{}}"], "bad --ros-args"),
+    (["model_bundle:={bundle}", "dbscan_eps:=-0.5"], "dbscan_eps must be -1"),
+    (["model_bundle:={bundle}", "nms_iou:=-0.5"], "nms_iou must be -1"),
+    (["model_bundle:={bundle}", "sparse_backend:=minkowski"], "MinkowskiEngine"),
+], ids=["missing bundle", "missing mask3d checkpoint", "mismatched student", "two placeholders", "not yaml",
+        "negative split", "negative nms", "minkowski absent"])
 def test_startup_errors_are_one_line_and_nonzero_exit(tmp_path, startup_bundle, args, expect):
+    if "MinkowskiEngine" in expect and importlib.util.find_spec("MinkowskiEngine") is not None:
+        pytest.skip("MinkowskiEngine is installed: the backend starts")
     subst = {"tmp": tmp_path, "bundle": startup_bundle, "root": startup_bundle.parent}
     ros_args = [x for a in args for x in ("-p", a.format(**subst))]
     proc = subprocess.run([sys.executable, "-m", "folk_ros.ros.node", "--ros-args", *ros_args, "-p", "device:=cpu"],

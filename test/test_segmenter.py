@@ -1,6 +1,7 @@
 """Segmenter plumbing on an UNTRAINED bundle (random weights: shapes, confidences, errors)."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -87,6 +88,29 @@ def test_corrupted_or_mismatched_bundle_is_one_clear_error(bundle, tmp_path):
         read_manifest(tmp_path / "nowhere")
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["provenance"]["note"].startswith("UNTRAINED")
+
+
+@pytest.mark.parametrize("field, value, expect", [
+    ("vocabulary", "chair", "'vocabulary' must be a list of strings"),
+    ("temperature", "0.07", "'temperature' must be a number"),
+    ("nms_iou", True, "'nms_iou' must be a number"),
+    ("mask3d", ["mask3d.pt"], "'mask3d' must be a string"),
+    ("sha256", [1, 2], "'sha256' must be an object"),
+    ("provenance", [], "'provenance' must be an object"),
+    (None, None, "expected a JSON object, got a list"),
+])
+def test_manifest_with_wrong_types_names_the_field(bundle, tmp_path, field, value, expect):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    if field is None:
+        manifest = [manifest]
+    else:
+        manifest[field] = value
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=re.escape(expect)):
+        read_manifest(broken, verify=False)
 
 
 def test_sparse_backend_choice(bundle):

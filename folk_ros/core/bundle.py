@@ -90,11 +90,17 @@ def read_manifest(root: str | os.PathLike, verify: bool = True) -> BundleManifes
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise BundleError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a JSON object, got a {type(data).__name__}")
     if data.get("format") != FORMAT or data.get("version") != VERSION:
         raise BundleError(f"{path}: expected format {FORMAT!r} version {VERSION}, "
                           f"got {data.get('format')!r} version {data.get('version')!r}")
     known = set(BundleManifest.__dataclass_fields__) - {"root"}
     fields = {k: v for k, v in data.items() if k in known}
+    for name, value in fields.items():
+        problem = _type_problem(name, value)
+        if problem:
+            raise BundleError(f"{path}: field {name!r} {problem}")
     fields["vocabulary"] = tuple(fields.get("vocabulary", ()))
     manifest = BundleManifest(root=root, **fields)
     for name in ("mask3d", "clip", "student"):
@@ -115,3 +121,22 @@ def write_manifest(manifest: BundleManifest) -> Path:
     data = manifest.to_json()
     data["sha256"] = hashes
     return write_text_atomic(manifest.root / MANIFEST, json.dumps(data, indent=2) + "\n")
+
+
+_NUMBERS = ("temperature", "mask_threshold", "dbscan_eps", "nms_iou")
+_STRINGS = ("mask3d", "clip", "student", "prompt_template", "point_features")
+
+
+def _type_problem(name: str, value) -> str | None:
+    """What is wrong with the type of manifest field ``name``, or None."""
+    if name in _NUMBERS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return f"must be a number, got {type(value).__name__} {value!r}"
+    if name in _STRINGS and not isinstance(value, str):
+        return f"must be a string, got {type(value).__name__} {value!r}"
+    if name == "vocabulary" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        return "must be a list of strings"
+    if name == "sha256" and not (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())):
+        return "must be an object of file -> sha256 string"
+    if name == "provenance" and not isinstance(value, dict):
+        return f"must be an object, got {type(value).__name__}"
+    return None

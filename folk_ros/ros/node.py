@@ -93,7 +93,10 @@ class SegmenterNode(Node):
         self.segmenter = self._load_segmenter(self.settings)
         self._bundle_template = self.segmenter.cfg.prompt_template  # from the manifest (see segmenter_overrides)
         self._live = params.initial_live(self.settings, self._bundle_template)
-        self._encode_text(self._live)          # before "ready": the first cloud finds the text encoded
+        try:
+            self._encode_text(self._live)      # before "ready": the first cloud finds the text encoded
+        except (ValueError, RuntimeError) as err:
+            raise StartupError(f"cannot encode the vocabulary: {err}") from err
         self._live_lock = threading.Lock()
         self._throttle = Throttle(self.settings.log_throttle_s)
         self._warned_no_color = False
@@ -182,7 +185,7 @@ class SegmenterNode(Node):
         try:
             with self._live_lock:
                 current = self._live
-            params.check_live_update(current, live_changes, self._bundle_template)
+            params.check_live_update(current, live_changes, self._bundle_template, self.settings)
         except ValueError as err:
             reason = str(err)
             self._warn(f"parameter change rejected: {reason}")
@@ -194,7 +197,7 @@ class SegmenterNode(Node):
         if not live_changes:
             return
         with self._live_lock:
-            self._live = params.check_live_update(self._live, live_changes, self._bundle_template)
+            self._live = params.check_live_update(self._live, live_changes, self._bundle_template, self.settings)
             live = self._live
         self._slot.request("relabel")   # the worker encodes the text; in map mode it republishes the map
         self.get_logger().info(f"live parameters now: {params.describe_vocabulary(live.vocabulary)}, "
@@ -444,7 +447,13 @@ class SegmenterNode(Node):
 def main(argv: list[str] | None = None) -> int:
     """``folk_segmenter`` / ``python -m folk_ros.ros.node``: returns the exit code (0, or 1 on start-up errors)."""
     argv = list(sys.argv if argv is None else argv)
-    non_ros = rclpy.utilities.remove_ros_args(argv)[1:]
+    try:
+        non_ros = rclpy.utilities.remove_ros_args(argv)[1:]
+    except Exception as err:  # rclpy's RCLInvalidROSArgsError, e.g. a -p value that is not YAML
+        detail = str(err).split(", at /")[0]
+        rclpy.logging.get_logger(params.NODE_NAME).error(f"bad --ros-args: {detail} (quote the value: "
+                                                         f"-p 'name:=\"value\"')")
+        return 1
     parser = argparse.ArgumentParser(prog=params.NODE_NAME, description=__doc__.split("\n")[0],
                                      epilog=params.help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(non_ros)

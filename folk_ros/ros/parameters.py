@@ -33,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # the source tree (or site-pack
 DEVICES = ("auto", "cpu", "cuda")
 RELIABILITIES = ("reliable", "best_effort")
 SPARSE_BACKENDS = ("torch", "minkowski", "auto")
+# parameters where -1 means "the bundle's value"; anything else must lie in (low, high), closed or open
+BUNDLE_DEFAULTED = {"nms_iou": (0.0, 1.0, True), "mask_threshold": (0.0, 1.0, False), "dbscan_eps": (0.0, 10.0, True)}
 MODES = ("per_cloud", "map")
 DEFAULT_VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant",
                       "monitor", "trash can", "toilet", "sink", "door", "window")
@@ -78,6 +80,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("score_threshold", 0.05, T.DOUBLE,
               "Drop instances whose confidence (proposal score x label probability) is below. Live.",
               read_only=False, limits=(0.0, 1.0)),
+    ParamSpec("max_vocabulary", 2000, T.INTEGER,
+              "Refuse a vocabulary of more names than this (checked before any text is encoded).",
+              limits=(1, 1_000_000)),
+    ParamSpec("max_name_length", 200, T.INTEGER,
+              "Refuse a vocabulary with a name longer than this many characters (CLIP reads 77 tokens).",
+              limits=(1, 100_000)),
     # --- model (start-up)
     ParamSpec("model_bundle", "models/folk-synth", T.STRING,
               "Model bundle folder (manifest.json, mask3d.pt, clip/, student.pt). A relative path is "
@@ -199,6 +207,8 @@ class NodeSettings:
     marker_lifetime: float
     marker_points: bool
     log_throttle_s: float
+    max_vocabulary: int
+    max_name_length: int
     mode: str
     map_frame: str
     map_dir: str
@@ -226,10 +236,12 @@ def read_settings(values: Mapping[str, Any]) -> NodeSettings:
     color = tuple(float(c) for c in values["default_color"])
     if len(color) != 3 or not all(0.0 <= c <= 1.0 for c in color):
         raise ValueError(f"parameter default_color must be 3 numbers in [0, 1], got {list(color)}")
-    if values["mask_threshold"] != -1.0 and not 0.0 < values["mask_threshold"] < 1.0:
-        raise ValueError(f"parameter mask_threshold must be -1 (the bundle's) or in (0, 1), "
-                         f"got {values['mask_threshold']}")
-    vocabulary = _checked_vocabulary(values["vocabulary"])
+    for name, (lo, hi, closed) in BUNDLE_DEFAULTED.items():   # -1 = the bundle's; never silently replaced
+        v = values[name]
+        if v != -1.0 and not ((lo <= v <= hi) if closed else (lo < v < hi)):
+            interval = f"[{lo:g}, {hi:g}]" if closed else f"({lo:g}, {hi:g})"
+            raise ValueError(f"parameter {name} must be -1 (the bundle's value) or in {interval}, got {v}")
+    vocabulary = _checked_vocabulary(values["vocabulary"], values["max_vocabulary"], values["max_name_length"])
     template = _checked_template(values["prompt_template"])
     try:
         map_config = MapConfig(**{f.name: values["map_" + f.name] for f in fields(MapConfig)})
@@ -283,7 +295,8 @@ def initial_live(settings: NodeSettings, bundle_template: str) -> LiveSettings:
                         score_threshold=float(settings.score_threshold))
 
 
-def check_live_update(current: LiveSettings, changes: Sequence[Parameter], bundle_template: str) -> LiveSettings:
+def check_live_update(current: LiveSettings, changes: Sequence[Parameter], bundle_template: str,
+                      settings: NodeSettings) -> LiveSettings:
     """The live settings after ``changes``; ValueError with the reason if one is unacceptable.
 
     Read-only parameters never get here (rclpy rejects them by descriptor); types and numeric ranges
@@ -292,7 +305,8 @@ def check_live_update(current: LiveSettings, changes: Sequence[Parameter], bundl
     new = current
     for param in changes:
         if param.name == "vocabulary":
-            new = replace(new, vocabulary=_checked_vocabulary(param.value))
+            new = replace(new, vocabulary=_checked_vocabulary(param.value, settings.max_vocabulary,
+                                                              settings.max_name_length))
         elif param.name == "prompt_template":
             new = replace(new, prompt_template=_checked_template(param.value) or bundle_template)
         elif param.name == "score_threshold":
@@ -303,9 +317,17 @@ def check_live_update(current: LiveSettings, changes: Sequence[Parameter], bundl
     return new
 
 
-def _checked_vocabulary(value) -> tuple[str, ...]:
+def _checked_vocabulary(value, max_names: int, max_chars: int) -> tuple[str, ...]:
+    """A valid vocabulary within the size caps (checked before anything is encoded); linear time."""
     if value is None:  # rclpy gives `[]` from the command line or a yaml no type, hence no value
         raise ValueError("vocabulary rejected: vocabulary is empty: give at least one name")
+    if isinstance(value, (list, tuple)) and len(value) > max_names:
+        raise ValueError(f"vocabulary rejected: {len(value):,} names, more than max_vocabulary {max_names:,}")
+    long = next((n for n in value if isinstance(n, str) and len(n) > max_chars), None) \
+        if isinstance(value, (list, tuple)) else None
+    if long is not None:
+        raise ValueError(f"vocabulary rejected: a name of {len(long):,} characters ({long[:30]!r}...), more than "
+                         f"max_name_length {max_chars}")
     try:
         return validate_vocabulary(list(value) if isinstance(value, (list, tuple)) else value)
     except ValueError as err:
@@ -315,9 +337,9 @@ def _checked_vocabulary(value) -> tuple[str, ...]:
 def _checked_template(value) -> str:
     if not isinstance(value, str):
         raise ValueError(f"prompt_template must be a string, got {type(value).__name__}")
-    if value and "{}" not in value:
-        raise ValueError(f"prompt_template must contain '{{}}' where the name goes (or be '' for the "
-                         f"bundle's), got {value!r}")
+    if value and value.count("{}") != 1:
+        raise ValueError(f"prompt_template must contain '{{}}' exactly once, where the name goes (or be '' for "
+                         f"the bundle's), got {value!r}")
     return value
 
 

@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -654,6 +655,7 @@ def read_pred_txt(path: str | os.PathLike, num_vertices: int | None = None,
     masks: list[np.ndarray] = []
     labels: list[int] = []
     scores: list[float] = []
+    seen: dict[Path, int] = {}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -669,6 +671,11 @@ def read_pred_txt(path: str | os.PathLike, num_vertices: int | None = None,
             raise ValueError(f"{path}:{lineno}: mask path {rel!r} points outside {root_dir}")
         if not mask_path.is_file():
             raise ValueError(f"{path}:{lineno}: mask file {mask_path} does not exist")
+        if mask_path in seen:
+            warnings.warn(f"{path}:{lineno}: mask {rel!r} is named again (first on line {seen[mask_path]}); the "
+                          f"official ScanNet200 script keeps only the last such line, this reader keeps both",
+                          stacklevel=2)
+        seen[mask_path] = lineno
         try:
             labels.append(int(float(label)))
             scores.append(float(conf))
@@ -690,7 +697,9 @@ def write_pred_txt(out_dir: str | os.PathLike, scene_id: str, pred: PredScene,
     """Write ``pred`` in the benchmark format; returns the path of ``<out_dir>/<scene_id>.txt``.
 
     Masks go to ``<out_dir>/<mask_dir>/<scene_id>_<k:03d>.txt`` (one 0/1 per vertex); the
-    confidences are written with ``repr`` so that they read back exactly.
+    confidences are written with ``repr`` so that they read back exactly. Lines are sorted by
+    descending confidence (ties keep their order): the official ScanNet200 script matches predictions
+    in file order, so an unsorted file can score differently there than here.
     """
     if not scene_id or any(ch.isspace() for ch in scene_id) or any(ch.isspace() for ch in mask_dir):
         raise ValueError(f"scene id {scene_id!r} and mask dir {mask_dir!r} must be non-empty without spaces")
@@ -698,8 +707,8 @@ def write_pred_txt(out_dir: str | os.PathLike, scene_id: str, pred: PredScene,
     (out / mask_dir).mkdir(parents=True, exist_ok=True)
     lines = []
     buf = np.full(2 * pred.num_vertices, ord("\n"), np.uint8)
-    for k in range(pred.num_predictions):
-        rel = f"{mask_dir}/{scene_id}_{k:03d}.txt"
+    for rank, k in enumerate(np.argsort(-pred.scores, kind="stable")):
+        rel = f"{mask_dir}/{scene_id}_{rank:03d}.txt"
         buf[0::2] = ord("0") + pred.masks[k]
         (out / rel).write_bytes(buf.tobytes())
         lines.append(f"{rel} {int(pred.label_ids[k])} {float(pred.scores[k])!r}\n")
