@@ -48,5 +48,5 @@ setup(
     maintainer_email="folk-ros@example.com",
     description="Open-vocabulary 3D instance segmentation for robots (FOLK) as a ROS 2 package.",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["folk_segmenter = folk_ros.ros.node:main"]},
+    entry_points={"console_scripts": ["folk_segmenter = folk_ros.ros.node:run"]},
 )

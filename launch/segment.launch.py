@@ -28,7 +28,7 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 PACKAGE = "folk_ros"
-EXECUTABLE = "folk_segmenter"   # console_scripts entry: folk_segmenter = folk_ros.ros.node:main
+EXECUTABLE = "folk_segmenter"   # console_scripts entry: folk_segmenter = folk_ros.ros.node:run
 NODE_NAME = "folk_segmenter"    # the key of config/segment.yaml
 INPUT_TOPIC = "cloud_in"
 RVIZ_TOPICS = ("/labeled_cloud", "/markers")  # as written in config/folk.rviz

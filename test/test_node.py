@@ -11,6 +11,7 @@ namespace.
 from __future__ import annotations
 
 import array
+import contextlib
 import importlib.util
 import subprocess
 import sys
@@ -249,7 +250,7 @@ def test_launch_file_names_match_the_node(monkeypatch):
         launch.parse_vocabulary("[]")
     setup_py = (REPO / "setup.py").read_text()
     if "folk_segmenter" in setup_py:   # the console_scripts entry the launch file starts
-        assert "folk_segmenter = folk_ros.ros.node:main" in setup_py
+        assert "folk_segmenter = folk_ros.ros.node:run" in setup_py
 
 
 def test_rviz_without_rviz2_fails_before_starting_anything(monkeypatch):
@@ -476,6 +477,52 @@ def test_clouds_arriving_while_one_is_processed(tmp_path):
 def test_declared_parameters_equal_the_yaml(probe):
     names = probe.call(probe.params.list_parameters()).result.names
     assert set(names) - AUTO_PARAMS == set(_yaml_parameters())
+
+
+def test_a_failed_publish_is_logged_once_with_its_traceback_and_the_node_goes_on(tmp_path):
+    """test/faulty_node.py: the first instances publish raises; the worker must not die silently."""
+    ns = "/faulty"
+    with running_node(tmp_path, ["-r", f"__ns:={ns}"], module=("test.faulty_node",)) as node, \
+            ready_probe(node, ns) as probe:
+        msg, _ = room_msg()
+        first = probe.publish(msg)
+        probe.wait_until(lambda: "publishing failed" in node.log(), what="the error line")
+        second = probe.result(probe.publish(msg))           # still serving
+        assert TOPIC_INSTANCES in second and TOPIC_INSTANCES not in probe.outputs.get(first, {})
+    log = node.log()
+    assert log.count("publishing failed: RuntimeError: injected publish failure") == 1
+    assert "Traceback" in log and "_fail_first_instances" in log
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.05, 0.3])
+def test_two_sigints_to_the_process_group_exit_cleanly(tmp_path, gap_s):
+    """What Ctrl-C in a `ros2 launch` terminal does: the terminal's SIGINT and launch's forwarded one reach
+    the node's process group; the node must exit with code 0 and no traceback (its exit time is measured in
+    bench/bench_node_lifecycle.py)."""
+    import os
+    import signal
+    bundle = make_untrained_bundle(tmp_path / "bundle")
+    log = tmp_path / "node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "folk_ros.ros.node", "--ros-args", "-p", "device:=cpu",
+                                 "-p", "num_threads:=1", "-p", f"model_bundle:={bundle}"], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while "ready" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert "ready" in log.read_text(), log.read_text()
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(gap_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=30)   # a hang guard, not a time limit
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text and "shut down" in text
 
 
 def test_sigint_shuts_down_cleanly(node_proc, probe):

@@ -40,6 +40,9 @@ Run::
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
+import signal
 import sys
 import threading
 import time
@@ -428,13 +431,15 @@ class SegmenterNode(Node):
     # ---------------------------------------------------------------- shutdown
 
     def destroy_node(self) -> None:
-        """Stop the worker (waits for the cloud in progress, up to 10 s), save map_file, destroy the node.
-        Safe on a node whose start-up failed half way."""
+        """Stop the worker, save map_file, destroy the node; safe on a node whose start-up failed half way.
+        The worker is waited for 0.5 s: a cloud still being segmented then is dropped (its outputs are not
+        published), so shutting down never waits for Mask3D; map_file is saved under the map lock, after
+        any map update in progress."""
         slot, worker = getattr(self, "_slot", None), getattr(self, "_worker", None)
         if slot is not None:
             slot.close()
         if worker is not None and worker.is_alive():
-            worker.join(timeout=10.0)
+            worker.join(timeout=0.5)
         if getattr(self, "live_map", None) is not None and self.settings.map_file:
             self._save_map_file()
         super().destroy_node()
@@ -458,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog=params.help_text(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(non_ros)
     rclpy.init(args=argv)
-    node = None
+    node = executor = None
     try:
         try:
             node = SegmenterNode()
@@ -466,10 +471,16 @@ def main(argv: list[str] | None = None) -> int:
             rclpy.logging.get_logger(params.NODE_NAME).error(str(err))
             return 1
         # two threads: the subscription and parameter services in one, the map services in the other
-        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=2))
+        executor = MultiThreadedExecutor(num_threads=2)
+        rclpy.spin(node, executor=executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Ctrl-C under `ros2 launch` delivers two SIGINTs (the terminal's and the one launch forwards): the
+        # second must not interrupt the clean-up (or kill the process with the default handler)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
         if node is not None:
             node.destroy_node()  # first: the rosout publisher goes with it, the line below is stderr only
             rclpy.logging.get_logger(params.NODE_NAME).info("shut down")
@@ -477,5 +488,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run(argv: list[str] | None = None) -> None:
+    """The console entry point: :func:`main`, then a fast exit. Everything the node owns is closed and
+    saved by then and the exit handlers run; what is skipped is the interpreter's teardown of torch and
+    friends (over a second here), so a Ctrl-C ends the process well inside launch's 5 s SIGTERM grace."""
+    code = main(argv)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
