@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from folk_ros.core.bundle import read_manifest
+from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import ClipModel, resolve_device
 from folk_ros.core.cloud import PointCloud
 from folk_ros.core.mask3d.checkpoint import load_checkpoint
@@ -180,7 +181,8 @@ class Segmenter:
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str | torch.device = "auto", sparse_backend: str = "torch",
-                    files: Mapping[str, str | Path] | None = None, **overrides) -> "Segmenter":
+                    files: Mapping[str, str | Path] | None = None, allow_unsafe: bool = False,
+                    **overrides) -> "Segmenter":
         """Load a model bundle (see :mod:`folk_ros.core.bundle`); ``overrides`` replace config fields.
 
         ``sparse_backend``: ``"torch" | "minkowski" | "auto"`` for the Mask3D backbone
@@ -192,6 +194,9 @@ class Segmenter:
         or your own student. They are not in the manifest, so no sha256 check; a file that does not
         fit the rest (feature or embedding sizes) is one ValueError naming both sides. A student
         checkpoint from ``training.distill.train`` brings its own temperature.
+
+        ``allow_unsafe``: load checkpoints that need full unpickling (can run code from the file; only for
+        files you trust). By default only weights are loaded (:mod:`folk_ros.core.checkpoint_io`).
         """
         files = dict(files or {})
         unknown = sorted(set(files) - {"mask3d", "clip", "student"})
@@ -199,12 +204,11 @@ class Segmenter:
             raise ValueError(f"files: unknown keys {unknown}; use mask3d, clip or student")
         manifest = read_manifest(path)
         dev = resolve_device(device)
-        mask3d, _ = load_checkpoint(files.get("mask3d") or manifest.path("mask3d"), map_location=dev)
+        mask3d, _ = load_checkpoint(files.get("mask3d") or manifest.path("mask3d"), map_location=dev,
+                                    allow_unsafe=allow_unsafe)
         set_sparse_backend(mask3d, sparse_backend)
-        student_path = Path(files.get("student") or manifest.path("student"))
-        if not student_path.is_file():
-            raise FileNotFoundError(f"no student checkpoint at {student_path}")
-        student_obj = torch.load(student_path, map_location="cpu", weights_only=False)
+        student_obj = load_weights(files.get("student") or manifest.path("student"), "cpu", allow_unsafe,
+                                   what="student checkpoint")
         student = Student.from_checkpoint(student_obj)
         clip_spec = str(files.get("clip") or manifest.path("clip"))
         clip = ClipModel(f"local-dir:{clip_spec}" if Path(clip_spec).is_dir() else clip_spec, device=dev)

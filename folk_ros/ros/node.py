@@ -154,6 +154,7 @@ class SegmenterNode(Node):
             return Segmenter.from_bundle(self._bundle_path, device=settings.device,
                                          sparse_backend=settings.sparse_backend,
                                          files=params.checkpoint_overrides(settings),
+                                         allow_unsafe=settings.allow_unsafe_checkpoints,
                                          **params.segmenter_overrides(settings))
         except Exception as err:  # FileNotFoundError, BundleError, ValueError (device, mismatch), torch load errors
             raise StartupError(f"cannot start the Segmenter (model_bundle {settings.model_bundle!r}, device "

@@ -99,6 +99,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("clip_model", "", T.STRING,
               "CLIP used instead of the bundle's: an open_clip folder, or a name whose weights are on disk; "
               "'' = the bundle's."),
+    ParamSpec("allow_unsafe_checkpoints", False, T.BOOL,
+              "Load checkpoints that hold more than weights by full unpickling, which can run code from the "
+              "file; false (default): such files are refused with the reason. Only for files you trust."),
     ParamSpec("device", "auto", T.STRING, "Torch device: auto (cuda if available), cpu or cuda.",
               limits=DEVICES),
     ParamSpec("sparse_backend", "torch", T.STRING,
@@ -189,6 +192,7 @@ class NodeSettings:
     mask3d_checkpoint: str
     student_checkpoint: str
     clip_model: str
+    allow_unsafe_checkpoints: bool
     device: str
     sparse_backend: str
     num_threads: int

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from folk_ros.core.atomic import atomic_path
+from folk_ros.core.checkpoint_io import load_weights
 
 from .config import Mask3DConfig
 from .model import Mask3D
@@ -98,16 +98,14 @@ def load_into(model: Mask3D, obj: dict, strict: bool = True) -> LoadReport:
 
 
 def load_checkpoint(path: str | os.PathLike, cfg: Mask3DConfig | None = None, strict: bool = True,
-                    map_location: str | torch.device = "cpu") -> tuple[Mask3D, LoadReport]:
-    """Build a Mask3D and load ``path``.
+                    map_location: str | torch.device = "cpu", allow_unsafe: bool = False) -> tuple[Mask3D, LoadReport]:
+    """Build a Mask3D and load ``path`` (weights only: :func:`folk_ros.core.checkpoint_io.load_weights`;
+    ``allow_unsafe`` admits a trusted file that needs full unpickling).
 
     The config comes from ``cfg``, else from the checkpoint (ours), else the
     official ScanNet200 defaults.  Returns (model in eval mode, report).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no Mask3D checkpoint at {path}")
-    obj = torch.load(path, map_location=map_location, weights_only=False)
+    obj = load_weights(path, map_location, allow_unsafe, what="Mask3D checkpoint")
     _, saved_cfg, _ = extract_state_dict(obj)
     if cfg is None:
         cfg = Mask3DConfig.from_dict(saved_cfg) if saved_cfg is not None else Mask3DConfig()
