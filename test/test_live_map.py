@@ -105,3 +105,16 @@ def test_reset_forgets_instances_not_ids(segmenter):
     assert len(live.map) == 0
     after = live.update(room, 2.0)
     assert after.kind == "first" and min(after.result.new) > max(before)
+
+
+def test_a_cloud_prepared_before_a_reset_is_dropped(segmenter):
+    """The node segments outside its map lock (prepare) and folds in under it (commit); a reset between
+    the two must not leave a map holding only the changed part of that cloud."""
+    live = LiveMap(segmenter, MapConfig(min_voxels=1))
+    room, grown = two_rooms()
+    live.update(room, 1.0)
+    prepared = live.prepare(grown)
+    assert prepared.embedded is not None and not prepared.change.full
+    live.reset()
+    assert live.commit(prepared, 2.0).kind == "discarded" and len(live.map) == 0
+    assert live.update(grown, 3.0).kind == "first"          # segmented whole again

@@ -27,7 +27,7 @@ from folk_ros.core.change_detection import Change, ChangeDetector
 from folk_ros.core.cloud import PointCloud, fit_point_budget
 from folk_ros.core.instance_map import InstanceMap, MapConfig, MapLabels, Region, UpdateResult
 from folk_ros.core.map_voxels import isin_sorted
-from folk_ros.core.segmenter import Segmenter, validate_vocabulary
+from folk_ros.core.segmenter import EmbeddedProposals, Segmenter, validate_vocabulary
 
 QUERY_TEMPLATE = "{}"   # query phrases are encoded as written ("a red mug"), not through the prompt template
 
@@ -37,7 +37,8 @@ class MapUpdate:
     """What one :meth:`LiveMap.update` did.
 
     Attributes:
-        kind: the change kind ("first", "grown", "scan", "unchanged"; :class:`Change`).
+        kind: the change kind ("first", "grown", "scan", "unchanged"; :class:`Change`), or "discarded" (the
+            map was reset while the cloud was segmented).
         full: the whole cloud was segmented.
         points, segmented_points: points of the cloud, and of the crop that went through the Segmenter
             (after ``max_points`` downsampling).
@@ -56,6 +57,18 @@ class MapUpdate:
     out_of_range: int
     result: UpdateResult | None
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedUpdate:
+    """The result of :meth:`LiveMap.prepare`, waiting for :meth:`LiveMap.commit`."""
+
+    change: Change
+    report: MapUpdate
+    generation: int                         # the LiveMap's reset count when prepared
+    crop: PointCloud | None = None          # the segmented crop (None: nothing changed)
+    embedded: EmbeddedProposals | None = None
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,15 +102,23 @@ class LiveMap:
         self.map = InstanceMap(segmenter.clip.embed_dim, cfg, segmenter.embedding_space)
         self._detector: ChangeDetector | None = None
         self._last_keys: tuple | None = None   # (xyz, keys, inside) of the last cloud
+        self._generation = 0                   # counts resets: a prepared update from before one is dropped
 
     # ------------------------------------------------------------------ updates
 
     def update(self, cloud: PointCloud, stamp: float) -> MapUpdate:
-        """Segment what changed in ``cloud`` (map frame) and fold it into the map.
+        """Segment what changed in ``cloud`` (map frame) and fold it into the map: :meth:`prepare`, then
+        :meth:`commit`.
 
         Raises what the Segmenter raises (e.g. CloudTooSmallError for a crop too small for Mask3D); the
         change is then not committed, so the next cloud's change still holds it.
         """
+        return self.commit(self.prepare(cloud), stamp)
+
+    def prepare(self, cloud: PointCloud) -> PreparedUpdate:
+        """The slow half of an update: what changed, and the Segmenter on the crop. It reads the map's grid
+        but changes nothing a reader of the map sees, so a caller may run it without the lock that
+        guards the map (the node does: queries are not held up by Mask3D)."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         grid = self.map.ensure_grid(cloud.xyz)
@@ -109,22 +130,34 @@ class LiveMap:
         report = MapUpdate(kind=change.kind, full=change.full, points=len(cloud), segmented_points=0,
                            changed_voxels=change.changed_voxels, voxels=change.voxels,
                            out_of_range=int(len(cloud) - inside.sum()), result=None, timings=timings)
-        if not change.crop.any():
-            self._detector.commit(change)
-            timings["total"] = (time.perf_counter() - t_start) * 1e3
-            return report
-        crop, _, _ = fit_point_budget(cloud.select(change.crop), self.max_points, self.voxel_size)
-        report.segmented_points = len(crop)
-        embedded = self.segmenter.embed(crop)
-        timings.update(embedded.timings)
+        prepared = PreparedUpdate(change, report, self._generation)
+        if change.crop.any():
+            prepared.crop, _, _ = fit_point_budget(cloud.select(change.crop), self.max_points, self.voxel_size)
+            report.segmented_points = len(prepared.crop)
+            prepared.embedded = self.segmenter.embed(prepared.crop)
+            timings.update(prepared.embedded.timings)
+        prepared.seconds = time.perf_counter() - t_start
+        return prepared
+
+    def commit(self, prepared: PreparedUpdate, stamp: float) -> MapUpdate:
+        """The quick half of an update: fold the prepared observations into the map (the association) and
+        remember the cloud for the next change test. A prepared update from before a :meth:`reset` is
+        dropped (kind "discarded"): the next cloud is then segmented whole."""
         t0 = time.perf_counter()
-        keep = self._observations(crop, embedded.masks, embedded.proposal_scores, change)
-        report.result = self.map.update(crop.xyz, embedded.masks[keep], embedded.embeddings[keep],
-                                        embedded.proposal_scores[keep], stamp,
-                                        region=Region(change.cell_size, change.core))
-        self._detector.commit(change)
-        timings["associate"] = (time.perf_counter() - t0) * 1e3
-        timings["total"] = (time.perf_counter() - t_start) * 1e3
+        report, change, timings = prepared.report, prepared.change, prepared.report.timings
+        if prepared.generation != self._generation:
+            report.kind = "discarded"
+        elif prepared.embedded is not None:
+            emb = prepared.embedded
+            keep = self._observations(prepared.crop, emb.masks, emb.proposal_scores, change)
+            report.result = self.map.update(prepared.crop.xyz, emb.masks[keep], emb.embeddings[keep],
+                                            emb.proposal_scores[keep], stamp,
+                                            region=Region(change.cell_size, change.core))
+            self._detector.commit(change)
+            timings["associate"] = (time.perf_counter() - t0) * 1e3
+        else:
+            self._detector.commit(change)
+        timings["total"] = prepared.seconds * 1e3 + (time.perf_counter() - t0) * 1e3
         return report
 
     def _observations(self, crop: PointCloud, masks: np.ndarray, scores: np.ndarray, change: Change) -> np.ndarray:
@@ -139,6 +172,7 @@ class LiveMap:
     def reset(self) -> None:
         """An empty map (ids keep counting up); the next cloud is segmented whole."""
         self.map.reset()
+        self._generation += 1
         if self._detector is not None:
             self._detector.reset()
 
@@ -223,3 +257,4 @@ class LiveMap:
         self.map = InstanceMap.load(path, embedding_space=self.map.embedding_space, cfg=self.cfg)
         self._detector = None
         self._last_keys = None
+        self._generation += 1

@@ -22,8 +22,10 @@ Two modes (parameter ``mode``):
 Threading: the subscription callback only checks and converts the message (``cloud_from_msg``) and
 puts it into a latest-only :class:`~folk_ros.ros.work.LatestSlot`; a worker thread takes it, runs the
 Segmenter (or the live map) and publishes. A cloud that arrives while another waits replaces it (counted
-as dropped and reported at a throttle), so the executor keeps serving the subscription, the parameter
-services and the map services while a cloud is segmented. Live parameters (``vocabulary``,
+as dropped and reported at a throttle), so the (single-threaded) executor keeps serving the subscription,
+the parameter services and the map services while a cloud is segmented: in map mode the worker segments
+outside the map lock and holds it only to fold the result in (:meth:`LiveMap.commit`) and copy what it
+publishes, so a query waits tens of milliseconds at most. Live parameters (``vocabulary``,
 ``prompt_template``, ``score_threshold``) are validated in the on-set callback; the text is encoded by
 the worker (never on the executor), which reads the committed
 :class:`~folk_ros.ros.parameters.LiveSettings` before every cloud.
@@ -57,8 +59,7 @@ import torch
 from folk_ros_interfaces.msg import InstanceArray
 from folk_ros_interfaces.srv import QueryMap, SaveMap
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
@@ -119,11 +120,10 @@ class SegmenterNode(Node):
         self._pub_markers = self.create_publisher(MarkerArray, TOPIC_MARKERS, OUTPUT_QOS)
         self._pub_cloud = (self.create_publisher(PointCloud2, TOPIC_LABELED, OUTPUT_QOS)
                            if self.settings.publish_labeled_cloud else None)
-        if self.live_map is not None:          # own group: a query never waits for a cloud's conversion
-            group = MutuallyExclusiveCallbackGroup()
-            self.create_service(QueryMap, SERVICE_QUERY, self._on_query, callback_group=group)
-            self.create_service(Trigger, SERVICE_RESET, self._on_reset, callback_group=group)
-            self.create_service(SaveMap, SERVICE_SAVE, self._on_save, callback_group=group)
+        if self.live_map is not None:   # on the executor: they hold the map lock only for short commits
+            self.create_service(QueryMap, SERVICE_QUERY, self._on_query)
+            self.create_service(Trigger, SERVICE_RESET, self._on_reset)
+            self.create_service(SaveMap, SERVICE_SAVE, self._on_save)
         self._slot = LatestSlot()
         self._worker = threading.Thread(target=self._work, name="folk_segmenter_worker", daemon=True)
         self._worker.start()
@@ -326,8 +326,9 @@ class SegmenterNode(Node):
     # ---------------------------------------------------------------- map mode (worker thread)
 
     def _process_map(self, job: Job, live: params.LiveSettings) -> tuple[Outputs, CloudReport]:
-        with self._map_lock:
-            update = self.live_map.update(job.conv.cloud, stamp_seconds(job.header.stamp))
+        prepared = self.live_map.prepare(job.conv.cloud)   # Mask3D, outside the lock: services go on meanwhile
+        with self._map_lock:                                 # the association and the view: tens of ms
+            update = self.live_map.commit(prepared, stamp_seconds(job.header.stamp))
             self._last_map_job = job
             self._map_updates += 1
             t0 = time.perf_counter()
@@ -471,8 +472,10 @@ def main(argv: list[str] | None = None) -> int:
         except StartupError as err:
             rclpy.logging.get_logger(params.NODE_NAME).error(str(err))
             return 1
-        # two threads: the subscription and parameter services in one, the map services in the other
-        executor = MultiThreadedExecutor(num_threads=2)
+        # one thread: callbacks only convert, check and answer from the map (its lock is held for short
+        # commits only); rclpy's MultiThreadedExecutor took cloud messages 3x slower, so a flood of bad
+        # messages pushed good clouds out of the subscription's queue
+        executor = SingleThreadedExecutor()
         rclpy.spin(node, executor=executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass

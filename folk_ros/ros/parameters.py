@@ -138,8 +138,11 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("qos_reliability", "reliable", T.STRING,
               "Reliability of the cloud_in subscription: reliable or best_effort (matches any publisher).",
               limits=RELIABILITIES),
-    ParamSpec("qos_depth", 1, T.INTEGER, "History depth (keep-last) of the cloud_in subscription.",
-              limits=(1, 100)),
+    ParamSpec("qos_depth", 10, T.INTEGER,
+              "History depth (keep-last) of the cloud_in subscription: how many clouds the middleware holds "
+              "while the executor is busy. Deeper survives bursts of bad traffic (a good cloud is not pushed "
+              "out before it is read) at the cost of that many clouds of memory; the worker still segments "
+              "only the latest valid one.", limits=(1, 100)),
     # --- output
     ParamSpec("publish_labeled_cloud", True, T.BOOL,
               "Publish labeled_cloud (x, y, z, rgb by label, instance_id, label_index, score per input point)."),
