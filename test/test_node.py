@@ -505,14 +505,27 @@ def test_declared_parameters_equal_the_yaml(probe):
 
 def test_a_failed_publish_is_logged_once_with_its_traceback_and_the_node_goes_on(tmp_path):
     """test/faulty_node.py: the first instances publish raises; the worker must not die silently."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     ns = "/faulty"
-    with running_node(tmp_path, ["-r", f"__ns:={ns}"], module=("test.faulty_node",)) as node, \
-            ready_probe(node, ns) as probe:
+    with running_node(tmp_path, ["-r", f"__ns:={ns}", "-p", "diagnostics_period_s:=0.2"],
+                      module=("test.faulty_node",)) as node, ready_probe(node, ns) as probe:
+        statuses = []
+        probe.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(
+            s for s in m.status if s.name.startswith("folk_segmenter")), 10)
+        probe.wait_until(lambda: statuses, what="/diagnostics")
         msg, _ = room_msg()
         first = probe.publish(msg)
         probe.wait_until(lambda: "publishing failed" in node.log(), what="the error line")
+        probe.wait_until(lambda: any(s.level == DiagnosticStatus.ERROR for s in statuses), what="an ERROR status")
+        error = next(s for s in statuses if s.level == DiagnosticStatus.ERROR)
+        assert "last cloud failed: publishing failed" in error.message
         second = probe.result(probe.publish(msg))           # still serving
         assert TOPIC_INSTANCES in second and TOPIC_INSTANCES not in probe.outputs.get(first, {})
+        seen = len(statuses)
+        probe.wait_until(lambda: any(s.level == DiagnosticStatus.OK for s in statuses[seen:]), what="OK again")
+        values = {kv.key: kv.value for kv in statuses[-1].values}
+        assert values["processed total"] == "1" and values["failed total"] == "1"
+        assert {"input rate (Hz)", "last latency proposals (ms)", "model bundle", "device"} <= set(values)
     log = node.log()
     assert log.count("publishing failed: RuntimeError: injected publish failure") == 1
     assert "Traceback" in log and "_fail_first_instances" in log

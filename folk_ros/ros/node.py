@@ -56,6 +56,7 @@ import rclpy
 import rclpy.logging
 import rclpy.utilities
 import torch
+from diagnostic_msgs.msg import DiagnosticArray
 from folk_ros_interfaces.msg import InstanceArray
 from folk_ros_interfaces.srv import QueryMap, SaveMap
 from rcl_interfaces.msg import SetParametersResult
@@ -72,14 +73,17 @@ from folk_ros.core.instance_map import MapFileError
 from folk_ros.core.live_map import LiveMap
 from folk_ros.core.mask3d.model import CloudTooSmallError
 from folk_ros.core.segmenter import Segmenter
+from folk_ros.ros import diagnostics
 from folk_ros.ros import parameters as params
 from folk_ros.ros.cloud_outputs import Outputs, build_outputs, label_points
 from folk_ros.ros.conversions import CloudFormatError, cloud_from_msg, stamp_seconds
 from folk_ros.ros.map_outputs import (MapView, build_map_outputs, instances_msg, map_view, query_problem, save_path,
                                       shown_rows)
+from folk_ros.ros.diagnostics import NodeStats
 from folk_ros.ros.work import CloudReport, Job, LatestSlot, Throttle, input_problem
 
 TOPIC_IN, TOPIC_INSTANCES, TOPIC_MARKERS, TOPIC_LABELED = "cloud_in", "instances", "markers", "labeled_cloud"
+TOPIC_DIAGNOSTICS = "/diagnostics"
 SERVICE_QUERY, SERVICE_RESET, SERVICE_SAVE = "~/query", "~/reset_map", "~/save_map"
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -106,8 +110,7 @@ class SegmenterNode(Node):
         self._warned_no_color = False
         self._warned_frames: set[str] = set()
         self._errors_traced: set[str] = set()
-        self._dropped = 0
-        self._processed = 0
+        self._stats = NodeStats()
         self.live_map = self._load_map(self.settings) if self.settings.mode == "map" else None
         self._map_lock = threading.Lock()      # the worker updates the map, services read it
         self._last_map_job: Job | None = None  # the last cloud folded into the map (republished on relabel)
@@ -127,6 +130,10 @@ class SegmenterNode(Node):
         self._slot = LatestSlot()
         self._worker = threading.Thread(target=self._work, name="folk_segmenter_worker", daemon=True)
         self._worker.start()
+        if self.settings.diagnostics_period_s > 0:   # /diagnostics: absolute, as diagnostic_aggregator expects
+            self._pub_diagnostics = self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, 10)
+            self._diag_state = diagnostics.DiagnosticsState(self._stats.snapshot())
+            self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
         reliability = (ReliabilityPolicy.RELIABLE if self.settings.qos_reliability == "reliable"
                        else ReliabilityPolicy.BEST_EFFORT)
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.settings.qos_depth, reliability=reliability)
@@ -212,9 +219,10 @@ class SegmenterNode(Node):
     def _on_cloud(self, msg: PointCloud2) -> None:
         problem = input_problem(msg, self.settings.max_input_points)
         if problem is not None:
-            self._warn(problem)
+            self._reject(problem)
             return
         if self.live_map is not None and msg.header.frame_id != self.settings.map_frame:
+            self._stats.add(rejected=1)
             if msg.header.frame_id not in self._warned_frames:   # one clear warning per foreign frame
                 self._warned_frames.add(msg.header.frame_id)
                 self.get_logger().warning(
@@ -226,26 +234,31 @@ class SegmenterNode(Node):
         try:
             conv = cloud_from_msg(msg, default_rgb=self.settings.default_color)
         except CloudFormatError as err:
-            self._warn(f"cloud rejected: {err}")
+            self._reject(f"cloud rejected: {err}")
             return
         n = int(msg.width) * int(msg.height)
         if len(conv.cloud) == 0:
-            self._warn(f"cloud rejected: all {n:,} points have NaN/inf x, y or z")
+            self._reject(f"cloud rejected: all {n:,} points have NaN/inf x, y or z")
             return
         if not conv.had_color and not self._warned_no_color:
             self._warned_no_color = True
             self.get_logger().warning(f"cloud has no colour fields (rgb, rgba or r/g/b): using default_color "
                                       f"{list(self.settings.default_color)} (reported once)")
         job = Job(header=msg.header, conv=conv, n_input=n, convert_ms=(time.perf_counter() - t0) * 1e3)
+        self._stats.add(received=1)
         if self._slot.put(job) is not None:
-            self._dropped += 1
+            self._stats.add(dropped=1)
             if self._throttle.ready("dropped"):
-                self.get_logger().warning(f"segmentation is slower than the input: {self._dropped} clouds "
-                                          f"dropped so far (latest-only)")
+                self.get_logger().warning(f"segmentation is slower than the input: {self._stats.snapshot().dropped} "
+                                          f"clouds dropped so far (latest-only)")
 
     def _warn(self, text: str) -> None:
         if self._throttle.ready(text):
             self.get_logger().warning(text)
+
+    def _reject(self, text: str) -> None:
+        self._stats.add(rejected=1)
+        self._warn(text)
 
     # ---------------------------------------------------------------- worker thread
 
@@ -263,10 +276,10 @@ class SegmenterNode(Node):
                 else:
                     continue
             except CloudTooSmallError as err:    # bad input, not a failure: one throttled warning
-                self._warn(f"cloud skipped: {err}")
+                self._reject(f"cloud skipped: {err}")
                 continue
             except Exception as err:  # keep the node alive; the next cloud may be fine
-                self._error_once(f"segmentation failed: {type(err).__name__}: {err}", traceback.format_exc())
+                self._failed(f"segmentation failed: {type(err).__name__}: {err}", traceback.format_exc())
                 continue
             if not self._publish(outputs, report):
                 return
@@ -292,14 +305,33 @@ class SegmenterNode(Node):
         except Exception as err:
             if self._slot.closed or not rclpy.ok(context=self.context):
                 return False
-            self._error_once(f"publishing failed: {type(err).__name__}: {err}", traceback.format_exc())
+            self._failed(f"publishing failed: {type(err).__name__}: {err}", traceback.format_exc())
             return True
         if report is not None:
             report.timings["publish"] = (time.perf_counter() - t0) * 1e3
-            self._processed += 1
+            self._stats.processed_ok(report.timings)
             if self._throttle.ready("cloud"):
-                self.get_logger().info(report.line(self._processed, self._dropped))
+                counts = self._stats.snapshot()
+                self.get_logger().info(report.line(counts.processed, counts.dropped))
         return True
+
+    def _failed(self, text: str, trace: str) -> None:
+        self._stats.failure(text)
+        self._error_once(text, trace)
+
+    # ---------------------------------------------------------------- /diagnostics (executor thread)
+
+    def _publish_diagnostics(self) -> None:
+        extra = {"mode": self.settings.mode, "model bundle": str(self._bundle_path),
+                 "device": str(self.segmenter.device)}
+        if self.live_map is not None:
+            extra["map instances"] = str(len(self.live_map.map))
+        st = diagnostics.status(self._stats.snapshot(), self._diag_state,
+                                name=f"{self.get_name()}: segmentation", hardware_id=str(self.segmenter.device),
+                                worker_alive=self._worker.is_alive(),
+                                max_latency_s=self.settings.diagnostics_max_latency_s, extra=extra)
+        self._pub_diagnostics.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
+                                                      status=[st]))
 
     def _error_once(self, text: str, trace: str = "") -> None:
         """Log an error at most once per log_throttle_s (per distinct text); the first time with ``trace``."""

@@ -153,6 +153,12 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("log_throttle_s", 5.0, T.DOUBLE,
               "At most one per-cloud log line, one drop report and one of each distinct warning per this "
               "many seconds; 0 = every time.", limits=(0.0, 3600.0)),
+    ParamSpec("diagnostics_period_s", 1.0, T.DOUBLE,
+              "Publish a diagnostic_msgs/DiagnosticArray on /diagnostics every this many seconds (rates, drops, "
+              "latency by stage, model, device); 0 = never.", limits=(0.0, 3600.0)),
+    ParamSpec("diagnostics_max_latency_s", 5.0, T.DOUBLE,
+              "The diagnostics status is WARN when the last cloud took longer than this; 0 = never.",
+              limits=(0.0, 3600.0)),
     # --- live object map (start-up)
     ParamSpec("mode", "per_cloud", T.STRING,
               "per_cloud: every cloud is segmented on its own, instance ids are rows of one InstanceArray. "
@@ -214,6 +220,8 @@ class NodeSettings:
     marker_lifetime: float
     marker_points: bool
     log_throttle_s: float
+    diagnostics_period_s: float
+    diagnostics_max_latency_s: float
     max_vocabulary: int
     max_name_length: int
     mode: str
