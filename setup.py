@@ -42,7 +42,8 @@ setup(
     python_requires=">=3.10",
     # what folk_ros imports at run time (test/test_package.py checks it); the training tools need more:
     # requirements.txt pins everything
-    install_requires=["setuptools", "numpy", "scipy", "PyYAML", "torch", "open-clip-torch", "safetensors"],
+    install_requires=["setuptools", "numpy", "scipy", "PyYAML", "transforms3d", "torch", "open-clip-torch",
+                      "safetensors"],
     zip_safe=True,
     maintainer="folk_ros developers",
     maintainer_email="folk-ros@example.com",

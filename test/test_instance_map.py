@@ -126,6 +126,8 @@ def test_same_objects_keep_their_ids():
     assert imap.observations[row] == 3 and imap.first_seen[row] == 1.0 and imap.last_seen[row] == 3.0
     np.testing.assert_allclose(imap.box_min[row], A[0], atol=0.06)
     np.testing.assert_allclose(imap.box_max[row], A[1], atol=0.06)
+    np.testing.assert_allclose(imap.obb_center[row], np.mean(A, axis=0), atol=0.06)   # oriented box too
+    np.testing.assert_allclose(imap.obb_size[row], np.subtract(A[1], A[0]), atol=0.08)
     np.testing.assert_allclose(np.linalg.norm(imap.embeddings(), axis=1), 1.0, rtol=1e-5)
 
 

@@ -358,9 +358,18 @@ def test_outputs_agree_with_each_other_and_the_input(probe, node_proc):
         np.testing.assert_allclose([it.centroid.x, it.centroid.y, it.centroid.z], p.mean(0), atol=1e-4)
         np.testing.assert_allclose([it.bbox_min.x, it.bbox_min.y, it.bbox_min.z], p.min(0), atol=1e-6)
         np.testing.assert_allclose([it.bbox_max.x, it.bbox_max.y, it.bbox_max.z], p.max(0), atol=1e-6)
+        # the marker draws the instance's oriented box, which holds every one of its points
         box = np.array([[q.x, q.y, q.z] for q in by_ns[("folk/boxes", i)].points])
-        np.testing.assert_allclose(box.min(0), p.min(0), atol=1e-6)
-        np.testing.assert_allclose(box.max(0), p.max(0), atol=1e-6)
+        q = it.obb_pose.orientation
+        yaw = 2 * np.arctan2(q.z, q.w)
+        center = np.array([it.obb_pose.position.x, it.obb_pose.position.y, it.obb_pose.position.z])
+        size = np.array([it.obb_size.x, it.obb_size.y, it.obb_size.z])
+        np.testing.assert_allclose(box.mean(0), center, atol=1e-5)
+        c, s = np.cos(-yaw), np.sin(-yaw)
+        local = p - center
+        local = np.c_[c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1], local[:, 2]]
+        assert (np.abs(local) <= size / 2 + 1e-4).all()
+        assert np.prod(size) <= np.prod(p.max(0) - p.min(0)) + 1e-6   # never larger than the axis-aligned box
         assert by_ns[("folk/labels", i)].text == f"{it.label} {it.score:.2f}"
         assert len(by_ns[("folk/points", i)].points) > 0
     log = node_proc.log()

@@ -67,6 +67,9 @@ def test_ids_are_stable_and_outputs_agree(probe, map_node):
     assert ids and len(set(ids)) == len(ids) and ids == sorted(ids)
     for i in inst.instances:
         assert i.observations == 1 and i.first_seen == i.last_seen == inst.header.stamp
+        q = i.obb_pose.orientation
+        assert abs(q.w ** 2 + q.z ** 2 - 1.0) < 1e-6 and q.x == q.y == 0.0    # gravity-aligned yaw only
+        assert i.bbox_min.z - 1e-6 <= i.obb_pose.position.z <= i.bbox_max.z + 1e-6 and i.obb_size.z > 0
     # labeled cloud: a point's instance_id is the stable id of an instance whose point_indices hold it
     pts = cloud_fields(first[TOPIC_LABELED])
     assert set(np.unique(pts["instance_id"])) <= set(ids) | {-1}

@@ -44,8 +44,9 @@ def test_instance_array_round_trip():
 
 # runtime imports without a ROS package or rosdep key of their own: pip name in requirements.txt / setup.py
 PIP_NAMES = {"torch": "torch", "open_clip": "open-clip-torch", "safetensors": "safetensors"}
-ROSDEP_KEYS = {"numpy": "python3-numpy", "scipy": "python3-scipy", "yaml": "python3-yaml"}
-SETUP_NAMES = {"numpy": "numpy", "scipy": "scipy", "yaml": "PyYAML", **PIP_NAMES}
+ROSDEP_KEYS = {"numpy": "python3-numpy", "scipy": "python3-scipy", "yaml": "python3-yaml",
+               "transforms3d": "python3-transforms3d"}
+SETUP_NAMES = {"numpy": "numpy", "scipy": "scipy", "yaml": "PyYAML", "transforms3d": "transforms3d", **PIP_NAMES}
 OPTIONAL = {"MinkowskiEngine": "optional sparse backend (scripts/build_minkowski.sh)",
             "huggingface_hub": "optional: only looked up in a local cache, inside try/except"}
 LAUNCHED = {"rviz2": "started by launch/segment.launch.py with rviz:=true"}

@@ -312,3 +312,33 @@ def test_markers_with_no_instances_only_delete():
     msg = markers_from_instances(_header(), [], np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3)),
                                  np.zeros((0, 3), np.uint8), 0.0)
     assert [m.action for m in msg.markers] == [Marker.DELETEALL]
+
+
+def test_oriented_boxes_in_instances_and_markers():
+    """A table turned by 30 degrees: Instance.obb_pose/obb_size and the wire box follow it."""
+    from folk_ros.core.geometry import OrientedBoxes
+    yaw = np.radians(30)
+    obb = OrientedBoxes(np.array([[1.0, 2.0, 0.4]]), np.array([[1.6, 0.8, 0.8]]), np.array([yaw]))
+    bmin, bmax = obb.corners()[0].min(0)[None], obb.corners()[0].max(0)[None]
+    msg = instances_to_msg(_header(), ["table"], [np.array([0])], np.array([0]), np.array([0.9]),
+                           obb.center, bmin, bmax, obb=obb)
+    back = rclpy_serialization.deserialize_message(rclpy_serialization.serialize_message(msg), InstanceArray)
+    (inst,) = back.instances
+    q = inst.obb_pose.orientation
+    assert (q.x, q.y) == (0.0, 0.0) and np.degrees(2 * np.arctan2(q.z, q.w)) == pytest.approx(30.0)
+    assert (inst.obb_size.x, inst.obb_size.y, inst.obb_size.z) == pytest.approx((1.6, 0.8, 0.8))
+    assert (inst.obb_pose.position.x, inst.obb_pose.position.y) == (1.0, 2.0)
+    plain = instances_to_msg(_header(), ["table"], [np.array([0])], np.array([0]), np.array([0.9]),
+                             obb.center, bmin, bmax)                       # without obb: the axis-aligned box
+    assert plain.instances[0].obb_pose.orientation.w == 1.0
+    assert plain.instances[0].obb_size.x == pytest.approx(bmax[0, 0] - bmin[0, 0])
+    markers = markers_from_instances(_header(), ["table"], np.array([0.9]), bmin, bmax, label_colors(np.array([0])),
+                                     0.0, obb=obb)
+    ends = np.array([[p.x, p.y, p.z] for p in markers.markers[1].points])
+    np.testing.assert_allclose(np.unique(ends.round(9), axis=0), np.unique(obb.corners()[0].round(9), axis=0))
+    edges = ends[1::2] - ends[0::2]
+    lengths = np.sort(np.linalg.norm(edges, axis=1))
+    np.testing.assert_allclose(lengths, np.repeat([0.8, 0.8, 1.6], 4), atol=1e-9)   # the box's own edges
+    cube = markers_from_instances(_header(), ["table"], np.array([0.9]), bmin, bmax, label_colors(np.array([0])),
+                                  0.0, obb=obb, box_style="cube").markers[1]
+    assert cube.pose.orientation.z == pytest.approx(np.sin(yaw / 2))

@@ -25,6 +25,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from folk_ros.core.atomic import write_bytes_atomic
+from folk_ros.core.geometry import oriented_boxes
 from folk_ros.core.map_voxels import (MAX_CELL, VoxelGrid, concat_sets, isin_sorted, neighbourhood,
                                       overlap_counts, unpack)
 
@@ -138,6 +139,7 @@ class MapLabels:
 
 _ARRAYS = ("ids", "emb_sum", "weight", "score_sum", "points_sum", "observations", "first_seen", "last_seen",
            "misses")
+_GEOMETRY = ("box_min", "box_max", "centroids", "obb_center", "obb_size", "obb_yaw")   # derived from the voxels
 
 
 class InstanceMap:
@@ -177,6 +179,9 @@ class InstanceMap:
         self.box_min = np.zeros((0, 3), np.float64)
         self.box_max = np.zeros((0, 3), np.float64)
         self.centroids = np.zeros((0, 3), np.float64)
+        self.obb_center = np.zeros((0, 3), np.float64)    # gravity-aligned oriented boxes of the voxel centres
+        self.obb_size = np.zeros((0, 3), np.float64)
+        self.obb_yaw = np.zeros(0, np.float64)
         self._lookup: tuple[np.ndarray, np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -516,9 +521,9 @@ class InstanceMap:
         self.first_seen = np.append(self.first_seen, stamp)
         self.last_seen = np.append(self.last_seen, stamp)
         self.misses = np.append(self.misses, 0)
-        self.box_min = np.concatenate([self.box_min, np.zeros((1, 3))])
-        self.box_max = np.concatenate([self.box_max, np.zeros((1, 3))])
-        self.centroids = np.concatenate([self.centroids, np.zeros((1, 3))])
+        for name in _GEOMETRY:
+            shape = getattr(self, name).shape[1:]
+            setattr(self, name, np.concatenate([getattr(self, name), np.zeros((1, *shape))]))
         return new_id
 
     def _drop_rows(self, rows) -> None:
@@ -526,7 +531,7 @@ class InstanceMap:
             return
         keep = np.ones(len(self), bool)
         keep[list(rows)] = False
-        for name in _ARRAYS + ("box_min", "box_max", "centroids"):
+        for name in _ARRAYS + _GEOMETRY:
             setattr(self, name, getattr(self, name)[keep])
         self.voxels = [v for v, k in zip(self.voxels, keep) if k]
 
@@ -593,6 +598,9 @@ class InstanceMap:
         counts = np.diff(np.append(starts, keys.size))
         self.centroids[idx] = (np.add.reduceat(cells.astype(np.float64), starts, axis=0) / counts[:, None]
                                + 0.5) * size + origin
+        obb = oriented_boxes((cells + 0.5) * size + origin, np.split(np.arange(keys.size), starts[1:]))
+        self.obb_center[idx], self.obb_yaw[idx] = obb.center, obb.yaw
+        self.obb_size[idx] = obb.size + size          # voxel centres: the box reaches half a voxel further
 
     # ------------------------------------------------------------------ files
 
@@ -676,7 +684,8 @@ class InstanceMap:
         for name in _ARRAYS:
             setattr(out, name, arrays[name].copy())
         out.voxels = [np.unique(keys[offsets[i]:offsets[i + 1]]) for i in range(m)]
-        out.box_min, out.box_max, out.centroids = np.zeros((m, 3)), np.zeros((m, 3)), np.zeros((m, 3))
+        for name in _GEOMETRY:
+            setattr(out, name, np.zeros((m, 3)) if name != "obb_yaw" else np.zeros(m))
         out._refresh_geometry(range(m))
         return out
 

@@ -13,6 +13,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
+from folk_ros.core.geometry import oriented_boxes
 from folk_ros.core.segmenter import Instances
 from folk_ros.ros import parameters as params
 from folk_ros.ros.conversions import (CloudConversion, cloud_to_msg, instance_geometry, instances_to_msg,
@@ -64,13 +65,14 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
     """
     xyz = conv.cloud.xyz
     centroids, bmin, bmax = instance_geometry(xyz, labels.point_ids)
+    obb = oriented_boxes(xyz, labels.point_ids)
     msg_ids = [conv.indices[ids] for ids in labels.point_ids]
     inst_msg = instances_to_msg(header, instances.vocabulary, msg_ids, instances.label_indices,
-                                instances.scores, centroids, bmin, bmax)
+                                instances.scores, centroids, bmin, bmax, obb=obb)
     colors = label_colors(instances.label_indices)
     point_sets = [xyz[ids] for ids in labels.point_ids] if settings.marker_points else None
     markers = markers_from_instances(header, instances.labels, instances.scores, bmin, bmax, colors,
-                                     lifetime_s=settings.marker_lifetime, point_sets=point_sets)
+                                     lifetime_s=settings.marker_lifetime, point_sets=point_sets, obb=obb)
     labeled = None
     if settings.publish_labeled_cloud:
         labeled = labeled_cloud_msg(header, conv, n_input, labels.instance_id, labels.label_index, labels.score)

@@ -24,12 +24,14 @@ from typing import Mapping, Sequence
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from folk_ros_interfaces.msg import Instance, InstanceArray
-from geometry_msgs.msg import Point
+from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
+from transforms3d.euler import euler2quat
 from visualization_msgs.msg import Marker, MarkerArray
 
 from folk_ros.core.cloud import PointCloud
+from folk_ros.core.geometry import OrientedBoxes
 
 # PointField datatype -> numpy type code (without byte order).
 _NUMPY_CODE = {
@@ -411,7 +413,7 @@ def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_pe
                      label_indices: np.ndarray, scores: np.ndarray, centroids: np.ndarray,
                      boxes_min: np.ndarray, boxes_max: np.ndarray, *, ids: np.ndarray | None = None,
                      observations: np.ndarray | None = None, first_seen: np.ndarray | None = None,
-                     last_seen: np.ndarray | None = None) -> InstanceArray:
+                     last_seen: np.ndarray | None = None, obb: OrientedBoxes | None = None) -> InstanceArray:
     """An InstanceArray with one Instance per row.
 
     Args:
@@ -424,6 +426,8 @@ def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_pe
         ids: (M,) instance ids in [0, 2**32) (map mode: stable ids); None = the row index.
         observations: (M,) clouds each was found in; None = 1.
         first_seen, last_seen: (M,) stamps in seconds; None = the header's stamp.
+        obb: the M oriented boxes (:func:`folk_ros.core.geometry.oriented_boxes`); None = the axis-aligned
+            boxes with yaw 0.
     """
     vocabulary = list(vocabulary)
     if not all(isinstance(v, str) for v in vocabulary):
@@ -458,6 +462,11 @@ def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_pe
             if a.shape != (m,):
                 raise ValueError(f"{name} must have shape ({m},), got {a.shape}")
             stamps[name] = [stamp_msg(t) for t in a]
+    if obb is None:
+        bmin, bmax = geometry["boxes_min"], geometry["boxes_max"]
+        obb = OrientedBoxes((bmin + bmax) / 2.0, bmax - bmin, np.zeros(m))
+    if len(obb) != m:
+        raise ValueError(f"obb must hold {m} boxes, got {len(obb)}")
     instances = []
     for i in range(m):
         li = int(label_indices[i])
@@ -466,8 +475,16 @@ def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_pe
             point_indices=_uint32_array(point_indices_per_instance[i], f"point indices of instance {i}"),
             centroid=_point(geometry["centroids"][i]), bbox_min=_point(geometry["boxes_min"][i]),
             bbox_max=_point(geometry["boxes_max"][i]), observations=int(observations[i]),
-            first_seen=_copy_time(stamps["first_seen"][i]), last_seen=_copy_time(stamps["last_seen"][i])))
+            first_seen=_copy_time(stamps["first_seen"][i]), last_seen=_copy_time(stamps["last_seen"][i]),
+            obb_pose=Pose(position=_point(obb.center[i]), orientation=yaw_quaternion(obb.yaw[i])),
+            obb_size=Vector3(x=float(obb.size[i, 0]), y=float(obb.size[i, 1]), z=float(obb.size[i, 2]))))
     return InstanceArray(header=_copy_header(header), vocabulary=vocabulary, instances=instances)
+
+
+def yaw_quaternion(yaw: float) -> Quaternion:
+    """The rotation by ``yaw`` radians about +z as a geometry_msgs/Quaternion (transforms3d: w, x, y, z)."""
+    w, x, y, z = euler2quat(0.0, 0.0, float(yaw))
+    return Quaternion(x=float(x), y=float(y), z=float(z), w=float(w))
 
 
 def stamp_seconds(stamp: Time) -> float:
@@ -500,13 +517,13 @@ def _uint32_array(values: np.ndarray, what: str) -> array.array:
 # The 12 edges of a box as pairs of corner numbers; corner c has bit 0/1/2 = max in x/y/z.
 _BOX_EDGES = np.array([(0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7),
                        (0, 4), (1, 5), (2, 6), (3, 7)])
-_CORNER_BITS = (np.arange(8)[:, None] >> np.arange(3)) & 1  # (8, 3)
 
 
 def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndarray, boxes_min: np.ndarray,
                            boxes_max: np.ndarray, colors: np.ndarray, lifetime_s: float,
                            namespace: str = "folk", point_sets: Sequence[np.ndarray] | None = None, *,
                            ids: Sequence[int] | None = None, delete_ids: Sequence[int] | None = None,
+                           obb: OrientedBoxes | None = None,
                            box_style: str = "wire", line_width: float = 0.02, text_height: float = 0.15,
                            point_size: float = 0.02, max_marker_points: int = 2000) -> MarkerArray:
     """RViz markers for M instances: DELETEALL, then per instance a box, a label and optionally points.
@@ -527,6 +544,7 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
         namespace: prefix of the marker namespaces.
         point_sets: optional M arrays of (K_i, 3) points, drawn as a POINTS marker each; every marker
             point is a Python message object, so at most ``max_marker_points`` (evenly strided) are kept.
+        obb: the oriented boxes to draw (gravity-aligned yaw); None = the axis-aligned ones.
         box_style: "wire" (LINE_LIST, 12 edges, ``line_width`` metres) or "cube" (CUBE, 35% opaque).
         text_height: text height in metres; the label sits that far above the box top.
         point_size: POINTS marker point width in metres.
@@ -562,23 +580,27 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
         kinds = ("boxes", "labels") + (("points",) if point_sets is not None else ())
         markers = [Marker(header=_copy_header(header), ns=f"{namespace}/{kind}", id=int(i), action=Marker.DELETE)
                    for i in delete_ids for kind in kinds]
-    center, size = (bmin + bmax) / 2.0, bmax - bmin
+    if obb is None:
+        obb = OrientedBoxes((bmin + bmax) / 2.0, bmax - bmin, np.zeros(m))
+    if len(obb) != m:
+        raise ValueError(f"obb must hold {m} boxes, got {len(obb)}")
+    center, size, corners_all = obb.center, obb.size, obb.corners()          # (M, 3), (M, 3), (M, 8, 3)
     for i, mid in enumerate(ids):
         if box_style == "cube":
             box = marker(f"{namespace}/boxes", mid, Marker.CUBE)
             box.pose.position = _point(center[i])
+            box.pose.orientation = yaw_quaternion(obb.yaw[i])
             box.scale.x, box.scale.y, box.scale.z = (float(s) for s in np.maximum(size[i], 1e-3))
             box.color = ColorRGBA(r=rgba[i, 0], g=rgba[i, 1], b=rgba[i, 2], a=0.35)
         else:
             box = marker(f"{namespace}/boxes", mid, Marker.LINE_LIST)
-            corners = np.where(_CORNER_BITS == 1, bmax[i], bmin[i])  # (8, 3)
-            box.points = [_point(p) for p in corners[_BOX_EDGES.reshape(-1)]]
+            box.points = [_point(p) for p in corners_all[i][_BOX_EDGES.reshape(-1)]]
             box.scale.x = float(line_width)
             box.color = ColorRGBA(r=rgba[i, 0], g=rgba[i, 1], b=rgba[i, 2], a=1.0)
         markers.append(box)
 
         text = marker(f"{namespace}/labels", mid, Marker.TEXT_VIEW_FACING)
-        text.pose.position = _point((center[i, 0], center[i, 1], bmax[i, 2] + text_height))
+        text.pose.position = _point((center[i, 0], center[i, 1], center[i, 2] + size[i, 2] / 2 + text_height))
         text.scale.z = float(text_height)
         text.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
         text.text = f"{names[i] or 'unlabeled'} {scores[i]:.2f}"

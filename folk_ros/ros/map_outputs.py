@@ -14,6 +14,7 @@ import numpy as np
 from folk_ros_interfaces.msg import InstanceArray
 from std_msgs.msg import Header
 
+from folk_ros.core.geometry import OrientedBoxes
 from folk_ros.core.instance_map import MapLabels
 from folk_ros.core.live_map import LiveMap
 from folk_ros.ros import parameters as params
@@ -32,7 +33,7 @@ class MapView:
     Attributes:
         vocabulary: the names label_indices index.
         ids, label_indices, observations: (M,) int64; scores, first_seen, last_seen: (M,) float;
-        box_min, box_max, centroids: (M, 3) float64.
+        box_min, box_max, centroids: (M, 3) float64. obb: the M gravity-aligned oriented boxes.
         point_rows: (K,) int64 row (into these M) of each kept point of the last cloud, -1 for none (one
             instance per point: where instances share a voxel, the most observed).
         point_sets: M arrays of the kept points inside each instance's voxels (may overlap).
@@ -48,6 +49,7 @@ class MapView:
     box_min: np.ndarray
     box_max: np.ndarray
     centroids: np.ndarray
+    obb: OrientedBoxes
     point_rows: np.ndarray
     point_sets: list[np.ndarray]
 
@@ -77,7 +79,9 @@ def map_view(live_map: LiveMap, labels: MapLabels, vocabulary: tuple[str, ...], 
                    scores=labels.scores[rows], observations=imap.observations[rows].copy(),
                    first_seen=imap.first_seen[rows].copy(), last_seen=imap.last_seen[rows].copy(),
                    box_min=imap.box_min[rows].copy(), box_max=imap.box_max[rows].copy(),
-                   centroids=imap.centroids[rows].copy(), point_rows=point_rows, point_sets=point_sets)
+                   centroids=imap.centroids[rows].copy(),
+                   obb=OrientedBoxes(imap.obb_center[rows], imap.obb_size[rows], imap.obb_yaw[rows]),
+                   point_rows=point_rows, point_sets=point_sets)
 
 
 def instances_msg(header: Header, view: MapView, point_indices: list[np.ndarray] | None = None) -> InstanceArray:
@@ -86,7 +90,8 @@ def instances_msg(header: Header, view: MapView, point_indices: list[np.ndarray]
     point_indices = point_indices if point_indices is not None else [np.zeros(0, np.int64)] * len(view)
     return instances_to_msg(header, view.vocabulary, point_indices, view.label_indices, view.scores,
                             view.centroids, view.box_min, view.box_max, ids=view.ids,
-                            observations=view.observations, first_seen=view.first_seen, last_seen=view.last_seen)
+                            observations=view.observations, first_seen=view.first_seen, last_seen=view.last_seen,
+                            obb=view.obb)
 
 
 def build_map_outputs(header: Header, conv: CloudConversion, n_input: int, view: MapView,
@@ -101,7 +106,7 @@ def build_map_outputs(header: Header, conv: CloudConversion, n_input: int, view:
     gone = sorted(previous_ids - {int(i) for i in view.ids})
     markers = markers_from_instances(header, names, view.scores, view.box_min, view.box_max,
                                      label_colors(view.label_indices), lifetime_s=settings.marker_lifetime,
-                                     point_sets=point_sets, ids=view.ids, delete_ids=gone)
+                                     point_sets=point_sets, ids=view.ids, delete_ids=gone, obb=view.obb)
     labeled = None
     if settings.publish_labeled_cloud:
         hit = view.point_rows >= 0

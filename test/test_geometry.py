@@ -1,0 +1,51 @@
+"""Gravity-aligned oriented boxes (issue: a table at 30 degrees gets a box at 30 degrees)."""
+
+import numpy as np
+import pytest
+
+from folk_ros.core.geometry import oriented_boxes
+
+
+def box_surface(center, size, yaw, n=3000, seed=0):
+    """Points on the surface of a box turned by ``yaw`` about +z."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform(-0.5, 0.5, (n, 3))
+    face = rng.integers(0, 3, n)
+    u[np.arange(n), face] = np.sign(u[np.arange(n), face]) * 0.5
+    p = u * np.asarray(size)
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.stack([c * p[:, 0] - s * p[:, 1], s * p[:, 0] + c * p[:, 1], p[:, 2]], 1) + np.asarray(center)
+
+
+@pytest.mark.parametrize("yaw_deg, want_deg", [(0, 0), (30, 30), (-60, -60), (90, 90), (120, -60), (-100, 80)])
+def test_a_turned_box_gets_its_yaw_size_and_centre(yaw_deg, want_deg):
+    pts = box_surface((1.0, 2.0, 0.4), (1.6, 0.8, 0.75), np.radians(yaw_deg))
+    boxes = oriented_boxes(pts, [np.arange(3000)])
+    center, size, yaw = boxes.center[0], boxes.size[0], boxes.yaw[0]
+    np.testing.assert_allclose(np.degrees(yaw), want_deg, atol=1e-3)
+    np.testing.assert_allclose(size, (1.6, 0.8, 0.75), atol=1e-5)
+    np.testing.assert_allclose(center, (1.0, 2.0, 0.4), atol=1e-5)
+
+
+def test_the_oriented_box_is_tighter_than_the_axis_aligned_one_and_holds_every_point():
+    pts = box_surface((0.0, 0.0, 0.5), (2.0, 1.0, 1.0), np.radians(30))
+    boxes = oriented_boxes(pts, [np.arange(len(pts))])
+    aabb = np.prod(pts.max(0) - pts.min(0))
+    assert np.prod(boxes.size[0]) < 0.6 * aabb
+    corners = boxes.corners()[0]                                   # (8, 3): all points inside their hull
+    c, s = np.cos(-boxes.yaw[0]), np.sin(-boxes.yaw[0])
+    local = pts - boxes.center[0]
+    local = np.stack([c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1], local[:, 2]], 1)
+    assert (np.abs(local) <= boxes.size[0] / 2 + 1e-9).all()
+    np.testing.assert_allclose(corners.mean(0), boxes.center[0], atol=1e-9)
+
+
+def test_degenerate_footprints_and_several_instances():
+    xyz = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0],                  # one footprint point: a vertical line
+                    [0.0, 0.0, 0.0], [1.0, 1.0, 0.0], [2.0, 2.0, 0.0]])  # collinear footprint at 45 degrees
+    boxes = oriented_boxes(xyz, [np.array([0, 1]), np.array([2, 3, 4])])
+    np.testing.assert_allclose(boxes.size[0], (0.0, 0.0, 1.0))
+    np.testing.assert_allclose(np.degrees(boxes.yaw[1]), 45.0, atol=1e-9)
+    np.testing.assert_allclose(boxes.size[1, 0], np.sqrt(8), atol=1e-9)
+    with pytest.raises(ValueError, match="no points"):
+        oriented_boxes(xyz, [np.zeros(0, np.int64)])
