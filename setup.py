@@ -49,5 +49,6 @@ setup(
     maintainer_email="folk-ros@example.com",
     description="Open-vocabulary 3D instance segmentation for robots (FOLK) as a ROS 2 package.",
     license="Apache-2.0",
-    entry_points={"console_scripts": ["folk_segmenter = folk_ros.ros.node:run"]},
+    entry_points={"console_scripts": ["folk_segmenter = folk_ros.ros.node:run",
+                                      "folk_segmenter_managed = folk_ros.ros.lifecycle_node:run"]},
 )

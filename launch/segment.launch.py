@@ -4,6 +4,7 @@
     ros2 launch folk_ros segment.launch.py cloud_topic:=/mapping/cloud rviz:=true
     ros2 launch folk_ros segment.launch.py vocabulary:="[mug, 'fire extinguisher']" namespace:=robot1
     ros2 launch folk_ros segment.launch.py params_file:=/path/to/my_segment.yaml
+    ros2 launch folk_ros segment.launch.py managed:=true      # then: ros2 lifecycle set /folk_segmenter configure
 
 Arguments:
     params_file  node parameters (default: the package's config/segment.yaml).
@@ -11,11 +12,14 @@ Arguments:
     vocabulary   optional override of the vocabulary parameter: a YAML list such as "[mug, chair]".
     namespace    namespace of the node (and RViz); topics become <namespace>/instances etc.
     rviz         true: also start rviz2 with config/folk.rviz (labeled cloud + markers, fixed frame map).
+    managed      true: start the managed (lifecycle) node, unconfigured, for your lifecycle manager to
+                 configure and activate (folk_ros/ros/lifecycle_node.py).
 
 The node's section of ``params_file`` is read here and passed to the node as a dictionary, so it
 applies under any namespace (a params file keyed ``folk_segmenter:`` only matches ``/folk_segmenter``).
 Everything this starts can also be started without launch:
-``python -m folk_ros.ros.node --ros-args --params-file config/segment.yaml -r cloud_in:=/my/cloud``.
+``python -m folk_ros.ros.node --ros-args --params-file config/segment.yaml -r cloud_in:=/my/cloud``
+(``python -m folk_ros.ros.lifecycle_node ...`` for the managed one).
 """
 
 import os
@@ -25,10 +29,11 @@ from ament_index_python.packages import PackageNotFoundError, get_package_share_
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 PACKAGE = "folk_ros"
 EXECUTABLE = "folk_segmenter"   # console_scripts entry: folk_segmenter = folk_ros.ros.node:run
+MANAGED_EXECUTABLE = "folk_segmenter_managed"   # folk_ros.ros.lifecycle_node:run
 NODE_NAME = "folk_segmenter"    # the key of config/segment.yaml
 INPUT_TOPIC = "cloud_in"
 RVIZ_TOPICS = ("/labeled_cloud", "/markers")  # as written in config/folk.rviz
@@ -76,9 +81,12 @@ def _launch_setup(context):
     with_rviz = LaunchConfiguration("rviz").perform(context).strip().lower() in ("true", "1", "yes")
     if with_rviz:   # checked before anything starts: a failed rviz2 lookup must not orphan the segmenter
         require_package("rviz2", "rviz:=true")
-    actions = [Node(package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME, namespace=namespace,
-                    parameters=[parameters], remappings=[(INPUT_TOPIC, LaunchConfiguration("cloud_topic"))],
-                    output="screen", emulate_tty=True)]
+    managed = LaunchConfiguration("managed").perform(context).strip().lower() in ("true", "1", "yes")
+    segmenter = dict(package=PACKAGE, name=NODE_NAME, namespace=namespace, parameters=[parameters],
+                     remappings=[(INPUT_TOPIC, LaunchConfiguration("cloud_topic"))], output="screen",
+                     emulate_tty=True)
+    actions = [LifecycleNode(executable=MANAGED_EXECUTABLE, **segmenter) if managed
+               else Node(executable=EXECUTABLE, **segmenter)]
     if with_rviz:
         rviz_config = os.path.join(get_package_share_directory(PACKAGE), "config", "folk.rviz")
         actions.append(Node(package="rviz2", executable="rviz2", name="rviz2", namespace=namespace,
@@ -99,5 +107,7 @@ def generate_launch_description():
                               description='vocabulary override, e.g. "[mug, chair]" (empty: the params file\'s)'),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node and RViz"),
         DeclareLaunchArgument("rviz", default_value="false", description="start rviz2 with config/folk.rviz"),
+        DeclareLaunchArgument("managed", default_value="false",
+                              description="start the managed (lifecycle) node, for a lifecycle manager to bring up"),
         OpaqueFunction(function=_launch_setup),
     ])

@@ -183,6 +183,10 @@ class _Recorded:
         self.args, self.kwargs = args, kwargs
 
 
+class _RecordedLifecycle(_Recorded):
+    pass
+
+
 class _LaunchConfiguration:
     def __init__(self, name):
         self.name = name
@@ -207,7 +211,7 @@ def _load_launch_file(monkeypatch, share_directory=_share_directory):
         "launch": {"LaunchDescription": lambda entities: list(entities)},
         "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration},
-        "launch_ros": {}, "launch_ros.actions": {"Node": _Recorded},
+        "launch_ros": {}, "launch_ros.actions": {"Node": _Recorded, "LifecycleNode": _RecordedLifecycle},
         "ament_index_python": {},
         "ament_index_python.packages": {"get_package_share_directory": share_directory,
                                         "PackageNotFoundError": _PackageNotFoundError},
@@ -224,7 +228,7 @@ def test_launch_file_names_match_the_node(monkeypatch):
     launch = _load_launch_file(monkeypatch)
     entities = launch.generate_launch_description()
     args = {e.args[0]: e.kwargs["default_value"] for e in entities if "default_value" in e.kwargs}
-    assert set(args) == {"params_file", "cloud_topic", "vocabulary", "namespace", "rviz"}
+    assert set(args) == {"params_file", "cloud_topic", "vocabulary", "namespace", "rviz", "managed"}
     assert Path(args["params_file"]) == REPO / "config/segment.yaml"
     setup = entities[-1].kwargs["function"]
 
@@ -243,6 +247,10 @@ def test_launch_file_names_match_the_node(monkeypatch):
     assert Path(rviz.kwargs["arguments"][1]) == REPO / "config/folk.rviz"
     assert {src for src, _ in rviz.kwargs["remappings"]} == {f"/{TOPIC_LABELED}", f"/{TOPIC_MARKERS}"}
 
+    (managed,) = setup({**args, "managed": "true"})        # the lifecycle node, same name and parameters
+    assert isinstance(managed, _RecordedLifecycle) and managed.kwargs["executable"] == "folk_segmenter_managed"
+    assert managed.kwargs["name"] == params.NODE_NAME and set(managed.kwargs["parameters"][0]) == set(parameters)
+    assert "folk_segmenter_managed = folk_ros.ros.lifecycle_node:run" in (REPO / "setup.py").read_text()
     (only_node,) = setup({**args, "rviz": "false"})
     assert only_node.kwargs["parameters"][0]["vocabulary"] == _yaml_parameters()["vocabulary"]
     assert launch.parse_vocabulary("mug, chair") == ["mug", "chair"]

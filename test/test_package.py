@@ -49,7 +49,8 @@ ROSDEP_KEYS = {"numpy": "python3-numpy", "scipy": "python3-scipy", "yaml": "pyth
 SETUP_NAMES = {"numpy": "numpy", "scipy": "scipy", "yaml": "PyYAML", "transforms3d": "transforms3d", **PIP_NAMES}
 OPTIONAL = {"MinkowskiEngine": "optional sparse backend (scripts/build_minkowski.sh)",
             "huggingface_hub": "optional: only looked up in a local cache, inside try/except"}
-LAUNCHED = {"rviz2": "started by launch/segment.launch.py with rviz:=true"}
+LAUNCHED = {"rviz2": "started by launch/segment.launch.py with rviz:=true",
+            "lifecycle_msgs": "needed by rclpy.lifecycle, which the managed node imports"}
 
 
 def runtime_imports() -> set[str]:

@@ -1,0 +1,482 @@
+"""What the ``folk_segmenter`` node does, as a mixin shared by the plain and the managed (lifecycle) node.
+
+:class:`SegmenterRuntime` holds the node's behaviour in four steps: :meth:`_configure` (read the
+parameters, load and check the model and the map, create publishers and services), :meth:`_activate`
+(start the worker, subscribe, start /diagnostics), :meth:`_deactivate` (the reverse) and
+:meth:`_cleanup` (save the map, free the model). ``folk_ros.ros.node.SegmenterNode`` runs the first two
+at construction; ``folk_ros.ros.lifecycle_node.ManagedSegmenterNode`` runs each on its lifecycle
+transition. See ``folk_ros/ros/node.py`` for the topics, services and threading.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from folk_ros_interfaces.msg import InstanceArray
+from folk_ros_interfaces.srv import QueryMap, SaveMap
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from folk_ros.core.cloud import fit_point_budget
+from folk_ros.core.instance_map import MapFileError
+from folk_ros.core.live_map import LiveMap
+from folk_ros.core.mask3d.model import CloudTooSmallError
+from folk_ros.core.segmenter import Segmenter
+from folk_ros.ros import diagnostics
+from folk_ros.ros import parameters as params
+from folk_ros.ros.cloud_outputs import Outputs, build_outputs, label_points
+from folk_ros.ros.conversions import CloudFormatError, cloud_from_msg, stamp_seconds
+from folk_ros.ros.map_outputs import (MapView, build_map_outputs, instances_msg, map_view, query_problem, save_path,
+                                      shown_rows)
+from folk_ros.ros.diagnostics import NodeStats
+from folk_ros.ros.work import CloudReport, Job, LatestSlot, Throttle, input_problem
+
+TOPIC_IN, TOPIC_INSTANCES, TOPIC_MARKERS, TOPIC_LABELED = "cloud_in", "instances", "markers", "labeled_cloud"
+TOPIC_DIAGNOSTICS = "/diagnostics"
+SERVICE_QUERY, SERVICE_RESET, SERVICE_SAVE = "~/query", "~/reset_map", "~/save_map"
+OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameter, missing bundle); the message is the one line to print."""
+
+
+class SegmenterRuntime:
+    """The node's behaviour; mixed into an rclpy ``Node`` or ``LifecycleNode`` (see the module docstring)."""
+
+    # ---------------------------------------------------------------- the four steps
+
+    def _configure(self) -> None:
+        """Read the parameters (declared by the node), load the model (and the map), create the outputs and
+        the map services; StartupError with one line when anything is wrong."""
+        self.settings = self._read_settings()
+        self.segmenter = self._load_segmenter(self.settings)
+        self._bundle_template = self.segmenter.cfg.prompt_template  # from the manifest (see segmenter_overrides)
+        self._live = params.initial_live(self.settings, self._bundle_template)
+        try:
+            self._encode_text(self._live)      # before "ready": the first cloud finds the text encoded
+        except (ValueError, RuntimeError) as err:
+            raise StartupError(f"cannot encode the vocabulary: {err}") from err
+        self._live_lock = threading.Lock()
+        self._throttle = Throttle(self.settings.log_throttle_s)
+        self._warned_no_color = False
+        self._warned_frames: set[str] = set()
+        self._errors_traced: set[str] = set()
+        self._stats = NodeStats()
+        self.live_map = self._load_map(self.settings) if self.settings.mode == "map" else None
+        self._map_lock = threading.Lock()      # the worker updates the map, services read it
+        self._last_map_job: Job | None = None  # the last cloud folded into the map (republished on relabel)
+        self._published_ids: set[int] = set()
+        self._map_updates = 0
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
+        self._param_callbacks = True
+        self._pub_instances = self._output_publisher(InstanceArray, TOPIC_INSTANCES, OUTPUT_QOS)
+        self._pub_markers = self._output_publisher(MarkerArray, TOPIC_MARKERS, OUTPUT_QOS)
+        self._pub_cloud = (self._output_publisher(PointCloud2, TOPIC_LABELED, OUTPUT_QOS)
+                           if self.settings.publish_labeled_cloud else None)
+        self._pub_diagnostics = (self.create_publisher(DiagnosticArray, TOPIC_DIAGNOSTICS, 10)
+                                 if self.settings.diagnostics_period_s > 0 else None)
+        self._map_services = []
+        if self.live_map is not None:   # on the executor: they hold the map lock only for short commits
+            self._map_services = [self.create_service(QueryMap, SERVICE_QUERY, self._on_query),
+                                  self.create_service(Trigger, SERVICE_RESET, self._on_reset),
+                                  self.create_service(SaveMap, SERVICE_SAVE, self._on_save)]
+        self._slot: LatestSlot | None = None
+        self._worker: threading.Thread | None = None
+        self._subscription = self._diag_timer = None
+
+    def _activate(self) -> None:
+        """Start the worker, /diagnostics and, last, the cloud subscription (ready when it is visible)."""
+        self._slot = LatestSlot()
+        self._worker = threading.Thread(target=self._work, name="folk_segmenter_worker", daemon=True)
+        self._worker.start()
+        if self._pub_diagnostics is not None:   # /diagnostics: absolute, as diagnostic_aggregator expects
+            self._diag_state = diagnostics.DiagnosticsState(self._stats.snapshot())
+            self._diag_timer = self.create_timer(self.settings.diagnostics_period_s, self._publish_diagnostics)
+        reliability = (ReliabilityPolicy.RELIABLE if self.settings.qos_reliability == "reliable"
+                       else ReliabilityPolicy.BEST_EFFORT)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.settings.qos_depth, reliability=reliability)
+        self._subscription = self.create_subscription(PointCloud2, TOPIC_IN, self._on_cloud, qos)
+        mode = (f"map (frame {self.settings.map_frame!r}, {len(self.live_map.map)} instances, map_dir "
+                f"{params.map_directory(self.settings)})" if self.live_map is not None else "per_cloud")
+        self.get_logger().info(
+            f"ready: mode {mode}, bundle {self._bundle_path}, device {self.segmenter.device}, "
+            f"{params.describe_vocabulary(self._live.vocabulary)}, subscribed to {self.resolve_topic_name(TOPIC_IN)}")
+
+    def _deactivate(self) -> None:
+        """Unsubscribe and stop the worker: waited for 0.5 s, so a cloud still being segmented then is
+        dropped (its outputs are not published) and shutting down never waits for Mask3D."""
+        if getattr(self, "_subscription", None) is not None:
+            self.destroy_subscription(self._subscription)
+            self._subscription = None
+        if getattr(self, "_diag_timer", None) is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        slot, worker = getattr(self, "_slot", None), getattr(self, "_worker", None)
+        if slot is not None:
+            slot.close()
+        if worker is not None and worker.is_alive():
+            worker.join(timeout=0.5)
+
+    def _cleanup(self) -> None:
+        """Save map_file (under the map lock, after any update in progress), then drop the publishers, the
+        services, the parameter callbacks and the model (the CUDA cache is emptied)."""
+        if getattr(self, "live_map", None) is not None and self.settings.map_file:
+            self._save_map_file()
+        for name in ("_pub_instances", "_pub_markers", "_pub_cloud", "_pub_diagnostics"):
+            pub = getattr(self, name, None)
+            if pub is not None:
+                self._destroy_publisher(pub)
+                setattr(self, name, None)
+        for service in getattr(self, "_map_services", []):
+            self.destroy_service(service)
+        self._map_services = []
+        if getattr(self, "_param_callbacks", False):
+            self.remove_on_set_parameters_callback(self._on_set_parameters)
+            self.remove_post_set_parameters_callback(self._on_parameters_set)
+            self._param_callbacks = False
+        self.segmenter = self.live_map = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _output_publisher(self, msg_type, topic: str, qos):
+        """An output publisher (the managed node makes lifecycle publishers)."""
+        return self.create_publisher(msg_type, topic, qos)
+
+    def _destroy_publisher(self, publisher) -> None:
+        self.destroy_publisher(publisher)
+
+    # ---------------------------------------------------------------- start-up
+
+    def _declare_parameters(self) -> None:
+        try:
+            self.declare_parameters("", params.declarations())
+        except Exception as err:  # rclpy raises several types for bad overrides; all are start-up errors
+            raise StartupError(f"bad parameter: {err}") from err
+
+    def _read_settings(self) -> params.NodeSettings:
+        try:
+            return params.read_settings({p.name: self.get_parameter(p.name).value for p in params.PARAMETERS})
+        except Exception as err:
+            raise StartupError(f"bad parameter: {err}") from err
+
+    def _load_segmenter(self, settings: params.NodeSettings) -> Segmenter:
+        try:
+            self._bundle_path = params.resolve_bundle(settings.model_bundle)
+            if settings.num_threads > 0:
+                torch.set_num_threads(settings.num_threads)
+            return Segmenter.from_bundle(self._bundle_path, device=settings.device,
+                                         sparse_backend=settings.sparse_backend,
+                                         files=params.checkpoint_overrides(settings),
+                                         allow_unsafe=settings.allow_unsafe_checkpoints,
+                                         **params.segmenter_overrides(settings))
+        except Exception as err:  # FileNotFoundError, BundleError, ValueError (device, mismatch), torch load errors
+            raise StartupError(f"cannot start the Segmenter (model_bundle {settings.model_bundle!r}, device "
+                               f"{settings.device!r}): {err}") from err
+
+    def _load_map(self, settings: params.NodeSettings) -> LiveMap:
+        live_map = LiveMap(self.segmenter, settings.map_config, settings.max_points, settings.voxel_size)
+        path = self._map_file_path()
+        if path is not None and path.exists():
+            try:
+                live_map.load(path)
+            except MapFileError as err:   # never start empty and overwrite the user's map on shutdown
+                raise StartupError(f"cannot load map_file: {err}; move the file away or set map_file:=''") from err
+            self.get_logger().info(f"map loaded from {path}: {len(live_map.map)} instances")
+        return live_map
+
+    def _map_file_path(self) -> Path | None:
+        name = self.settings.map_file
+        return save_path(params.map_directory(self.settings), name) if name else None
+
+    # ---------------------------------------------------------------- parameters (executor thread)
+
+    def _encode_text(self, live: params.LiveSettings) -> None:
+        """Encode the vocabulary's text (cached by the CLIP wrapper): at start-up and in the worker."""
+        self.segmenter.clip.encode_text(list(live.vocabulary), live.prompt_template)
+
+    def _on_set_parameters(self, changes) -> SetParametersResult:
+        """Validate live changes (cheap checks only: the text is encoded by the worker, off the executor)."""
+        live_changes = [p for p in changes if p.name in params.LIVE]
+        if not live_changes:
+            return SetParametersResult(successful=True)
+        try:
+            with self._live_lock:
+                current = self._live
+            params.check_live_update(current, live_changes, self._bundle_template, self.settings)
+        except ValueError as err:
+            reason = str(err)
+            self._warn(f"parameter change rejected: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        return SetParametersResult(successful=True)
+
+    def _on_parameters_set(self, changes) -> None:
+        live_changes = [p for p in changes if p.name in params.LIVE]
+        if not live_changes:
+            return
+        with self._live_lock:
+            self._live = params.check_live_update(self._live, live_changes, self._bundle_template, self.settings)
+            live = self._live
+        self._slot.request("relabel")   # the worker encodes the text; in map mode it republishes the map
+        self.get_logger().info(f"live parameters now: {params.describe_vocabulary(live.vocabulary)}, "
+                               f"prompt_template {live.prompt_template!r}, score_threshold {live.score_threshold}")
+
+    # ---------------------------------------------------------------- input (executor thread)
+
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        problem = input_problem(msg, self.settings.max_input_points)
+        if problem is not None:
+            self._reject(problem)
+            return
+        if self.live_map is not None and msg.header.frame_id != self.settings.map_frame:
+            self._stats.add(rejected=1)
+            if msg.header.frame_id not in self._warned_frames:   # one clear warning per foreign frame
+                self._warned_frames.add(msg.header.frame_id)
+                self.get_logger().warning(
+                    f"cloud in frame {msg.header.frame_id!r} skipped: map mode needs clouds in map_frame "
+                    f"{self.settings.map_frame!r} (folk_ros does not use tf2; transform upstream or set map_frame). "
+                    f"Further clouds in this frame are skipped silently.")
+            return
+        t0 = time.perf_counter()
+        try:
+            conv = cloud_from_msg(msg, default_rgb=self.settings.default_color)
+        except CloudFormatError as err:
+            self._reject(f"cloud rejected: {err}")
+            return
+        n = int(msg.width) * int(msg.height)
+        if len(conv.cloud) == 0:
+            self._reject(f"cloud rejected: all {n:,} points have NaN/inf x, y or z")
+            return
+        if not conv.had_color and not self._warned_no_color:
+            self._warned_no_color = True
+            self.get_logger().warning(f"cloud has no colour fields (rgb, rgba or r/g/b): using default_color "
+                                      f"{list(self.settings.default_color)} (reported once)")
+        job = Job(header=msg.header, conv=conv, n_input=n, convert_ms=(time.perf_counter() - t0) * 1e3)
+        self._stats.add(received=1)
+        if self._slot.put(job) is not None:
+            self._stats.add(dropped=1)
+            if self._throttle.ready("dropped"):
+                self.get_logger().warning(f"segmentation is slower than the input: {self._stats.snapshot().dropped} "
+                                          f"clouds dropped so far (latest-only)")
+
+    def _warn(self, text: str) -> None:
+        if self._throttle.ready(text):
+            self.get_logger().warning(text)
+
+    def _reject(self, text: str) -> None:
+        self._stats.add(rejected=1)
+        self._warn(text)
+
+    # ---------------------------------------------------------------- worker thread
+
+    def _work(self) -> None:
+        while True:
+            work = self._slot.take()
+            if work is None:
+                return
+            try:
+                live = self._current_live()
+                if work.item is not None:
+                    outputs, report = self._process(work.item, live)
+                elif self.live_map is not None and self._last_map_job is not None:
+                    outputs, report = self._republish_map(live), None   # vocabulary change or reset
+                else:
+                    continue
+            except CloudTooSmallError as err:    # bad input, not a failure: one throttled warning
+                self._reject(f"cloud skipped: {err}")
+                continue
+            except Exception as err:  # keep the node alive; the next cloud may be fine
+                self._failed(f"segmentation failed: {type(err).__name__}: {err}", traceback.format_exc())
+                continue
+            if not self._publish(outputs, report):
+                return
+
+    def _current_live(self) -> params.LiveSettings:
+        """The committed live settings; the text is encoded here (cached) and the Segmenter's config follows."""
+        with self._live_lock:
+            live = self._live
+        self._encode_text(live)
+        self.segmenter.cfg = replace(self.segmenter.cfg, prompt_template=live.prompt_template,
+                                     score_threshold=live.score_threshold)  # only this thread segments
+        return live
+
+    def _publish(self, outputs: Outputs, report: CloudReport | None) -> bool:
+        """Publish one set of outputs; False when the node is shutting down. A publisher error while the
+        node runs is logged (with its traceback, once per distinct error) and the worker goes on."""
+        t0 = time.perf_counter()
+        try:
+            if outputs.labeled_cloud is not None and self._pub_cloud is not None:
+                self._pub_cloud.publish(outputs.labeled_cloud)
+            self._pub_markers.publish(outputs.markers)
+            self._pub_instances.publish(outputs.instances)
+        except Exception as err:
+            if self._slot.closed or not rclpy.ok(context=self.context):
+                return False
+            self._failed(f"publishing failed: {type(err).__name__}: {err}", traceback.format_exc())
+            return True
+        if report is not None:
+            report.timings["publish"] = (time.perf_counter() - t0) * 1e3
+            self._stats.processed_ok(report.timings)
+            if self._throttle.ready("cloud"):
+                counts = self._stats.snapshot()
+                self.get_logger().info(report.line(counts.processed, counts.dropped))
+        return True
+
+    def _failed(self, text: str, trace: str) -> None:
+        self._stats.failure(text)
+        self._error_once(text, trace)
+
+    # ---------------------------------------------------------------- /diagnostics (executor thread)
+
+    def _publish_diagnostics(self) -> None:
+        extra = {"mode": self.settings.mode, "model bundle": str(self._bundle_path),
+                 "device": str(self.segmenter.device)}
+        if self.live_map is not None:
+            extra["map instances"] = str(len(self.live_map.map))
+        st = diagnostics.status(self._stats.snapshot(), self._diag_state,
+                                name=f"{self.get_name()}: segmentation", hardware_id=str(self.segmenter.device),
+                                worker_alive=self._worker.is_alive(),
+                                max_latency_s=self.settings.diagnostics_max_latency_s, extra=extra)
+        self._pub_diagnostics.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
+                                                      status=[st]))
+
+    def _error_once(self, text: str, trace: str = "") -> None:
+        """Log an error at most once per log_throttle_s (per distinct text); the first time with ``trace``."""
+        if self._throttle.ready(text):
+            first = text not in self._errors_traced
+            self._errors_traced.add(text)
+            self.get_logger().error(text + (f"\n{trace}" if trace and first else ""))
+
+    def _process(self, job: Job, live: params.LiveSettings) -> tuple[Outputs, CloudReport]:
+        if self.live_map is not None:
+            return self._process_map(job, live)
+        t0 = time.perf_counter()
+        cloud, inverse, _ = fit_point_budget(job.conv.cloud, self.settings.max_points, self.settings.voxel_size)
+        timings = {"convert": job.convert_ms, "downsample": (time.perf_counter() - t0) * 1e3}
+        instances = self.segmenter.segment(cloud, live.vocabulary)
+        timings.update({k: v for k, v in instances.timings.items() if k != "total"})
+        t0 = time.perf_counter()
+        labels = label_points(instances, inverse)
+        outputs = build_outputs(job.header, job.conv, job.n_input, instances, labels, self.settings)
+        timings["messages"] = (time.perf_counter() - t0) * 1e3
+        return outputs, CloudReport(n_input=job.n_input, n_nonfinite=job.conv.dropped_nonfinite,
+                                    n_segmented=len(cloud), n_instances=len(instances), timings=timings)
+
+    # ---------------------------------------------------------------- map mode (worker thread)
+
+    def _process_map(self, job: Job, live: params.LiveSettings) -> tuple[Outputs, CloudReport]:
+        prepared = self.live_map.prepare(job.conv.cloud)   # Mask3D, outside the lock: services go on meanwhile
+        with self._map_lock:                                 # the association and the view: tens of ms
+            update = self.live_map.commit(prepared, stamp_seconds(job.header.stamp))
+            self._last_map_job = job
+            self._map_updates += 1
+            t0 = time.perf_counter()
+            view = self._map_view(live, job)
+        timings = {"convert": job.convert_ms, **{k: v for k, v in update.timings.items() if k != "total"}}
+        outputs = self._map_outputs(job, view)
+        timings["messages"] = (time.perf_counter() - t0) * 1e3
+        every = self.settings.map_save_every
+        if every and self._map_updates % every == 0:
+            self._save_map_file()
+        return outputs, CloudReport(n_input=job.n_input, n_nonfinite=job.conv.dropped_nonfinite,
+                                    n_segmented=update.segmented_points, n_instances=len(view), timings=timings,
+                                    map_instances=len(self.live_map.map), update=update)
+
+    def _map_view(self, live: params.LiveSettings, job: Job) -> MapView:
+        """The shown map for ``job``'s cloud (call under the map lock)."""
+        labels = self.live_map.label(live.vocabulary, live.prompt_template)
+        rows = shown_rows(self.live_map, labels, live.score_threshold)
+        return map_view(self.live_map, labels, live.vocabulary, rows, job.conv.cloud.xyz)
+
+    def _map_outputs(self, job: Job, view: MapView) -> Outputs:
+        outputs = build_map_outputs(job.header, job.conv, job.n_input, view, self.settings, self._published_ids)
+        self._published_ids = {int(i) for i in view.ids}
+        return outputs
+
+    def _republish_map(self, live: params.LiveSettings) -> Outputs:
+        """Re-label the map for the current vocabulary (one matmul) and publish it with the last cloud."""
+        with self._map_lock:
+            job = self._last_map_job
+            view = self._map_view(live, job)
+        return self._map_outputs(job, view)
+
+    def _save_map_file(self) -> None:
+        path = self._map_file_path()
+        if path is None:
+            return
+        try:
+            with self._map_lock:
+                self.live_map.save(path)
+        except OSError as err:
+            self._error_once(f"cannot save the map to {path}: {err}")
+
+    # ---------------------------------------------------------------- map services (service group thread)
+
+    def _on_query(self, request: QueryMap.Request, response: QueryMap.Response) -> QueryMap.Response:
+        phrases = list(request.phrases)
+        problem = query_problem(phrases, int(request.max_results), float(request.min_score))
+        if problem is not None:
+            response.success, response.message = False, f"query refused: {problem}"
+            return response
+        try:
+            with self._live_lock:
+                live = self._live
+            text = self.live_map.encode_phrases(phrases)     # outside the map lock (CLIP has its own)
+            reference = self.segmenter.clip.encode_text(list(live.vocabulary), live.prompt_template).cpu().numpy()
+            with self._map_lock:
+                k, min_score = int(request.max_results), float(request.min_score)
+                tau = self.segmenter.cfg.temperature
+                rows, scores, phrase = self.live_map.map.query(text, k, min_score, reference, tau)
+                labels = self.live_map.label(live.vocabulary, live.prompt_template)
+                view = map_view(self.live_map, labels, live.vocabulary, rows)
+                total = len(self.live_map.map)
+                last = self._last_map_job
+                header = last.header if last is not None else Header(frame_id=self.settings.map_frame)
+        except Exception as err:  # never crash the executor on a request
+            response.success, response.message = False, f"query failed: {type(err).__name__}: {err}"
+            return response
+        answer = instances_msg(header, view)
+        response.header, response.instances = answer.header, list(answer.instances)
+        response.scores = [float(s) for s in scores]
+        response.matched_phrases = [phrases[int(p)] for p in phrase]
+        response.success, response.message = True, f"{len(rows)} of {total} instances returned"
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._map_lock:
+            removed = len(self.live_map.map)
+            self.live_map.reset()
+        self._slot.request("republish")
+        response.success, response.message = True, f"map reset: {removed} instances removed"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_save(self, request: SaveMap.Request, response: SaveMap.Response) -> SaveMap.Response:
+        name = request.file_name or self.settings.map_file
+        if not name:
+            response.success, response.message = False, "no file_name given and the map_file parameter is empty"
+            return response
+        try:
+            path = save_path(params.map_directory(self.settings), name)
+            with self._map_lock:
+                self.live_map.save(path)
+                count = len(self.live_map.map)
+        except (ValueError, OSError) as err:
+            response.success, response.message = False, f"map not saved: {err}"
+            return response
+        response.success, response.path = True, str(path)
+        response.message = f"saved {count} instances to {path}"
+        self.get_logger().info(response.message)
+        return response
