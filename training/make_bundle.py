@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from folk_ros.core.checkpoint_io import UnsafeCheckpointError, load_weights
 from folk_ros.core.bundle import BundleManifest, file_sha256, write_manifest
 from folk_ros.core.mask3d.checkpoint import FORMAT as MASK3D_FORMAT
 from folk_ros.core.mask3d.config import PostprocessConfig
@@ -43,16 +44,16 @@ STUDENT_EXTRAS = ("tau", "vocabulary", "prompt_template", "point_features", "mas
 SIZE_BUDGET_MB = 50.0
 
 
-def _load(path: Path) -> dict:
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+def _load(path: Path, allow_unsafe: bool = False) -> dict:
+    obj = load_weights(path, "cpu", allow_unsafe)
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: not a checkpoint dict")
     return obj
 
 
-def slim_mask3d(src: Path, dst: Path) -> dict:
+def slim_mask3d(src: Path, dst: Path, allow_unsafe: bool = False) -> dict:
     """Copy a Mask3D checkpoint without optimiser/scheduler/RNG state; returns its history."""
-    obj = _load(src)
+    obj = _load(src, allow_unsafe)
     if obj.get("format") != MASK3D_FORMAT:
         raise ValueError(f"{src}: not a folk_ros Mask3D checkpoint (format={obj.get('format')!r})")
     history = obj.get("history", [])
@@ -61,9 +62,9 @@ def slim_mask3d(src: Path, dst: Path) -> dict:
     return {"history": history, "train_config": obj.get("train_config", {})}
 
 
-def slim_student(src: Path, dst: Path) -> dict:
+def slim_student(src: Path, dst: Path, allow_unsafe: bool = False) -> dict:
     """Copy the distillation trainer's checkpoint keeping the student and its training facts."""
-    obj = _load(src)
+    obj = _load(src, allow_unsafe)
     Student.from_checkpoint(obj)                       # the same check Segmenter.from_bundle does
     missing = [k for k in ("tau", "vocabulary", "prompt_template", "point_features") if k not in obj]
     if missing:
@@ -90,14 +91,14 @@ def folder_mb(path: Path) -> float:
 
 def make_bundle(mask3d: Path, clip: Path, student: Path, out: Path, provenance: dict[str, Path],
                 command: str, dbscan_eps: float = 0.0, nms_iou: float = 0.9,
-                mask_threshold: float = 0.5) -> BundleManifest:
+                mask_threshold: float = 0.5, allow_unsafe: bool = False) -> BundleManifest:
     """Write the bundle into ``out`` (replacing what is there) and load it back; returns its manifest."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    mask3d_info = slim_mask3d(mask3d, out / "mask3d.pt")
+    mask3d_info = slim_mask3d(mask3d, out / "mask3d.pt", allow_unsafe)
     copy_clip(clip, out / "clip")
-    student_obj = slim_student(student, out / "student.pt")
+    student_obj = slim_student(student, out / "student.pt", allow_unsafe)
     if student_obj.get("mask3d_sha256") not in (None, file_sha256(mask3d)):
         raise ValueError(f"{student} was distilled from another Mask3D checkpoint than {mask3d} "
                          f"(sha256 {student_obj['mask3d_sha256'][:12]}...)")
@@ -133,6 +134,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="class-agnostic mask NMS IoU of the proposals (FOLK's paper: 0.9)")
     p.add_argument("--provenance", nargs="*", default=[], metavar="KEY=FILE.json",
                    help="JSON files recorded in the manifest's provenance under KEY")
+    p.add_argument("--allow-unsafe-checkpoint", action="store_true",
+                   help="load checkpoints that hold more than weights by full unpickling, which can run code from "
+                        "the file (only files you trust); the bundle's files are written weights-only either way")
     return p.parse_args(argv)
 
 
@@ -152,8 +156,12 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"make_bundle: {e}", file=sys.stderr)
         return 2
-    manifest = make_bundle(args.mask3d, args.clip, args.student, args.out, provenance, command,
-                           args.dbscan_eps, args.nms_iou, args.mask_threshold)
+    try:
+        manifest = make_bundle(args.mask3d, args.clip, args.student, args.out, provenance, command,
+                               args.dbscan_eps, args.nms_iou, args.mask_threshold, args.allow_unsafe_checkpoint)
+    except UnsafeCheckpointError as e:
+        print(f"make_bundle: {e} (here: --allow-unsafe-checkpoint)", file=sys.stderr)
+        return 2
     size = folder_mb(args.out)
     print(f"bundle {args.out}: {size:.1f} MB, vocabulary of {len(manifest.vocabulary)} names, "
           f"temperature {manifest.temperature}, point features {manifest.point_features!r}, "

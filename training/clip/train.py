@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import (DEFAULT_TEMPLATE, OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME, ClipModel,
                                 images_to_float, maskclip_dense_features)
 from training.atomic import write_json_atomic
@@ -537,7 +538,7 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
     step, epoch, elapsed, history, best, best_epoch, sha = 0, 0, 0.0, [], -math.inf, None, None
     last = out / CHECKPOINT_DIR / LAST
     if cfg.resume and last.exists():
-        ck = torch.load(last, map_location=clip.device, weights_only=False)
+        ck = load_weights(last, clip.device, what="CLIP training state")
         if tuple(ck["vocabulary"]) != vocab.names or ck["config"]["model"] != cfg.model:
             raise ValueError(f"{last} was trained with another vocabulary or model; start a fresh --out")
         model.load_state_dict(ck["model"])

@@ -68,6 +68,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
+from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import DEFAULT_TEMPLATE, resolve_device
 from folk_ros.core.student import Student, StudentConfig
 from training.atomic import write_json_atomic
@@ -388,7 +389,7 @@ def atomic_save(obj, path: Path) -> None:
 
 def load_last(path: Path, cfg: TrainConfig) -> dict:
     """The state of ``last.pt``; ValueError when it belongs to a run with another identity."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_weights(path, "cpu", what="distillation state")
     if not isinstance(state, dict) or state.get("format") != LAST_FORMAT:
         raise ValueError(f"{path} is not a {LAST_FORMAT} checkpoint")
     old, new = state["identity"], cfg.identity()

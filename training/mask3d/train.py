@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.mask3d.checkpoint import load_checkpoint, save_checkpoint
 from folk_ros.core.mask3d.config import PostprocessConfig, preset
 from folk_ros.core.mask3d.model import Mask3D
@@ -147,7 +148,7 @@ def train(cfg: TrainConfig) -> dict:
     history, start_epoch, best = [], 0, -math.inf
     last = out / "last.pt"
     if cfg.resume and last.exists():
-        ckpt = torch.load(last, map_location=dev, weights_only=False)
+        ckpt = load_weights(last, dev, what="Mask3D training state")
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
