@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from demo.preview import write_preview
+from folk_ros.core.pointcloud2 import NUMPY_CODE
 from training.data import rosbag_io, scannet, synthetic
 from training.data.types import BAG_TOPICS
 
@@ -271,7 +272,7 @@ def point_fields(msg) -> np.ndarray:
     order = ">" if msg.is_bigendian else "<"
     names, formats, offsets = [], [], []
     for f in msg.fields:
-        code = "u4" if f.name in ("rgb", "rgba") else rosbag_io.POINTFIELD_TYPES[f.datatype]
+        code = "u4" if f.name in ("rgb", "rgba") else NUMPY_CODE[f.datatype]
         names.append(f.name)
         formats.append(order + code)
         offsets.append(f.offset)

@@ -453,8 +453,32 @@ def test_pointcloud2_layouts():
                                                        width=2, height=2, row_step=88)
     np.testing.assert_array_equal(got_xyz, xyz[[0, 2, 3]].astype(np.float32))
     np.testing.assert_array_equal(got_rgb, [[10, 1, 5], [30, 3, 7], [40, 4, 8]])
-    with pytest.raises(ValueError, match="lacks fields"):
+    with pytest.raises(ValueError, match="has no 'x' field"):
         rosbag_io.pointcloud2_to_arrays(fields[1:], 40, data.tobytes(), True, width=2, height=2, row_step=88)
+
+
+def test_bag_reader_and_node_decode_alike():
+    """One decoder: float r, g, b channels in 0..255 are read as colours by training too (they used to be
+    scaled by 255 again and saturate to white), and every layout gives the node's result."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    from folk_ros.ros.conversions import cloud_from_msg
+
+    rgb = np.array([[200, 100, 0], [10, 20, 30], [255, 255, 255]], np.float32)
+    xyz = np.arange(9, dtype=np.float32).reshape(3, 3)
+    for scale in (1.0, 1 / 255.0):                     # float channels in 0..255 and in 0..1
+        rec = np.zeros(3, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("r", "<f4"), ("g", "<f4"),
+                                 ("b", "<f4")])
+        rec["x"], rec["y"], rec["z"] = xyz.T
+        rec["r"], rec["g"], rec["b"] = (rgb * scale).T
+        fields = [PointField(name=n, offset=4 * k, datatype=PointField.FLOAT32, count=1)
+                  for k, n in enumerate("xyzrgb")]
+        got_xyz, got_rgb = rosbag_io.pointcloud2_to_arrays(fields, 24, rec.tobytes(), width=3)
+        np.testing.assert_array_equal(got_rgb, rgb.astype(np.uint8))
+        msg = PointCloud2(height=1, width=3, fields=fields, point_step=24, row_step=72, data=rec.tobytes())
+        node = cloud_from_msg(msg)
+        np.testing.assert_array_equal(np.round(node.cloud.rgb * 255).astype(np.uint8), got_rgb)
+        np.testing.assert_array_equal(node.cloud.xyz, got_xyz)
 
 
 def test_rclpy_reads_our_bag(tmp_path):

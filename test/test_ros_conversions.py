@@ -12,8 +12,9 @@ from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+from folk_ros.core.pointcloud2 import CloudFormatError  # noqa: E402
 from folk_ros.ros.conversions import (  # noqa: E402
-    UNLABELED_COLOR, CloudFormatError, cloud_from_msg, cloud_to_msg, instance_geometry, instances_to_msg,
+    UNLABELED_COLOR, cloud_from_msg, cloud_to_msg, instance_geometry, instances_to_msg,
     label_colors, mask_point_indices, markers_from_instances, point_labels)
 
 _DATATYPE = {np.dtype(code): datatype for datatype, code in

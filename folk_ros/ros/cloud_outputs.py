@@ -14,9 +14,10 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from folk_ros.core.geometry import oriented_boxes
+from folk_ros.core.pointcloud2 import CloudConversion
 from folk_ros.core.segmenter import Instances
 from folk_ros.ros import parameters as params
-from folk_ros.ros.conversions import (CloudConversion, cloud_to_msg, instance_geometry, instances_to_msg,
+from folk_ros.ros.conversions import (cloud_to_msg, instance_geometry, instances_to_msg,
                                       label_colors, markers_from_instances, point_labels)
 
 

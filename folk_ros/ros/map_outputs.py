@@ -17,9 +17,10 @@ from std_msgs.msg import Header
 from folk_ros.core.geometry import OrientedBoxes
 from folk_ros.core.instance_map import MapLabels
 from folk_ros.core.live_map import LiveMap
+from folk_ros.core.pointcloud2 import CloudConversion
 from folk_ros.ros import parameters as params
 from folk_ros.ros.cloud_outputs import Outputs, labeled_cloud_msg
-from folk_ros.ros.conversions import CloudConversion, instances_to_msg, label_colors, markers_from_instances
+from folk_ros.ros.conversions import instances_to_msg, label_colors, markers_from_instances
 
 MAX_QUERY_PHRASES = 64      # phrases per query request
 MAX_PHRASE_CHARS = 300      # characters per phrase (CLIP reads 77 tokens; longer text is noise)

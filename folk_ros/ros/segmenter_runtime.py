@@ -32,11 +32,12 @@ from folk_ros.core.cloud import fit_point_budget
 from folk_ros.core.instance_map import MapFileError
 from folk_ros.core.live_map import LiveMap
 from folk_ros.core.mask3d.model import CloudTooSmallError
+from folk_ros.core.pointcloud2 import CloudFormatError
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.ros import diagnostics
 from folk_ros.ros import parameters as params
 from folk_ros.ros.cloud_outputs import Outputs, build_outputs, label_points
-from folk_ros.ros.conversions import CloudFormatError, cloud_from_msg, stamp_seconds
+from folk_ros.ros.conversions import cloud_from_msg, stamp_seconds
 from folk_ros.ros.map_outputs import (MapView, build_map_outputs, instances_msg, map_view, query_problem, save_path,
                                       shown_rows)
 from folk_ros.ros.diagnostics import NodeStats

@@ -14,7 +14,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
 from folk_ros.core.live_map import MapUpdate
-from folk_ros.ros.conversions import CloudConversion
+from folk_ros.core.pointcloud2 import CloudConversion
 
 STAGES = ("convert", "downsample", "text", "change", "proposals", "student", "classify", "associate", "messages",
           "publish")

@@ -31,6 +31,7 @@ from rosbags.typesys import Stores, get_typestore
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
+from folk_ros.core.pointcloud2 import decode_pointcloud2
 from training.data.types import BAG_TOPICS, Frame
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ COLOR_ENCODINGS = {"rgb8": (3, [0, 1, 2]), "bgr8": (3, [2, 1, 0]),
 DEPTH_ENCODINGS = ("16UC1", "32FC1")
 
 # sensor_msgs/PointField datatypes -> numpy type characters
-POINTFIELD_TYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 8: "f8"}
 FLOAT32 = 7
 
 
@@ -219,72 +219,40 @@ def pointcloud2_to_arrays(
     row_step: int | None = None,
     remove_nans: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decode PointCloud2 data with a structured dtype built from its fields.
+    """Decode PointCloud2 data with the node's decoder (:func:`folk_ros.core.pointcloud2.decode_pointcloud2`),
+    so training reads a cloud exactly as the robot does (packed rgb/rgba, or r, g, b channels: uint8, or
+    float in 0..1 or 0..255 by the same rule).
 
     Args:
-        fields: PointField-like objects (``name``, ``offset``, ``datatype``, ``count``);
-            needs x, y, z; colour from a packed ``rgb``/``rgba`` field (float32 or uint32 bits,
-            ``0x??RRGGBB``) or from separate ``r``, ``g``, ``b`` fields.
+        fields: PointField-like objects (``name``, ``offset``, ``datatype``, ``count``); needs x, y, z.
         point_step: bytes per point.
         data: the message's byte buffer (bytes, array or uint8 ndarray).
         is_bigendian: byte order of the fields.
         width, height, row_step: cloud shape; rows padded beyond ``width * point_step`` are
             handled. Without ``width`` the buffer is read as ``len(data) // point_step`` points.
-        remove_nans: drop points with a non-finite coordinate (organised clouds mark holes so).
+        remove_nans: drop points with a non-finite coordinate (organised clouds mark holes so); when
+            False they stay, as NaN xyz with colour 0.
 
     Returns:
         xyz (N, 3) float32 and rgb (N, 3) uint8 (zeros when the cloud has no colour).
+
+    Raises:
+        CloudFormatError (a ValueError): a layout the decoder cannot read.
     """
-    order = ">" if is_bigendian else "<"
-    buf = _as_bytes(data)
+    size = _as_bytes(data).size
     if width is None:
-        width, height = buf.size // point_step, 1
-    if row_step is not None and row_step != width * point_step:
-        if buf.size < height * row_step:
-            raise ValueError(f"PointCloud2 data has {buf.size} bytes, expected {height}x{row_step}")
-        rows = buf[: height * row_step].reshape(height, row_step)
-        buf = np.ascontiguousarray(rows[:, : width * point_step])
-    n = width * height
-    if buf.size < n * point_step:
-        raise ValueError(f"PointCloud2 data has {buf.size} bytes, expected {n} points x {point_step}")
-
-    by_name = {f.name: f for f in fields}
-    missing = [c for c in "xyz" if c not in by_name]
-    if missing:
-        raise ValueError(f"PointCloud2 lacks fields {missing}; has {list(by_name)}")
-    wanted = ["x", "y", "z"]
-    color_field = next((c for c in ("rgb", "rgba") if c in by_name), None)
-    if color_field:
-        wanted.append(color_field)
-    elif all(c in by_name for c in "rgb"):
-        wanted += ["r", "g", "b"]
-    formats = []
-    for name in wanted:
-        f = by_name[name]
-        if f.datatype not in POINTFIELD_TYPES:
-            raise ValueError(f"PointField {name!r} has unknown datatype {f.datatype}")
-        t = POINTFIELD_TYPES[f.datatype]
-        if name == color_field:
-            t = "u4"  # reinterpret the packed float32 bits
-        formats.append(order + t)
-    dt = np.dtype({"names": wanted, "formats": formats,
-                   "offsets": [int(by_name[c].offset) for c in wanted], "itemsize": int(point_step)})
-    rec = np.frombuffer(buf, dtype=dt, count=n)
-
-    xyz = np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)
-    if color_field:
-        rgb = unpack_rgb(rec[color_field])
-    elif "r" in wanted:
-        rgb = np.stack([rec["r"], rec["g"], rec["b"]], axis=1)
-        rgb = np.clip(np.round(rgb * 255.0), 0, 255) if rgb.dtype.kind == "f" else rgb
-        rgb = rgb.astype(np.uint8)
-    else:
-        rgb = np.zeros((n, 3), np.uint8)
+        width, height = size // point_step, 1
+    if row_step is None:
+        row_step = width * point_step
+    conv = decode_pointcloud2(fields, data, height, width, point_step, row_step, is_bigendian, default_rgb=(0, 0, 0))
+    rgb = np.round(conv.cloud.rgb * 255.0).astype(np.uint8)
     if remove_nans:
-        keep = np.isfinite(xyz).all(axis=1)
-        if not keep.all():
-            xyz, rgb = xyz[keep], rgb[keep]
-    return xyz, rgb
+        return conv.cloud.xyz, rgb
+    n = width * height
+    xyz_all = np.full((n, 3), np.nan, np.float32)
+    rgb_all = np.zeros((n, 3), np.uint8)
+    xyz_all[conv.indices], rgb_all[conv.indices] = conv.cloud.xyz, rgb
+    return xyz_all, rgb_all
 
 
 # --------------------------------------------------------------------------- writing
