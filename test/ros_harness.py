@@ -146,7 +146,7 @@ def room_msg(seed=0, nan_rows=(5, 17, 4000), color=True, points_per_box=1500):
 def cloud_fields(msg) -> dict[str, np.ndarray]:
     names = [f.name for f in msg.fields]
     offsets = [f.offset for f in msg.fields]
-    codes = {7: "<f4", 6: "<u4", 5: "<i4"}
+    codes = {8: "<f8", 7: "<f4", 6: "<u4", 5: "<i4"}
     dtype = np.dtype({"names": names, "formats": [codes[f.datatype] for f in msg.fields], "offsets": offsets,
                       "itemsize": msg.point_step})
     return np.frombuffer(msg.data, dtype, count=msg.width * msg.height)

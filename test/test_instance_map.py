@@ -276,8 +276,10 @@ def test_save_load_roundtrip(tmp_path):
     imap = InstanceMap(DIM, embedding_space="space-1")
     update(imap, {"box_a": A, "box_b": B}, 1.0)
     update(imap, {"box_a": A}, 2.0)
+    imap.frame_origin = np.array([4_600_000.0, 500_000.0, 0.0])      # a recentred (UTM) map keeps its origin
     path = imap.save(tmp_path / "m.map")
     back = InstanceMap.load(path, embedding_space="space-1")
+    np.testing.assert_array_equal(back.frame_origin, imap.frame_origin)
     for name in ("ids", "emb_sum", "weight", "observations", "first_seen", "last_seen", "misses", "box_min",
                  "centroids"):
         np.testing.assert_array_equal(getattr(back, name), getattr(imap, name), err_msg=name)

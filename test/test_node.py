@@ -469,6 +469,30 @@ def test_bad_input_gets_one_warning_each_and_the_node_survives(probe, node_proc)
     assert "Traceback" not in log
 
 
+def test_utm_clouds_just_work_and_a_stray_point_is_one_warning(probe, node_proc):
+    """Outdoor robots publish maps in UTM: the node recentres (float64), segments, and answers in UTM."""
+    from folk_ros.ros.conversions import cloud_to_msg
+    from std_msgs.msg import Header
+    cloud, _ = box_room_cloud(seed=5)
+    offset = np.array([4_600_000.25, 500_000.5, 30.0])
+    utm = cloud.xyz.astype(np.float64) + offset
+    out = probe.result(probe.publish(cloud_to_msg(utm, cloud.rgb, Header())))
+    inst, labeled = out[TOPIC_INSTANCES], out[TOPIC_LABELED]
+    assert inst.instances
+    for it in inst.instances:
+        p = utm[np.asarray(it.point_indices, np.int64)]
+        np.testing.assert_allclose([it.centroid.x, it.centroid.y, it.centroid.z], p.mean(0), atol=1e-3)
+        assert abs(it.obb_pose.position.x - offset[0]) < 10.0
+    pts = cloud_fields(labeled)
+    np.testing.assert_allclose(np.c_[pts["x"], pts["y"], pts["z"]], utm, atol=1e-6)   # FLOAT64 back, exact
+    stray = np.vstack([cloud.xyz, [[1e9, 0.0, 0.0]]])
+    rgb = np.vstack([cloud.rgb, [[0.5, 0.5, 0.5]]])
+    out = probe.result(probe.publish(cloud_to_msg(stray, rgb, Header())))
+    assert out[TOPIC_INSTANCES].instances
+    probe.wait_until(lambda: "1 points farther than max_range" in node_proc.log(), what="the outlier warning")
+    assert "ERROR" not in node_proc.log()
+
+
 def test_good_clouds_survive_a_flood_of_bad_ones(probe):
     """Rejected messages at ~300/s interleaved with good clouds: every good cloud is answered (with the
     old qos_depth 1, 0 of 10 were)."""

@@ -200,6 +200,31 @@ def test_shutdown_saves_map_file_and_a_restart_loads_it(map_node, probe, map_dir
         assert "map loaded from" in node2.log()
 
 
+def test_map_mode_in_utm_coordinates(tmp_path):
+    """The map takes its origin from the first cloud: UTM clouds keep their precision and come back in UTM,
+    and the saved map remembers the origin."""
+    from folk_ros.ros.conversions import cloud_to_msg
+    from std_msgs.msg import Header
+    from test.fixtures import box_room_cloud
+    offset = np.array([4_600_000.25, 500_000.5, 30.0])
+    maps = tmp_path / "maps"
+    with running_node(tmp_path, [*MAP_ARGS, "-p", f"map_dir:={maps}"]) as node:
+        with ready_probe(node) as probe:
+            cloud, _ = box_room_cloud(seed=2)
+            utm = cloud.xyz.astype(np.float64) + offset
+            out = probe.result(probe.publish(cloud_to_msg(utm, cloud.rgb, Header())))
+            inst = out[TOPIC_INSTANCES]
+            assert inst.instances
+            for i in inst.instances:
+                assert abs(i.centroid.x - offset[0]) < 10 and abs(i.obb_pose.position.y - offset[1]) < 10
+            pts = cloud_fields(out[TOPIC_LABELED])
+            np.testing.assert_allclose(np.c_[pts["x"], pts["y"], pts["z"]], utm, atol=1e-6)
+            answer = _query(probe, ["a box"], max_results=1)
+            assert answer.success and abs(answer.instances[0].centroid.x - offset[0]) < 10
+    saved = InstanceMap.load(maps / "live.map")
+    assert np.abs(saved.frame_origin - offset).max() < 10 and not node.errors()
+
+
 @pytest.mark.parametrize("content, expect", [(b"not a map at all", "not a readable map"),
                                              (None, "another model")], ids=["corrupt", "another model's"])
 def test_a_bad_map_file_is_a_one_line_startup_error(tmp_path, content, expect):

@@ -343,3 +343,35 @@ def test_oriented_boxes_in_instances_and_markers():
     cube = markers_from_instances(_header(), ["table"], np.array([0.9]), bmin, bmax, label_colors(np.array([0])),
                                   0.0, obb=obb, box_style="cube").markers[1]
     assert cube.pose.orientation.z == pytest.approx(np.sin(yaw / 2))
+
+
+def test_far_coordinates_are_recentred_and_outliers_dropped():
+    """UTM-like clouds keep their precision; a stray point far away is dropped, never wrapped or collapsed."""
+    from folk_ros.core.voxelize import voxelize
+    rng = np.random.default_rng(0)
+    local = rng.uniform(0, 5, (1000, 3))
+    utm = local + [4_600_000.25, 500_000.5, 12.0]
+    rec = _records([("x", "f8", utm[:, 0]), ("y", "f8", utm[:, 1]), ("z", "f8", utm[:, 2])], 1, 1000)
+    out = cloud_from_msg(_msg(rec))
+    assert (out.origin == np.round(out.origin)).all() and np.abs(out.origin - utm.mean(0)).max() < 5.0
+    assert np.abs(out.cloud.xyz).max() < 10.0                        # small numbers: voxel indices stay small
+    np.testing.assert_allclose(out.cloud.xyz + out.origin, utm, atol=1e-5)   # float32 in UTM would be 0.5 m off
+    assert out.dropped_far == 0 and len(out.cloud) == 1000
+    for stray in (1e9, 1e30, 171_800.0):                            # one stray point among indoor ones
+        pts = np.vstack([local, [[stray, 0.0, 0.0]]])
+        rec = _records([("x", "f8", pts[:, 0]), ("y", "f8", pts[:, 1]), ("z", "f8", pts[:, 2])], 1, 1001)
+        out = cloud_from_msg(_msg(rec))
+        assert out.dropped_far == 1 and len(out.cloud) == 1000 and not out.origin.any(), stray
+        assert len(voxelize(out.cloud.xyz, 0.02).unique_map) > 100   # not one collapsed voxel
+    same = cloud_from_msg(_msg(rec), origin=np.array([1.0, 2.0, 3.0]))   # a given origin is used as is
+    np.testing.assert_allclose(same.cloud.xyz[0], local[0] - [1, 2, 3], atol=1e-5)
+    with pytest.raises(ValueError, match="beyond the int32 voxel range"):
+        voxelize(np.array([[0.0, 0.0, 0.0], [1e9, 0.0, 0.0]]), 0.02)
+
+
+def test_recentred_clouds_come_back_in_float64():
+    xyz = np.array([[4_600_000.123, 500_000.456, 1.0]])
+    msg = cloud_to_msg(xyz, None, _header())
+    assert [f.datatype for f in msg.fields[:3]] == [PointField.FLOAT64] * 3
+    back = cloud_from_msg(msg)
+    np.testing.assert_allclose(back.cloud.xyz.astype(np.float64) + back.origin, xyz, atol=1e-6)

@@ -28,6 +28,10 @@ class OrientedBoxes:
     def __len__(self) -> int:
         return int(self.yaw.size)
 
+    def shifted(self, offset) -> "OrientedBoxes":
+        """The same boxes moved by ``offset`` (3,) metres (e.g. back from a recentred cloud's frame)."""
+        return OrientedBoxes(self.center + np.asarray(offset, np.float64), self.size, self.yaw)
+
     def corners(self) -> np.ndarray:
         """(M, 8, 3) corners; corner k takes the max of x/y/z where bit 0/1/2 of k is set (box frame)."""
         bits = ((np.arange(8)[:, None] >> np.arange(3)) & 1) - 0.5              # (8, 3) in {-0.5, 0.5}

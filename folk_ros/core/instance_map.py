@@ -159,6 +159,9 @@ class InstanceMap:
         self.embedding_dim = int(embedding_dim)
         self.embedding_space = str(embedding_space)
         self.grid: VoxelGrid | None = None
+        # (3,) float64 metres: map coordinates + frame_origin = the clouds' frame (clouds far from their frame's
+        # origin, e.g. UTM, are recentred before they reach the map); None until the first cloud
+        self.frame_origin: np.ndarray | None = None
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -616,7 +619,9 @@ class InstanceMap:
         grid = None if self.grid is None else {"size": self.grid.size, "origin": list(self.grid.origin)}
         header = {"format": FORMAT, "version": str(VERSION), "next_id": str(self.next_id),
                   "embedding_dim": str(self.embedding_dim), "embedding_space": self.embedding_space,
-                  "grid": json.dumps(grid), "config": json.dumps(asdict(self.cfg))}
+                  "grid": json.dumps(grid), "config": json.dumps(asdict(self.cfg)),
+                  "frame_origin": json.dumps(None if self.frame_origin is None else
+                                             [float(v) for v in self.frame_origin])}
         return write_bytes_atomic(path, save(tensors, metadata=header))
 
     @classmethod
@@ -661,6 +666,8 @@ class InstanceMap:
         grid = json.loads(header["grid"])
         out.grid = None if grid is None else VoxelGrid(float(grid["size"]), tuple(float(v) for v in grid["origin"]))
         out.next_id = int(header["next_id"])
+        origin = json.loads(header.get("frame_origin", "null"))
+        out.frame_origin = None if origin is None else np.asarray(origin, np.float64).reshape(3)
         m = arrays["ids"].shape[0]
         want = {"ids": ((m,), np.int64), "emb_sum": ((m, out.embedding_dim), np.float32),
                 "voxel_offsets": ((m + 1,), np.int64)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import array
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,8 @@ DATATYPE_NAME = {INT8: "INT8", UINT8: "UINT8", INT16: "INT16", UINT16: "UINT16",
 _XYZ_TYPES = (FLOAT32, FLOAT64)
 _PACKED_TYPES = (FLOAT32, UINT32, INT32)  # 4 bytes, 0x00RRGGBB bits
 _CHANNEL_TYPES = (UINT8, FLOAT32, FLOAT64)
+RECENTRE_BEYOND_M = 1000.0    # clouds whose median lies farther from the frame's origin are recentred
+MAX_RANGE_M = 10_000.0        # points farther from the (re)centre are non-physical outliers: dropped
 
 
 class CloudFormatError(ValueError):
@@ -43,20 +45,39 @@ class CloudConversion:
             (``row * width + column``); use it to report instance points against the input cloud.
         had_color: whether the message carried colour (``rgb``/``rgba`` or ``r``, ``g``, ``b``).
         dropped_nonfinite: number of points dropped because x, y or z was NaN/inf.
+        origin: (3,) float64 metres subtracted (in float64) from every point before the float32 cast, so
+            that clouds in UTM-like coordinates keep their precision and voxel indices stay small;
+            ``cloud.xyz + origin`` are the input coordinates. 0 for clouds near their frame's origin.
+        dropped_far: number of points dropped because they lay farther than ``max_range`` from the origin.
     """
 
     cloud: PointCloud
     indices: np.ndarray
     had_color: bool
     dropped_nonfinite: int
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(3))   # (3,) float64: cloud.xyz + origin = input
+    dropped_far: int = 0        # points farther than max_range from the origin (non-physical outliers)
 
 
 # ---------------------------------------------------------------------------------------------
 # PointCloud2 -> PointCloud
 
 
+def choose_origin(xyz: np.ndarray, recentre_beyond: float = RECENTRE_BEYOND_M) -> np.ndarray:
+    """(3,) float64 origin for finite (N, 3) float64 points: 0 when their median lies within
+    ``recentre_beyond`` of the frame's origin, else the median rounded to whole metres (so voxel grids of
+    sizes dividing 1 m keep their alignment). The median of a strided sample: one stray point moves it
+    nowhere."""
+    if len(xyz) == 0:
+        return np.zeros(3)
+    sample = xyz[:: max(1, len(xyz) // 20_000)]
+    median = np.percentile(sample, 50, axis=0, method="lower")   # a point of the cloud, never between two
+    return np.round(median) if np.abs(median).max() > recentre_beyond else np.zeros(3)
+
+
 def decode_pointcloud2(fields: Sequence, data, height: int, width: int, point_step: int, row_step: int,
-                       is_bigendian: bool = False, default_rgb=(0.5, 0.5, 0.5)) -> CloudConversion:
+                       is_bigendian: bool = False, default_rgb=(0.5, 0.5, 0.5), origin=None,
+                       max_range: float = MAX_RANGE_M) -> CloudConversion:
     """Read PointCloud2 data into a :class:`PointCloud`, vectorised and without loops.
 
     Accepted layouts:
@@ -69,14 +90,20 @@ def decode_pointcloud2(fields: Sequence, data, height: int, width: int, point_st
                the whole cloud); the result is clipped to [0, 1] and NaN becomes 0;
             3. none: every point gets ``default_rgb`` and ``had_color`` is False.
         - any ``point_step``/``row_step`` padding, ``height`` > 1 (organised clouds), either
-          ``is_bigendian``; ``is_dense`` is ignored: points with NaN/inf x, y or z are always dropped
-          (and so are float64 coordinates that overflow float32).
+          ``is_bigendian``; ``is_dense`` is ignored: points with NaN/inf x, y or z are always dropped.
+        - coordinates of any size (UTM northings, a stray point at 1e30 m): read in float64, recentred
+          on ``origin`` before the float32 cast, points beyond ``max_range`` of it dropped.
         - other fields are ignored (but must not overlap or stick out of ``point_step``).
 
     Args:
         fields, data, height, width, point_step, row_step, is_bigendian: the message's (``data`` may be
             array.array('B'), bytes or any buffer).
         default_rgb: colour in [0, 1] for clouds without colour fields.
+        origin: (3,) metres to subtract from every point (in float64, before the float32 cast); None =
+            :func:`choose_origin` of this cloud. Keep one origin for clouds that must share coordinates
+            (the live map does).
+        max_range: points farther than this from the origin on any axis are dropped (counted in
+            ``dropped_far``): non-physical outliers must not make the cloud unusable.
 
     Raises:
         CloudFormatError: missing x/y/z, wrong datatypes or counts, duplicate or overlapping fields,
@@ -114,17 +141,23 @@ def decode_pointcloud2(fields: Sequence, data, height: int, width: int, point_st
     else:
         points = np.zeros((height, width), view_dtype)
 
-    xyz = np.empty((height, width, 3), np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 -> inf -> dropped
-        for axis, name in enumerate("xyz"):
-            xyz[..., axis] = points[name]
-    xyz = xyz.reshape(-1, 3)
-    finite = np.isfinite(xyz)
-    keep = finite[:, 0] & finite[:, 1] & finite[:, 2]  # 3x faster than .all(axis=1)
+    xyz64 = np.empty((height, width, 3), np.float64)       # exact for float32 and float64 fields
+    for axis, name in enumerate("xyz"):
+        xyz64[..., axis] = points[name]
+    xyz64 = xyz64.reshape(-1, 3)
+    finite = np.isfinite(xyz64)
+    finite = finite[:, 0] & finite[:, 1] & finite[:, 2]  # 3x faster than .all(axis=1)
+    if origin is None:
+        origin = choose_origin(xyz64[finite])
+    origin = np.asarray(origin, np.float64).reshape(3)
+    if origin.any():
+        xyz64 -= origin                                   # in float64: no precision is lost
+    with np.errstate(invalid="ignore"):
+        far = finite & (np.abs(xyz64) > max_range).any(axis=1)   # checked before any integer cast downstream
+    keep = finite & ~far
     indices = np.flatnonzero(keep).astype(np.int64)
     all_kept = indices.size == n
-    if not all_kept:
-        xyz = xyz.take(indices, axis=0)
+    xyz = (xyz64 if all_kept else xyz64.take(indices, axis=0)).astype(np.float32)
 
     if color_kind == "packed":
         packed = np.empty((height, width), "<u4")
@@ -141,7 +174,7 @@ def decode_pointcloud2(fields: Sequence, data, height: int, width: int, point_st
     # The PointCloud constructor validates (finite xyz, rgb in [0, 1]) without from_arrays' extra copies.
     cloud = PointCloud(xyz, np.ascontiguousarray(rgb, np.float32))
     return CloudConversion(cloud=cloud, indices=indices, had_color=color_kind is not None,
-                           dropped_nonfinite=int(n - indices.size))
+                           dropped_nonfinite=int(n - finite.sum()), origin=origin, dropped_far=int(far.sum()))
 
 
 def _checked_fields(fields: Sequence, point_step: int) -> dict:

@@ -48,7 +48,12 @@ def voxelize(xyz: np.ndarray, voxel_size: float = 0.02) -> Voxelization:
         raise ValueError("xyz contains NaN or inf")
     if voxel_size <= 0:
         raise ValueError(f"voxel_size must be > 0, got {voxel_size}")
-    grid = np.floor(xyz.astype(np.float32) / np.float32(voxel_size)).astype(np.int64)
+    grid = np.floor(xyz.astype(np.float32) / np.float32(voxel_size))
+    span = float(np.abs(grid).max())
+    if span > np.iinfo(np.int32).max:    # checked before the integer casts: never wrap a far point into the room
+        raise ValueError(f"coordinates reach {span * voxel_size:.3g} m, {span:.3g} voxels of {voxel_size} m: beyond "
+                         f"the int32 voxel range; recentre the cloud first (the node does) or drop the outliers")
+    grid = grid.astype(np.int64)
     _, first, inverse = np.unique(cell_keys(grid), return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")            # sorted cells -> first-occurrence order
     rank = np.empty_like(order)

@@ -64,14 +64,14 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
     ``n_input`` is the message's point count (width * height); ``conv.indices`` maps the K kept
     points to it, so instance point indices and labeled-cloud points are in input row-major order.
     """
-    xyz = conv.cloud.xyz
-    centroids, bmin, bmax = instance_geometry(xyz, labels.point_ids)
-    obb = oriented_boxes(xyz, labels.point_ids)
+    xyz, origin = conv.cloud.xyz, conv.origin   # geometry in the cloud's recentred frame, published in the input's
+    centroids, bmin, bmax = (a + origin for a in instance_geometry(xyz, labels.point_ids))
+    obb = oriented_boxes(xyz, labels.point_ids).shifted(origin)
     msg_ids = [conv.indices[ids] for ids in labels.point_ids]
     inst_msg = instances_to_msg(header, instances.vocabulary, msg_ids, instances.label_indices,
                                 instances.scores, centroids, bmin, bmax, obb=obb)
     colors = label_colors(instances.label_indices)
-    point_sets = [xyz[ids] for ids in labels.point_ids] if settings.marker_points else None
+    point_sets = [xyz[ids] + origin for ids in labels.point_ids] if settings.marker_points else None
     markers = markers_from_instances(header, instances.labels, instances.scores, bmin, bmax, colors,
                                      lifetime_s=settings.marker_lifetime, point_sets=point_sets, obb=obb)
     labeled = None
@@ -82,10 +82,12 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
 
 def labeled_cloud_msg(header: Header, conv: CloudConversion, n_input: int, instance_id: np.ndarray,
                       label_index: np.ndarray, score: np.ndarray) -> PointCloud2:
-    """``labeled_cloud``: every input point (row-major; dropped NaN points stay NaN) with x, y, z, rgb by
-    label, and the (K,) per-kept-point ``instance_id`` (int32, -1 none), ``label_index`` and ``score``."""
-    full_xyz = np.full((n_input, 3), np.nan, np.float32)
-    full_xyz[conv.indices] = conv.cloud.xyz
+    """``labeled_cloud``: every input point (row-major; dropped points are NaN) with x, y, z, rgb by label,
+    and the (K,) per-kept-point ``instance_id`` (int32, -1 none), ``label_index`` and ``score``. A recentred
+    cloud (UTM-like coordinates) gets FLOAT64 x, y, z back in its own frame, so no precision is lost."""
+    recentred = bool(conv.origin.any())
+    full_xyz = np.full((n_input, 3), np.nan, np.float64 if recentred else np.float32)
+    full_xyz[conv.indices] = conv.cloud.xyz + conv.origin if recentred else conv.cloud.xyz
     fields = {"instance_id": np.full(n_input, -1, np.int32), "label_index": np.full(n_input, -1, np.int32),
               "score": np.zeros(n_input, np.float32)}
     for name, values in (("instance_id", instance_id), ("label_index", label_index), ("score", score)):

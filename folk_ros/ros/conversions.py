@@ -28,7 +28,7 @@ from std_msgs.msg import ColorRGBA, Header
 from transforms3d.euler import euler2quat
 from visualization_msgs.msg import Marker, MarkerArray
 
-from folk_ros.core.pointcloud2 import NUMPY_CODE, CloudConversion, decode_pointcloud2
+from folk_ros.core.pointcloud2 import MAX_RANGE_M, NUMPY_CODE, CloudConversion, decode_pointcloud2
 from folk_ros.core.geometry import OrientedBoxes
 
 _DATATYPE_OF_NUMPY = {np.dtype(code).newbyteorder("<"): dt for dt, code in NUMPY_CODE.items()}
@@ -45,11 +45,13 @@ _TAB20 = np.array([
 UNLABELED_COLOR = (90, 90, 90)  # colour of label index -1 (no label / no instance)
 
 
-def cloud_from_msg(msg: PointCloud2, default_rgb=(0.5, 0.5, 0.5)) -> CloudConversion:
+def cloud_from_msg(msg: PointCloud2, default_rgb=(0.5, 0.5, 0.5), origin=None,
+                   max_range: float = MAX_RANGE_M) -> CloudConversion:
     """Read a sensor_msgs/PointCloud2 into a :class:`~folk_ros.core.cloud.PointCloud`
-    (:func:`folk_ros.core.pointcloud2.decode_pointcloud2`, which documents the layouts it reads)."""
+    (:func:`folk_ros.core.pointcloud2.decode_pointcloud2`, which documents the layouts it reads, the
+    recentring on ``origin`` and the ``max_range`` outliers)."""
     return decode_pointcloud2(msg.fields, msg.data, msg.height, msg.width, msg.point_step, msg.row_step,
-                              bool(msg.is_bigendian), default_rgb)
+                              bool(msg.is_bigendian), default_rgb, origin, max_range)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -58,10 +60,10 @@ def cloud_from_msg(msg: PointCloud2, default_rgb=(0.5, 0.5, 0.5)) -> CloudConver
 
 def cloud_to_msg(xyz: np.ndarray, rgb: np.ndarray | None, header: Header,
                  extra_fields: Mapping[str, np.ndarray] | None = None) -> PointCloud2:
-    """An unorganised (height 1) little-endian PointCloud2: x, y, z FLOAT32, rgb, then extra fields.
+    """An unorganised (height 1) little-endian PointCloud2: x, y, z, rgb, then extra fields.
 
     Args:
-        xyz: (N, 3) real positions (converted to float32).
+        xyz: (N, 3) real positions: FLOAT64 fields for float64 input (e.g. UTM coordinates), else FLOAT32.
         rgb: (N, 3) uint8 0..255, or float in [0, 1]; packed into a FLOAT32 ``rgb`` field with the
             bits 0x00RRGGBB (what RViz's RGB8 colour transformer reads); None leaves the field out.
         header: copied (frame_id and stamp) into the message.
@@ -74,8 +76,9 @@ def cloud_to_msg(xyz: np.ndarray, rgb: np.ndarray | None, header: Header,
     if xyz.ndim != 2 or xyz.shape[1] != 3 or not np.issubdtype(xyz.dtype, np.number):
         raise ValueError(f"xyz must be a numeric (N, 3) array, got shape {xyz.shape} dtype {xyz.dtype}")
     n = len(xyz)
+    xyz_type = np.dtype("<f8") if xyz.dtype == np.float64 else np.dtype("<f4")   # float64 stays float64
     columns: list[tuple[str, np.dtype, np.ndarray]] = [
-        (axis, np.dtype("<f4"), xyz[:, k]) for k, axis in enumerate("xyz")]
+        (axis, xyz_type, xyz[:, k]) for k, axis in enumerate("xyz")]
     if rgb is not None:
         columns.append(("rgb", np.dtype("<u4"), _pack_rgb(rgb, n)))
     for name, values in (extra_fields or {}).items():

@@ -7,7 +7,7 @@ lock, so messages are built while the worker goes on; tested without spinning.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,14 @@ class MapView:
     def __len__(self) -> int:
         return int(self.ids.size)
 
+    def shifted(self, offset) -> "MapView":
+        """The same view with its geometry moved by ``offset`` (3,) metres."""
+        offset = np.asarray(offset, np.float64)
+        if not offset.any():
+            return self
+        return replace(self, box_min=self.box_min + offset, box_max=self.box_max + offset,
+                       centroids=self.centroids + offset, obb=self.obb.shifted(offset))
+
 
 def shown_rows(live_map: LiveMap, labels: MapLabels, score_threshold: float) -> np.ndarray:
     """Map rows whose confidence reaches ``score_threshold``, ordered by id."""
@@ -101,9 +109,10 @@ def build_map_outputs(header: Header, conv: CloudConversion, n_input: int, view:
     points of this cloud inside each instance's voxels), ``markers`` replace each id's markers in place and
     delete the ids gone since ``previous_ids``, and ``labeled_cloud`` labels the points of this cloud with
     one instance each (instance_id = stable id)."""
+    view = view.shifted(conv.origin)          # map coordinates -> the input's frame (recentred UTM maps)
     inst_msg = instances_msg(header, view, [conv.indices[g] for g in view.point_sets])
     names = [view.vocabulary[i] for i in view.label_indices]
-    point_sets = [conv.cloud.xyz[g] for g in view.point_sets] if settings.marker_points else None
+    point_sets = [conv.cloud.xyz[g] + conv.origin for g in view.point_sets] if settings.marker_points else None
     gone = sorted(previous_ids - {int(i) for i in view.ids})
     markers = markers_from_instances(header, names, view.scores, view.box_min, view.box_max,
                                      label_colors(view.label_indices), lifetime_s=settings.marker_lifetime,

@@ -133,6 +133,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("max_input_points", 2_000_000, T.INTEGER,
               "Reject (with a warning) clouds with more points than this before reading them.",
               limits=(1, 500_000_000)),
+    ParamSpec("max_range", 10_000.0, T.DOUBLE,
+              "Points farther than this (m, on any axis) from a cloud's centre (map mode: from the map's origin) "
+              "are dropped as non-physical outliers, with one throttled warning. Clouds far from their frame's "
+              "origin (UTM) are recentred first, in float64, and results shifted back.", limits=(1.0, 1e7)),
     ParamSpec("default_color", [0.5, 0.5, 0.5], T.DOUBLE_ARRAY,
               "RGB in [0, 1] given to clouds without colour fields (warned about once)."),
     ParamSpec("qos_reliability", "reliable", T.STRING,
@@ -213,6 +217,7 @@ class NodeSettings:
     max_points: int
     voxel_size: float
     max_input_points: int
+    max_range: float
     default_color: tuple[float, float, float]
     qos_reliability: str
     qos_depth: int

@@ -251,15 +251,22 @@ class SegmenterRuntime:
                     f"Further clouds in this frame are skipped silently.")
             return
         t0 = time.perf_counter()
-        try:
-            conv = cloud_from_msg(msg, default_rgb=self.settings.default_color)
+        try:   # map mode: every cloud in the map's coordinates (its origin fixed by the first cloud)
+            origin = self.live_map.map.frame_origin if self.live_map is not None else None
+            conv = cloud_from_msg(msg, default_rgb=self.settings.default_color, origin=origin,
+                                  max_range=self.settings.max_range)
         except CloudFormatError as err:
             self._reject(f"cloud rejected: {err}")
             return
         n = int(msg.width) * int(msg.height)
+        if conv.dropped_far:
+            self._warn(f"{conv.dropped_far:,} points farther than max_range ({self.settings.max_range:g} m) from "
+                       f"{'the map origin' if origin is not None else 'the cloud centre'} dropped as outliers")
         if len(conv.cloud) == 0:
-            self._reject(f"cloud rejected: all {n:,} points have NaN/inf x, y or z")
+            self._reject(f"cloud rejected: none of its {n:,} points is finite and within max_range")
             return
+        if self.live_map is not None and origin is None:
+            self.live_map.map.frame_origin = conv.origin   # before the worker sees the first cloud
         if not conv.had_color and not self._warned_no_color:
             self._warned_no_color = True
             self.get_logger().warning(f"cloud has no colour fields (rgb, rgba or r/g/b): using default_color "
@@ -442,6 +449,8 @@ class SegmenterRuntime:
                 rows, scores, phrase = self.live_map.map.query(text, k, min_score, reference, tau)
                 labels = self.live_map.label(live.vocabulary, live.prompt_template)
                 view = map_view(self.live_map, labels, live.vocabulary, rows)
+                if self.live_map.map.frame_origin is not None:
+                    view = view.shifted(self.live_map.map.frame_origin)
                 total = len(self.live_map.map)
                 last = self._last_map_job
                 header = last.header if last is not None else Header(frame_id=self.settings.map_frame)
