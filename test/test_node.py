@@ -445,7 +445,7 @@ def test_bad_input_gets_one_warning_each_and_the_node_survives(probe, node_proc)
     huge = 5_000_000
     cases = [
         ("empty", _raw_cloud(xyz_fields, 12, 0, b""), "empty cloud"),
-        ("all-NaN", _raw_cloud(xyz_fields, 12, 100, nan), "all 100 points have NaN"),
+        ("all-NaN", _raw_cloud(xyz_fields, 12, 100, nan), "none of its 100 points is finite"),
         ("missing z", _raw_cloud(xyz_fields[:2], 8, 100, bytes(800)), "has no 'z' field"),
         ("int32 x/y/z", _raw_cloud([("x", 0, i32), ("y", 4, i32), ("z", 8, i32)], 12, 100, bytes(1200)),
          "datatype INT32"),
