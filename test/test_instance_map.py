@@ -321,10 +321,13 @@ def test_kill_during_save_leaves_the_previous_file_readable(tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np, sys
         from folk_ros.core.instance_map import InstanceMap
+        from folk_ros.core.map_voxels import pack
         m = InstanceMap({DIM})
         m.grid = __import__("folk_ros.core.map_voxels", fromlist=["VoxelGrid"]).VoxelGrid(0.05)
         m.ids = np.arange(200); m.next_id = 200
-        m.voxels = [np.arange(i * 40_000, (i + 1) * 40_000, dtype=np.int64) for i in range(200)]
+        cells = np.zeros((40_000, 3), np.int64)
+        cells[:, 2] = np.arange(40_000) - 20_000
+        m.voxels = [pack(cells + [i, 0, 0]) for i in range(200)]      # valid keys: the file must load
         for name in ("weight", "score_sum", "points_sum", "first_seen", "last_seen"):
             setattr(m, name, np.ones(200))
         m.observations = np.ones(200, np.int64); m.misses = np.zeros(200, np.int64)

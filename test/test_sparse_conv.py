@@ -327,12 +327,15 @@ def test_gather_plan_layout():
 # ------------------------------------------- voxelize keys, FPS tie order --
 
 def test_voxelize_packed_keys_equal_row_unique():
-    """1-D packed keys (and the void fallback for huge ranges) give np.unique(axis=0)'s voxels."""
+    """1-D packed keys (and the void fallback for huge ranges) give np.unique(axis=0)'s voxels; coordinates
+    beyond the int32 voxel range are refused before the cast (they used to wrap silently)."""
     import numpy as np
 
     from folk_ros.core.voxelize import cell_keys, voxelize
     rs = np.random.RandomState(0)
-    for xyz in (rs.rand(3000, 3).astype(np.float32) * 2 - 1, rs.randn(500, 3) * 1e14):
+    with pytest.raises(ValueError, match="beyond the int32 voxel range"):
+        voxelize(rs.randn(500, 3) * 1e14, 0.05)
+    for xyz in (rs.rand(3000, 3).astype(np.float32) * 2 - 1, rs.randn(500, 3) * 1e7):
         v = voxelize(xyz, 0.05)
         grid = np.floor(xyz.astype(np.float32) / np.float32(0.05)).astype(np.int64)
         _, first, inv = np.unique(grid, axis=0, return_index=True, return_inverse=True)
