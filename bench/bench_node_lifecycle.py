@@ -1,0 +1,90 @@
+"""Start-up and Ctrl-C of the folk_segmenter node as a process, the way ``ros2 launch`` runs it.
+
+Per trial: start ``python -m folk_ros.ros.node`` in its own process group, time until its "ready" log line
+(start-up: interpreter, model load, text encoding), then send SIGINT to the group twice, ``--gap`` seconds
+apart (the terminal's Ctrl-C and the one launch forwards), and time until the process exits. A clean exit
+is code 0 with no traceback in its output. Prints one row per trial and the summary (median, worst,
+clean count), and writes them as JSON.
+
+    python -m bench.bench_node_lifecycle [--trials 20] [--gap 0.05] [--bundle models/folk-synth]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from training.atomic import write_json_atomic
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def trial(bundle: str, gap_s: float, module: str = "folk_ros.ros.node", timeout: float = 120.0) -> dict:
+    """One start, double SIGINT and exit; times in seconds."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", module, "--ros-args", "-p", f"model_bundle:={bundle}",
+                             "-p", "device:=cpu"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    out = []
+    while True:
+        line = proc.stdout.readline()
+        if not line or time.perf_counter() - t0 > timeout:
+            break
+        out.append(line)
+        if "ready:" in line:
+            break
+    ready_s = time.perf_counter() - t0
+    time.sleep(0.3)
+    t1 = time.perf_counter()
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(gap_s)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    try:
+        rest, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rest, _ = proc.communicate()
+    exit_s = time.perf_counter() - t1
+    text = "".join(out) + rest
+    return {"ready_s": ready_s, "exit_s": exit_s, "code": proc.returncode,
+            "traceback": "Traceback" in text or "KeyboardInterrupt" in text,
+            "clean": proc.returncode == 0 and "Traceback" not in text}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.bench_node_lifecycle", description=__doc__.split("\n\n")[0])
+    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--gap", type=float, default=0.05, help="seconds between the two SIGINTs")
+    p.add_argument("--bundle", default="models/folk-synth")
+    p.add_argument("--out", type=Path, default=Path("out/bench/node_lifecycle.json"))
+    args = p.parse_args(argv)
+    rows = []
+    for k in range(args.trials):
+        rows.append(trial(args.bundle, args.gap))
+        r = rows[-1]
+        print(f"trial {k + 1:>2}: ready {r['ready_s']:.2f} s, exit {r['exit_s']:.2f} s after the first SIGINT, "
+              f"code {r['code']}, {'clean' if r['clean'] else 'NOT clean'}", flush=True)
+    ready, exit_ = np.array([r["ready_s"] for r in rows]), np.array([r["exit_s"] for r in rows])
+    summary = {"trials": len(rows), "clean": sum(r["clean"] for r in rows),
+               "ready_median_s": float(np.median(ready)), "ready_max_s": float(ready.max()),
+               "exit_median_s": float(np.median(exit_)), "exit_max_s": float(exit_.max()), "gap_s": args.gap}
+    print(f"\n{summary['clean']} of {summary['trials']} clean; start-up to ready median "
+          f"{summary['ready_median_s']:.2f} s (max {summary['ready_max_s']:.2f}); SIGINT to exit median "
+          f"{summary['exit_median_s']:.2f} s "
+          f"(max {summary['exit_max_s']:.2f})")
+    write_json_atomic(args.out, {"summary": summary, "trials": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
