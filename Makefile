@@ -16,5 +16,8 @@ test: setup
 demo: setup
 	$(PY) -m demo
 
+bench: setup
+	$(PY) -m bench.run_all
+
 clean:
 	rm -rf build log out .pytest_cache

@@ -31,11 +31,12 @@ from rclpy.serialization import serialize_message
 from std_msgs.msg import Header
 from tqdm import tqdm
 
+from folk_ros.core.cloud import fit_point_budget
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.ros import parameters as params
-from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
-from folk_ros.core.cloud import fit_point_budget
 from folk_ros.ros.cloud_outputs import build_outputs, label_points
+from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
+from training.atomic import write_json_atomic
 
 STAGES = ("convert", "downsample", "text", "proposals", "student", "classify", "messages", "serialize")
 VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant")
@@ -94,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=params.DEVICES)
     parser.add_argument("--bundle", type=Path, default=None, help="model bundle (default: untrained test bundle)")
     parser.add_argument("--max-points", type=int, default=params.SPECS["max_points"].default)
+    parser.add_argument("--out", type=Path, default=Path("out/bench/node_latency.json"), help="JSON result path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -123,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(t[s] for s in STAGES)
         print(f"{n:>9,} {int(t['segmented']):>8,} {int(t['instances']):>5} "
               + " ".join(f"{t[s]:>10.1f}" for s in STAGES) + f" {total:>9.1f}")
+    write_json_atomic(args.out, {"device": str(segmenter.device), "threads": args.threads, "repeats": args.repeats,
+                                 "bundle": str(args.bundle or "untrained test bundle"),
+                                 "rows": [{"points": n, **t, "total": sum(t[s] for s in STAGES)} for n, t in rows]})
     return 0
 
 
