@@ -552,7 +552,7 @@ def test_a_failed_publish_is_logged_once_with_its_traceback_and_the_node_goes_on
                       module=("test.faulty_node",)) as node, ready_probe(node, ns) as probe:
         statuses = []
         probe.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: statuses.extend(
-            s for s in m.status if s.name.startswith("folk_segmenter")), 10)
+            s for s in m.status if s.name.startswith(f"{ns}/folk_segmenter:")), 10)   # not other nodes' statuses
         probe.wait_until(lambda: statuses, what="/diagnostics")
         msg, _ = room_msg()
         first = probe.publish(msg)

@@ -354,7 +354,8 @@ class SegmenterRuntime:
         if self.live_map is not None:
             extra["map instances"] = str(len(self.live_map.map))
         st = diagnostics.status(self._stats.snapshot(), self._diag_state,
-                                name=f"{self.get_name()}: segmentation", hardware_id=str(self.segmenter.device),
+                                name=f"{self.get_fully_qualified_name()}: segmentation",   # unique per namespace
+                                hardware_id=str(self.segmenter.device),
                                 worker_alive=self._worker.is_alive(),
                                 max_latency_s=self.settings.diagnostics_max_latency_s, extra=extra)
         self._pub_diagnostics.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
