@@ -141,23 +141,21 @@ def decode_pointcloud2(fields: Sequence, data, height: int, width: int, point_st
     else:
         points = np.zeros((height, width), view_dtype)
 
-    xyz64 = np.empty((height, width, 3), np.float64)       # exact for float32 and float64 fields
-    for axis, name in enumerate("xyz"):
-        xyz64[..., axis] = points[name]
-    xyz64 = xyz64.reshape(-1, 3)
-    finite = np.isfinite(xyz64)
-    finite = finite[:, 0] & finite[:, 1] & finite[:, 2]  # 3x faster than .all(axis=1)
     if origin is None:
-        origin = choose_origin(xyz64[finite])
+        origin = choose_origin(_sample_xyz(points))
     origin = np.asarray(origin, np.float64).reshape(3)
-    if origin.any():
-        xyz64 -= origin                                   # in float64: no precision is lost
-    with np.errstate(invalid="ignore"):
-        far = finite & (np.abs(xyz64) > max_range).any(axis=1)   # checked before any integer cast downstream
-    keep = finite & ~far
-    indices = np.flatnonzero(keep).astype(np.int64)
-    all_kept = indices.size == n
-    xyz = (xyz64 if all_kept else xyz64.take(indices, axis=0)).astype(np.float32)
+    xyz, finite_and_near = _read_xyz(points, xyz_fields, origin, max_range)
+    all_kept = bool(finite_and_near.all())
+    if all_kept:
+        indices = np.arange(n, dtype=np.int64)
+        dropped_nonfinite = dropped_far = 0
+    else:
+        indices = np.flatnonzero(finite_and_near).astype(np.int64)
+        xyz = xyz.take(indices, axis=0)
+        finite = np.isfinite(points["x"]) & np.isfinite(points["y"]) & np.isfinite(points["z"])
+        dropped_nonfinite = int(n - np.count_nonzero(finite))
+        dropped_far = int(n - indices.size - dropped_nonfinite)
+    xyz = xyz.astype(np.float32, copy=False)
 
     if color_kind == "packed":
         packed = np.empty((height, width), "<u4")
@@ -174,7 +172,31 @@ def decode_pointcloud2(fields: Sequence, data, height: int, width: int, point_st
     # The PointCloud constructor validates (finite xyz, rgb in [0, 1]) without from_arrays' extra copies.
     cloud = PointCloud(xyz, np.ascontiguousarray(rgb, np.float32))
     return CloudConversion(cloud=cloud, indices=indices, had_color=color_kind is not None,
-                           dropped_nonfinite=int(n - finite.sum()), origin=origin, dropped_far=int(far.sum()))
+                           dropped_nonfinite=dropped_nonfinite, origin=origin, dropped_far=dropped_far)
+
+
+def _sample_xyz(points: np.ndarray) -> np.ndarray:
+    """(S, 3) float64 finite x, y, z of a strided sample of about 20,000 points (for the origin)."""
+    flat = points.reshape(-1)
+    sample = flat[:: max(1, flat.size // 20_000)]
+    xyz = np.stack([sample[a].astype(np.float64) for a in "xyz"], axis=1)
+    return xyz[np.isfinite(xyz).all(axis=1)]
+
+
+def _read_xyz(points: np.ndarray, xyz_fields: list, origin: np.ndarray, max_range: float):
+    """(N, 3) coordinates minus ``origin`` and the (N,) mask of points that are finite and within
+    ``max_range`` of it on every axis. FLOAT32 fields and a zero origin are read straight into float32
+    (the common case, one copy); otherwise in float64, so subtracting a large origin loses nothing."""
+    direct = not origin.any() and all(f.datatype == FLOAT32 for f in xyz_fields)
+    xyz = np.empty(points.shape + (3,), np.float32 if direct else np.float64)
+    for axis, name in enumerate("xyz"):
+        xyz[..., axis] = points[name]
+    xyz = xyz.reshape(-1, 3)
+    if not direct and origin.any():
+        xyz -= origin
+    with np.errstate(invalid="ignore"):     # NaN compares False: non-finite points fail the range test
+        near = np.abs(xyz) <= max_range
+    return xyz, near[:, 0] & near[:, 1] & near[:, 2]
 
 
 def _checked_fields(fields: Sequence, point_step: int) -> dict:
