@@ -22,12 +22,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.optimize import linear_sum_assignment
 
 from folk_ros.core.atomic import write_bytes_atomic
 from folk_ros.core.geometry import oriented_boxes
 from folk_ros.core.map_voxels import (MAX_CELL, VoxelGrid, concat_sets, isin_sorted, neighbourhood,
                                       overlap_counts, unpack)
+from folk_ros.core.student import classify
 
 FORMAT = "folk_ros.instance_map"
 VERSION = 1
@@ -218,7 +220,7 @@ class InstanceMap:
     # ------------------------------------------------------------------ reading
 
     def label(self, text: np.ndarray, temperature: float) -> MapLabels:
-        """Label every instance from its fused embedding: softmax(emb @ text.T / tau), one matmul.
+        """Label every instance from its fused embedding by the Segmenter's rule (:func:`classify`).
 
         Args:
             text: (K, C) unit-norm text embeddings of the vocabulary (K >= 1).
@@ -228,13 +230,9 @@ class InstanceMap:
         if len(self) == 0:
             empty = np.zeros(0, np.float32)
             return MapLabels(np.zeros(0, np.int64), empty, empty)
-        logits = self.embeddings() @ text.T / np.float32(temperature)          # (M, K)
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        probs /= probs.sum(axis=1, keepdims=True)
-        idx = probs.argmax(axis=1)
-        p = probs[np.arange(len(idx)), idx].astype(np.float32)
-        return MapLabels(idx.astype(np.int64), p, self.proposal_scores() * p)
+        probs, idx = classify(torch.from_numpy(self.embeddings()), torch.from_numpy(text), temperature)
+        p = probs.numpy().astype(np.float32)
+        return MapLabels(idx.numpy().astype(np.int64), p, self.proposal_scores() * p)
 
     def query(self, text: np.ndarray, k: int, min_score: float = 0.0, reference: np.ndarray | None = None,
               temperature: float = 0.07) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -181,9 +181,14 @@ class LiveMap:
     def label(self, vocabulary: Sequence[str], template: str | None = None) -> MapLabels:
         """Every instance's label and confidence for ``vocabulary`` from its fused embedding (one matmul;
         the text is encoded once per vocabulary and cached). ``template``: default the Segmenter's."""
-        names = validate_vocabulary(vocabulary)
-        text = self.segmenter.clip.encode_text(list(names), template or self.segmenter.cfg.prompt_template)
-        return self.map.label(text.cpu().numpy(), self.segmenter.cfg.temperature)
+        return self.map.label(self.vocabulary_text(vocabulary, template), self.segmenter.cfg.temperature)
+
+    def vocabulary_text(self, vocabulary: Sequence[str], template: str | None = None) -> np.ndarray:
+        """(K, C) unit CLIP text embeddings of ``vocabulary`` in ``template`` (default the Segmenter's);
+        the CLIP wrapper caches them per vocabulary."""
+        names = list(validate_vocabulary(vocabulary))
+        text = self.segmenter.clip.encode_text(names, template or self.segmenter.cfg.prompt_template)
+        return text.cpu().numpy()
 
     def encode_phrases(self, phrases: Sequence[str]) -> np.ndarray:
         """(P, C) unit CLIP text embeddings of free-text phrases, encoded as written."""
@@ -198,10 +203,7 @@ class LiveMap:
         (:meth:`InstanceMap.query`; ``vocabulary``, encoded with ``template``, default the Segmenter's, is
         what the phrases compete with: None = plain cosine)."""
         names = list(phrases)
-        reference = None
-        if vocabulary is not None:
-            reference = self.segmenter.clip.encode_text(list(validate_vocabulary(vocabulary)),
-                                                        template or self.segmenter.cfg.prompt_template).cpu().numpy()
+        reference = None if vocabulary is None else self.vocabulary_text(vocabulary, template)
         rows, scores, phrase = self.map.query(self.encode_phrases(names), k, min_score, reference,
                                               self.segmenter.cfg.temperature)
         return [QueryHit(int(r), int(self.map.ids[r]), float(s), names[p]) for r, s, p in zip(rows, scores, phrase)]

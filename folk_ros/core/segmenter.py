@@ -29,7 +29,7 @@ from folk_ros.core.mask3d.checkpoint import load_checkpoint
 from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.mask3d.model import Mask3D
 from folk_ros.core.sparse.minkowski import set_sparse_backend
-from folk_ros.core.student import Student
+from folk_ros.core.student import Student, classify  # noqa: F401  (classify: re-exported)
 
 
 @dataclass(frozen=True)
@@ -115,18 +115,6 @@ class EmbeddedProposals:
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])
-
-
-def classify(embeddings: torch.Tensor, text: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The inference rule: softmax(embeddings @ text.T / tau) over the vocabulary, one matmul.
-
-    Args:
-        embeddings: (M, C) unit-norm instance embeddings. text: (K, C) unit-norm text embeddings.
-
-    Returns:
-        (label probability (M,), label index (M,) int64) of the best name per instance.
-    """
-    return (embeddings @ text.T / temperature).softmax(dim=-1).max(dim=-1)
 
 
 def validate_vocabulary(vocabulary) -> tuple[str, ...]:

@@ -231,3 +231,15 @@ class Student(nn.Module):
         except RuntimeError as e:
             raise ValueError(f"student checkpoint weights do not match its config: {e}") from e
         return model.to(map_location).eval()
+
+
+def classify(embeddings: torch.Tensor, text: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inference rule: softmax(embeddings @ text.T / tau) over the vocabulary, one matmul.
+
+    Args:
+        embeddings: (M, C) unit-norm instance embeddings. text: (K, C) unit-norm text embeddings.
+
+    Returns:
+        (label probability (M,), label index (M,) int64) of the best name per instance.
+    """
+    return (embeddings @ text.T / temperature).softmax(dim=-1).max(dim=-1)

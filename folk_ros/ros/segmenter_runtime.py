@@ -443,7 +443,7 @@ class SegmenterRuntime:
             with self._live_lock:
                 live = self._live
             text = self.live_map.encode_phrases(phrases)     # outside the map lock (CLIP has its own)
-            reference = self.segmenter.clip.encode_text(list(live.vocabulary), live.prompt_template).cpu().numpy()
+            reference = self.live_map.vocabulary_text(live.vocabulary, live.prompt_template)
             with self._map_lock:
                 k, min_score = int(request.max_results), float(request.min_score)
                 tau = self.segmenter.cfg.temperature
