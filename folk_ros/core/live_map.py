@@ -224,15 +224,19 @@ class LiveMap:
         rows[~inside] = -1
         return rows
 
-    def instance_points(self, xyz: np.ndarray, rows: np.ndarray) -> list[np.ndarray]:
+    def instance_points(self, xyz: np.ndarray, rows: np.ndarray,
+                        point_instances: np.ndarray | None = None) -> list[np.ndarray]:
         """Per map row in ``rows``, the (K_i,) int64 indices of the points of ``xyz`` inside its voxels
         (instances may share voxels, so a point may belong to several). One sort of the keys of the points
-        that lie in some instance's voxel, not of the whole cloud."""
+        that lie in some instance's voxel, not of the whole cloud. ``point_instances``: this cloud's
+        :meth:`point_instances`, when the caller has it already."""
         rows = np.asarray(rows, np.int64)
         if self.map.grid is None or rows.size == 0:
             return [np.zeros(0, np.int64) for _ in rows]
         keys, _ = self._keys(xyz)
-        order = np.flatnonzero(self.point_instances(xyz) >= 0)
+        if point_instances is None:
+            point_instances = self.point_instances(xyz)
+        order = np.flatnonzero(point_instances >= 0)
         order = order[np.argsort(keys[order], kind="stable")]          # points in objects, grouped by voxel
         sorted_keys = keys[order]
         voxel_keys, starts = np.unique(sorted_keys, return_index=True)

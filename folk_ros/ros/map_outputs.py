@@ -82,8 +82,9 @@ def map_view(live_map: LiveMap, labels: MapLabels, vocabulary: tuple[str, ...], 
     else:
         new_row = np.full(len(imap) + 1, -1, np.int64)            # the last entry serves row -1
         new_row[rows] = np.arange(rows.size)
-        point_rows = new_row[live_map.point_instances(xyz)]
-        point_sets = live_map.instance_points(xyz, rows)
+        point_instances = live_map.point_instances(xyz)
+        point_rows = new_row[point_instances]
+        point_sets = live_map.instance_points(xyz, rows, point_instances)
     return MapView(vocabulary=tuple(vocabulary), ids=imap.ids[rows].copy(), label_indices=labels.label_indices[rows],
                    scores=labels.scores[rows], observations=imap.observations[rows].copy(),
                    first_seen=imap.first_seen[rows].copy(), last_seen=imap.last_seen[rows].copy(),
