@@ -77,10 +77,10 @@ class SegmenterNode(SegmenterRuntime, Node):
         self._activate()
 
     def destroy_node(self) -> None:
-        """Stop the worker, save map_file, destroy the node; safe on a node whose start-up failed half way."""
+        """Stop the worker, save map_file, free the model, destroy the node; safe on a node whose start-up
+        failed half way."""
         self._deactivate()
-        if getattr(self, "live_map", None) is not None and self.settings.map_file:
-            self._save_map_file()
+        self._cleanup()
         super().destroy_node()
 
 
