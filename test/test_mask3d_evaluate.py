@@ -97,6 +97,11 @@ def test_one_pass_serves_every_postprocessing(scene_and_model):
     for post, got in zip(posts, many):
         one = model.predict(scene.xyz, scene.rgb, post=post)
         assert torch.equal(one.masks, got.masks) and torch.allclose(one.scores, got.scores)
+    p = many[1]          # voxel-level proposals expand to the input points as their voxels
+    assert p.masks.shape == (p.scores.numel(), len(scene.xyz)) and p.masks.dtype == torch.bool
+    assert torch.equal(p.masks, p.voxel_masks[:, p.inverse_map])
+    assert torch.equal(p.point_counts, p.masks.sum(1))
+    assert torch.equal(p.point_features, p.voxel_features[p.inverse_map])
     results = class_agnostic_results(model, [scene], posts)
     assert results[1][0].mean == class_agnostic_ap(model, [scene], posts[1]).mean
     assert all(0.0 <= recall <= 1.0 for _, recall in results)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from folk_ros.core.student import Student, StudentConfig, masked_mean
+from folk_ros.core.student import Student, StudentConfig, masked_mean, voxel_masked_mean
 
 
 def _loop_mean(features, masks):
@@ -124,3 +124,25 @@ def test_checkpoint_errors():
         StudentConfig.from_dict({"in_dim": 4, "depth": 3})
     with pytest.raises(ValueError, match="reserved"):
         model.to_checkpoint(config={})
+
+
+def test_voxel_masked_mean_equals_the_mean_over_the_points():
+    """Pooling per voxel, weighted by the voxel's points, is Eq. 7's mean over the points of each mask."""
+    gen = torch.Generator().manual_seed(0)
+    v, n, m, d = 50, 400, 6, 8
+    voxel_features = torch.randn(v, d, generator=gen)
+    inverse = torch.randint(0, v, (n,), generator=gen)
+    voxel_masks = torch.rand(m, v, generator=gen) < 0.3
+    voxel_masks[:, inverse[0]] = True                          # every mask holds at least one point
+    voxel_points = torch.bincount(inverse, minlength=v)
+    got = voxel_masked_mean(voxel_features, voxel_masks, voxel_points)
+    want = masked_mean(voxel_features[inverse], voxel_masks[:, inverse])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    student = Student(StudentConfig(in_dim=d, hidden_dim=16, out_dim=4)).eval()
+    torch.testing.assert_close(student.embed_voxels(voxel_features, voxel_masks, voxel_points),
+                               student(voxel_features[inverse], voxel_masks[:, inverse]), rtol=1e-5, atol=1e-6)
+    empty = torch.zeros(1, v, dtype=torch.bool)
+    with pytest.raises(ValueError, match="no points"):
+        voxel_masked_mean(voxel_features, empty, voxel_points)
+    with pytest.raises(ValueError, match="voxel_masks"):
+        voxel_masked_mean(voxel_features, voxel_masks.float(), voxel_points)

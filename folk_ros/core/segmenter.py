@@ -27,7 +27,7 @@ from folk_ros.core.clip import ClipModel, resolve_device
 from folk_ros.core.cloud import PointCloud
 from folk_ros.core.mask3d.checkpoint import load_checkpoint
 from folk_ros.core.mask3d.config import PostprocessConfig
-from folk_ros.core.mask3d.model import Mask3D
+from folk_ros.core.mask3d.model import Mask3D, expand_to_points
 from folk_ros.core.sparse.minkowski import set_sparse_backend
 from folk_ros.core.student import Student, classify  # noqa: F401  (classify: re-exported)
 
@@ -232,15 +232,16 @@ class Segmenter:
                                      np.zeros((0, self.clip.embed_dim), np.float32), {})
         proposals = self.mask3d.predict(cloud.xyz, cloud.rgb, point_features=self.cfg.point_features,
                                         post=self.cfg.proposal_postprocess())
-        t1 = time.perf_counter()
         with torch.inference_mode():
-            masks = proposals.masks.to(self.device)
-            keep = masks.view(torch.uint8).sum(1, dtype=torch.int32) >= self.cfg.min_points  # bool sum is slow
-            masks, scores = masks[keep], proposals.scores.to(self.device)[keep]
-            embeddings = self.student(proposals.point_features.to(self.device), masks)
+            keep = proposals.point_counts >= self.cfg.min_points
+            voxel_masks, scores = proposals.voxel_masks[keep], proposals.scores[keep]
+            masks = expand_to_points(voxel_masks.cpu(), proposals.inverse_map).numpy()   # (M, N) over the points
+        t1 = time.perf_counter()
+        with torch.inference_mode():   # pooled per voxel: every point of a voxel has its features (Eq. 7)
+            embeddings = self.student.embed_voxels(proposals.voxel_features.to(self.device),
+                                                   voxel_masks.to(self.device), proposals.voxel_points)
         t2 = time.perf_counter()
-        return EmbeddedProposals(masks.cpu().numpy(), scores.float().cpu().numpy(),
-                                 embeddings.float().cpu().numpy(),
+        return EmbeddedProposals(masks, scores.float().cpu().numpy(), embeddings.float().cpu().numpy(),
                                  {"proposals": (t1 - t0) * 1e3, "student": (t2 - t1) * 1e3})
 
     def segment(self, cloud: PointCloud, vocabulary: Sequence[str]) -> Instances:

@@ -1,6 +1,7 @@
 """Mask3D (Schult et al., ICRA 2023) in pure PyTorch, loading official checkpoints.
 
-``Mask3D(cfg).predict(xyz, rgb) -> Proposals(masks (M, N) bool, scores (M,), point_features (N, D))``.
+``Mask3D(cfg).predict(xyz, rgb) -> Proposals`` (voxel masks and features; ``.masks`` (M, N) bool,
+``.scores`` (M,), ``.point_features`` (N, D) per input point).
 """
 
 from .checkpoint import LoadReport, load_checkpoint, save_checkpoint

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -31,25 +32,59 @@ class CloudTooSmallError(ValueError):
 
 def check_extent(coords: np.ndarray, voxel_size: float) -> None:
     """CloudTooSmallError unless the voxel coordinates span >= 2 cells at :data:`COARSEST_STRIDE`."""
-    cells = np.unique(np.floor_divide(np.asarray(coords, np.int64), COARSEST_STRIDE), axis=0)
-    if len(cells) < 2:
+    cells = np.floor_divide(np.asarray(coords), COARSEST_STRIDE)
+    if len(cells) == 0 or (cells == cells[0]).all():      # one cell (np.unique over rows: 100 ms at 100k)
         edge = COARSEST_STRIDE * voxel_size
         raise CloudTooSmallError(
             f"the cloud fits in one {edge:.2f} m cell of Mask3D's coarsest level ({COARSEST_STRIDE} voxels of "
             f"{voxel_size} m); Mask3D needs a cloud spanning at least two such cells")
 
 
+def expand_to_points(voxel_masks: torch.Tensor, inverse_map: torch.Tensor) -> torch.Tensor:
+    """(M, V) bool voxel masks -> (M, N) bool point masks (a point has its voxel's bit). On the CPU through
+    numpy's take, 2-3x faster than torch's column gather."""
+    if voxel_masks.device.type != "cpu":
+        return voxel_masks[:, inverse_map]
+    return torch.from_numpy(np.take(voxel_masks.numpy(), inverse_map.cpu().numpy(), axis=1))
+
+
 @dataclass(frozen=True, eq=False)
 class Proposals:
-    """Class-agnostic instance proposals of one cloud.
+    """Class-agnostic instance proposals of one cloud, kept at voxel level.
 
-    masks (M, N) bool over the input points; scores (M,) float32 in [0, 1],
-    descending; point_features (N, D) float32 (D = 96 backbone or 128 mask features).
+    Every point of a voxel shares the voxel's mask bits and features, so the proposals are stored per
+    voxel (V << N on dense clouds) and expanded to points only when asked (:attr:`masks`,
+    :attr:`point_features`, computed once).
+
+    voxel_masks (M, V) bool; scores (M,) float32 in [0, 1], descending; voxel_features (V, D) float32
+    (D = 96 backbone or 128 mask features); inverse_map (N,) int64 point -> voxel.
     """
 
-    masks: torch.Tensor
+    voxel_masks: torch.Tensor
     scores: torch.Tensor
-    point_features: torch.Tensor
+    voxel_features: torch.Tensor
+    inverse_map: torch.Tensor
+
+    @cached_property
+    def masks(self) -> torch.Tensor:
+        """(M, N) bool masks over the input points (on the masks' device)."""
+        return expand_to_points(self.voxel_masks, self.inverse_map)
+
+    @cached_property
+    def point_features(self) -> torch.Tensor:
+        """(N, D) float32 features of the input points (their voxel's)."""
+        return self.voxel_features[self.inverse_map]
+
+    @cached_property
+    def voxel_points(self) -> torch.Tensor:
+        """(V,) int64 number of input points in each voxel."""
+        return torch.bincount(self.inverse_map, minlength=self.voxel_features.shape[0])
+
+    @cached_property
+    def point_counts(self) -> torch.Tensor:
+        """(M,) int64 number of input points in each mask."""
+        points = self.voxel_masks.to(torch.float32) @ self.voxel_points.to(torch.float32)   # exact below 2^24
+        return points.round().to(torch.int64)
 
 
 class Mask3D(QueryDecoder):
@@ -119,8 +154,8 @@ class Mask3D(QueryDecoder):
                 self.train(was_training)
             inverse = torch.from_numpy(vox.inverse_map).to(dev)
             feats = out["backbone_features"] if point_features == "backbone" else out["mask_features"]
-            feats = feats[inverse].float()
+            feats = feats.float()
             voxel_xyz = torch.from_numpy(xyz_np[vox.unique_map]).to(dev)
             return [Proposals(*class_agnostic_proposals(out["pred_logits"][0], out["pred_masks"][0], inverse,
-                                                        voxel_xyz, post), feats)
+                                                        voxel_xyz, post), feats, inverse)
                     for post in posts]

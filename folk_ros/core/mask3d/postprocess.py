@@ -326,7 +326,8 @@ def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tenso
     score = (1 - p(no-object)) * mean sigmoid inside the mask.  Masks with fewer than
     ``cfg.min_points`` points (at least one) and scores <= ``cfg.min_score`` are dropped;
     NMS at ``cfg.nms_iou`` (IoU over points).
-    Returns masks (M, N) bool and scores (M,) float32, by descending score.
+    Returns voxel masks (M, V) bool and scores (M,) float32, by descending score (a point's mask bit is
+    its voxel's: ``masks[:, inverse_map]``).
     """
     objectness = 1.0 - pred_logits.float().softmax(-1)[:, -1]
     points_per_voxel = torch.bincount(inverse_map, minlength=mask_logits.shape[0])
@@ -355,4 +356,4 @@ def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tenso
         keep = ((points >= min_points) & (scores > cfg.min_score)).nonzero().flatten()
         binary, scores = binary[:, keep], scores[keep]
     kept = mask_nms(binary, scores, cfg.nms_iou, points_per_voxel)
-    return binary[:, kept][inverse_map].T.contiguous(), scores[kept]
+    return binary[:, kept].T.contiguous(), scores[kept]
