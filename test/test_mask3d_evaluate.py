@@ -121,17 +121,42 @@ def test_cli_reports_the_grid_and_its_best(scene_and_model, tmp_path, capsys):
     assert main(["--checkpoint", str(ckpt), "--scenes", str(scene_dir), "--mask-threshold", "1"]) == 2
 
 
-def test_vectorised_split_equals_query_by_query(monkeypatch):
-    """dbscan_parts' one-pass split equals DBSCAN run per query (the path taken when pairs are too many)."""
+@pytest.mark.parametrize("columns, eps", [(6, 0.25), (21, 0.3), (3, 0.05)])
+def test_vectorised_split_equals_query_by_query(monkeypatch, columns, eps):
+    """dbscan_parts' one-pass split (cells of diagonal eps, column bit sets over more than one byte)
+    equals DBSCAN run per query (the path taken when pairs are too many), duplicate points included."""
     from folk_ros.core.mask3d import postprocess
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(columns)
     xyz = torch.rand((400, 3), generator=gen) * torch.tensor([3.0, 3.0, 1.0])
-    logits = torch.randn((400, 6), generator=gen) + 0.5
-    fast = postprocess.dbscan_split(logits, xyz, 0.25, 1)
-    monkeypatch.setattr(postprocess, "MAX_SPLIT_EDGES", 1)         # one query per vectorised pass
-    chunked = postprocess.dbscan_split(logits, xyz, 0.25, 1)
+    xyz[300:320] = xyz[:20]                                        # points on top of each other
+    logits = torch.randn((400, columns), generator=gen) + 0.5
+    fast = postprocess.dbscan_split(logits, xyz, eps, 1)
     monkeypatch.setattr(postprocess, "MAX_SPLIT_PAIRS", 0)         # query by query
-    slow = postprocess.dbscan_split(logits, xyz, 0.25, 1)
+    slow = postprocess.dbscan_split(logits, xyz, eps, 1)
     assert fast[0].shape[1] > logits.shape[1]                     # it did split
-    for other in (chunked, slow):
-        assert torch.equal(fast[0], other[0]) and torch.equal(fast[1], other[1])
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+
+
+def test_mask_nms_keeps_what_greedy_dense_nms_keeps():
+    """The sparse NMS equals greedy NMS over dense point-weighted IoUs, ties broken by index."""
+    from folk_ros.core.mask3d.postprocess import mask_nms
+    gen = torch.Generator().manual_seed(1)
+    v, k = 300, 40
+    masks = torch.rand((v, k), generator=gen) < 0.2
+    masks[:, 20:] = masks[:, :20] | (torch.rand((v, 20), generator=gen) < 0.05)   # near-duplicates
+    scores = torch.rand(k, generator=gen)
+    scores[5] = scores[6]                                                             # a tie
+    weights = torch.randint(1, 5, (v,), generator=gen)
+    for threshold in (0.3, 0.5, 0.9):
+        w = weights.double()[:, None] * masks.double()
+        inter = w.T @ masks.double()
+        area = inter.diagonal()
+        iou = inter / (area[:, None] + area[None, :] - inter)
+        keep, dropped = [], torch.zeros(k, dtype=torch.bool)
+        for i in sorted(range(k), key=lambda j: (-float(scores[j]), j)):
+            if not dropped[i]:
+                keep.append(i)
+                dropped |= iou[i] > threshold
+        voxel, mask = masks.nonzero(as_tuple=True)
+        assert mask_nms(voxel, mask, scores, threshold, weights).tolist() == keep
+        assert len(keep) < k

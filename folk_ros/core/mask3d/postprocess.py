@@ -17,6 +17,8 @@ from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from folk_ros.core.voxelize import cell_keys
+
 from .config import PostprocessConfig
 
 
@@ -114,51 +116,66 @@ def dbscan(xyz: np.ndarray, eps: float, min_samples: int = 1) -> np.ndarray:
 
 
 MAX_SPLIT_PAIRS = 10_000_000
-"""Above this many neighbour pairs (16 bytes each) :func:`dbscan_parts` splits query by query."""
-MAX_SPLIT_EDGES = 50_000_000
-"""(neighbour pair, query) entries tested at once (1 byte each): queries are split in chunks this size."""
+"""Above this many neighbour pairs (estimated; 16 bytes each) :func:`dbscan_parts` splits query by query."""
+
+
+def _estimated_pairs(tree: cKDTree, eps: float, sample: int = 2_000) -> float:
+    """Neighbour pairs within ``eps`` among the tree's points, from the degrees of a strided sample."""
+    n = tree.n
+    picked = tree.data[:: max(1, n // sample)]
+    degree = tree.query_ball_point(picked, eps, return_length=True).mean() - 1.0
+    return degree * n / 2.0
 
 
 def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float):
     """eps-graph components of every column's positive points at once, or None when too many pairs.
 
-    One neighbour search over the points positive in some column (``|p - q| <= eps``), then per
-    chunk of columns (:data:`MAX_SPLIT_EDGES`) one connected-components run over the (point,
-    column) nodes, an edge wherever both ends are positive in that column.
-    Returns (point index (K,), column (K,), cluster (K,)) per positive entry, clusters numbered
-    globally by (column, first point), i.e. the order of :func:`dbscan_split`'s candidates.
+    Exact, and cheap in the number of (pair, column) edges: the points are binned into cells of
+    diagonal ``eps``, so a column's positive points in one cell are one clique, a node (column, cell).
+    One neighbour search over the points positive in some column finds the pairs ``|p - q| <= eps``
+    across cells; each pair carries the bit set of the columns positive at both ends, and the sets
+    are OR-ed per cell pair, so connected components run over (column, cell) nodes and
+    (column, cell pair) edges rather than over every (point pair, column).
+    Returns (point index (K,), column (K,), cluster (K,)) per positive entry, in (column, point)
+    order, clusters numbered by first occurrence (the order of :func:`dbscan_split`'s candidates).
     """
     active = np.flatnonzero(positive.any(1))
-    tree = cKDTree(xyz[active])
-    if (tree.count_neighbors(tree, eps) - active.size) // 2 > MAX_SPLIT_PAIRS:
+    pts, pos = xyz[active], positive[active]                                  # (A, 3), (A, Q)
+    tree = cKDTree(pts)
+    if _estimated_pairs(tree, eps) > MAX_SPLIT_PAIRS:
         return None
-    pairs = active[tree.query_pairs(eps, output_type="ndarray")].reshape(-1, 2)     # indices into xyz
-    chunk = max(1, MAX_SPLIT_EDGES // max(len(pairs), 1))
-    vs, qs, clusters, offset = [], [], [], 0
-    for q0 in range(0, positive.shape[1], chunk):
-        v, q, cluster = _chunk_components(positive[:, q0:q0 + chunk], pairs)
-        vs.append(v)
-        qs.append(q + q0)
-        clusters.append(cluster + offset)
-        offset += int(cluster.max()) + 1 if cluster.size else 0
-    return np.concatenate(vs), np.concatenate(qs), np.concatenate(clusters)
-
-
-def _chunk_components(positive: np.ndarray, pairs: np.ndarray):
-    """:func:`_columnwise_eps_components` for one chunk of columns, clusters numbered from 0."""
-    col_major = np.ascontiguousarray(positive.T)                  # (Q, V): nodes ordered by column, point
-    q_nodes, v_nodes = np.nonzero(col_major)
-    node_of = np.full(col_major.shape, -1, dtype=np.int64)
-    node_of[q_nodes, v_nodes] = np.arange(q_nodes.size)
-    if len(pairs):
-        e, q = np.nonzero(positive[pairs[:, 0]] & positive[pairs[:, 1]])
-        src, dst = node_of[q, pairs[e, 0]], node_of[q, pairs[e, 1]]
-    else:
-        src = dst = np.zeros(0, dtype=np.int64)
-    n = q_nodes.size
-    graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(n, n))
+    q_cols = pos.shape[1]
+    bits = np.packbits(pos, axis=1, bitorder="little")                         # (A, ceil(Q / 8)) uint8
+    side = eps / np.sqrt(3.0) * (1.0 - 1e-9)                                   # cell diagonal < eps
+    _, cell = np.unique(cell_keys(np.floor((pts - pts.min(0)) / side).astype(np.int64)), return_inverse=True)
+    cell = cell.reshape(-1)
+    n_cells = int(cell.max()) + 1
+    by_cell = np.argsort(cell, kind="stable")
+    starts = np.searchsorted(cell[by_cell], np.arange(n_cells))
+    cell_bits = np.bitwise_or.reduceat(bits[by_cell], starts, axis=0)          # (C, B) columns present
+    pairs = tree.query_pairs(eps, output_type="ndarray")
+    pairs = pairs[cell[pairs[:, 0]] != cell[pairs[:, 1]]]
+    both = bits[pairs[:, 0]] & bits[pairs[:, 1]]
+    linked = both.any(1)
+    pairs, both = pairs[linked], both[linked]
+    ca, cb = cell[pairs[:, 0]], cell[pairs[:, 1]]
+    key = np.minimum(ca, cb) * n_cells + np.maximum(ca, cb)
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    firsts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
+    edge_bits = np.bitwise_or.reduceat(both[order], firsts, axis=0) if key.size else both
+    edge_a, edge_b = key[firsts] // n_cells, key[firsts] % n_cells
+    present = np.unpackbits(cell_bits, axis=1, count=q_cols, bitorder="little").astype(bool)   # (C, Q)
+    node_q, node_c = np.nonzero(present.T)
+    node_of = np.full((q_cols, n_cells), -1, dtype=np.int64)
+    node_of[node_q, node_c] = np.arange(node_q.size)
+    e, q = np.nonzero(np.unpackbits(edge_bits, axis=1, count=q_cols, bitorder="little"))
+    src, dst = node_of[q, edge_a[e]], node_of[q, edge_b[e]]
+    graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(node_q.size, node_q.size))
     _, comp = connected_components(graph, directed=False)
-    return v_nodes, q_nodes, _first_occurrence_labels(comp)       # nodes are in (column, point) order
+    entry_q, entry_a = np.nonzero(pos.T)                                       # (column, point) order
+    cluster = comp[node_of[entry_q, cell[entry_a]]]
+    return active[entry_a], entry_q, _first_occurrence_labels(cluster)
 
 
 def dbscan_parts(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int,
@@ -290,30 +307,37 @@ def scannet200_instances(pred_logits: torch.Tensor, mask_logits: torch.Tensor, v
 
 # ------------------------------------------------------ class-agnostic ------
 
-def mask_nms(masks: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
+def mask_nms(voxel: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, iou_threshold: float,
              weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Greedy mask NMS. masks (V, K) bool, scores (K,), weights (V,) points per row.
+    """Greedy mask NMS over sparse masks, given as their (voxel, mask) entries.
 
-    Returns kept column indices (int64), by descending score; a mask is dropped
-    when its IoU with a kept higher-scoring mask exceeds ``iou_threshold``.
+    voxel, mask: (E,) int64, one entry per voxel of each of the K = ``len(scores)`` masks; weights: (V,)
+    points per voxel (IoU over points), None = 1. Returns the kept mask indices (int64) by descending
+    score (ties: lower index first); a mask is dropped when its IoU with a kept higher-scoring mask
+    exceeds ``iou_threshold``. Intersections are one sparse product; the greedy pass reads one sparse
+    row per kept mask, so no (V, K) or (K, K) dense array is made.
     """
+    k = int(scores.numel())
     order = torch.sort(scores, descending=True, stable=True).indices
-    rows, cols = masks[:, order].nonzero(as_tuple=True)   # masks are sparse: intersections as a sparse product
-    w = np.ones(rows.numel()) if weights is None else weights.double()[rows].cpu().numpy()
-    r, c = rows.cpu().numpy(), cols.cpu().numpy()
-    shape = (masks.shape[0], len(order))
-    inter = (csr_matrix((w, (r, c)), shape=shape).T @ csr_matrix((np.ones(r.size), (r, c)), shape=shape)).toarray()
-    inter = torch.from_numpy(inter)                       # (K, K) weighted intersections
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(k, device=order.device)
+    r = rank[mask].cpu().numpy()                          # rows in score order
+    v = voxel.cpu().numpy()
+    n_vox = int(v.max()) + 1 if v.size else 0
+    w = np.ones(v.size) if weights is None else weights.double()[voxel].cpu().numpy()
+    weighted = csr_matrix((w, (r, v)), shape=(k, n_vox))
+    inter = (weighted @ csr_matrix((np.ones(v.size), (r, v)), shape=(k, n_vox)).T).tocsr()   # (K, K) sparse
     area = inter.diagonal()
-    iou_cpu = inter / (area[:, None] + area[None, :] - inter).clamp_(min=1e-9)
-    suppressed = torch.zeros(len(order), dtype=torch.bool)
+    suppressed = np.zeros(k, dtype=bool)
     keep = []
-    for i in range(len(order)):
+    for i in range(k):
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed |= iou_cpu[i] > iou_threshold
-    return order[torch.tensor(keep, dtype=torch.int64, device=order.device)]
+        cols = inter.indices[inter.indptr[i]:inter.indptr[i + 1]]
+        both = inter.data[inter.indptr[i]:inter.indptr[i + 1]]
+        suppressed[cols[both / np.maximum(area[i] + area[cols] - both, 1e-9) > iou_threshold]] = True
+    return order[torch.as_tensor(keep, dtype=torch.int64, device=order.device)]
 
 
 def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tensor, inverse_map: torch.Tensor,
@@ -332,7 +356,7 @@ def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tenso
     objectness = 1.0 - pred_logits.float().softmax(-1)[:, -1]
     points_per_voxel = torch.bincount(inverse_map, minlength=mask_logits.shape[0])
     min_points = max(cfg.min_points, 1)
-    if cfg.use_dbscan:   # the parts' sizes and scores from their sparse entries; only kept parts densified
+    if cfg.use_dbscan:   # the parts stay sparse (voxel, part) entries: sizes, scores and NMS read those
         v, q, part = dbscan_parts(mask_logits, voxel_xyz, cfg.dbscan_eps, cfg.dbscan_min_points,
                                   cfg.mask_logit_threshold)
         src = torch.from_numpy(_part_sources(q, part)).to(objectness.device)
@@ -346,14 +370,19 @@ def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tenso
         column = torch.full((k,), -1, dtype=torch.int64, device=pt.device)
         column[keep] = torch.arange(int(keep.sum()), device=pt.device)
         entry = keep[pt]
-        binary = torch.zeros((mask_logits.shape[0], int(keep.sum())), dtype=torch.bool, device=mask_logits.device)
-        binary[vt[entry], column[pt[entry]]] = True
+        voxel, mask = vt[entry], column[pt[entry]]          # the kept parts' entries, never densified
         scores = scores[keep]
     else:
         binary, mscore = mask_scores(mask_logits, cfg.mask_logit_threshold)
         scores = objectness * mscore
         points = points_per_voxel.to(torch.float32) @ binary.to(torch.float32)     # (K,) points per proposal
         keep = ((points >= min_points) & (scores > cfg.min_score)).nonzero().flatten()
-        binary, scores = binary[:, keep], scores[keep]
-    kept = mask_nms(binary, scores, cfg.nms_iou, points_per_voxel)
-    return binary[:, kept].T.contiguous(), scores[kept]
+        scores = scores[keep]
+        voxel, mask = binary[:, keep].nonzero(as_tuple=True)
+    kept = mask_nms(voxel, mask, scores, cfg.nms_iou, points_per_voxel)
+    out_row = torch.full((scores.numel(),), -1, dtype=torch.int64, device=mask.device)
+    out_row[kept] = torch.arange(kept.numel(), device=mask.device)
+    hit = out_row[mask] >= 0
+    masks = torch.zeros((kept.numel(), mask_logits.shape[0]), dtype=torch.bool, device=mask_logits.device)
+    masks[out_row[mask[hit]], voxel[hit]] = True
+    return masks, scores[kept]
