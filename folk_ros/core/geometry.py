@@ -93,14 +93,13 @@ def _min_area_rectangle(xy: np.ndarray) -> tuple[float, tuple[np.ndarray, np.nda
 def _edge_angles(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Candidate yaws (the footprint's convex hull edge directions, folded into [0, pi/2)) and the points
     that bound the footprint (the hull's vertices, or all distinct points when it is flat)."""
+    try:                                         # straight on the points: a sort of them costs more than qhull
+        hull = xy[ConvexHull(xy).vertices]
+        edges = np.roll(hull, -1, axis=0) - hull
+        return np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2)), hull
+    except (QhullError, ValueError):   # < 3 points, all equal, collinear: the principal direction below
+        pass
     unique = np.unique(np.round(xy, 6), axis=0)
-    if len(unique) >= 3:
-        try:
-            hull = unique[ConvexHull(unique).vertices]
-            edges = np.roll(hull, -1, axis=0) - hull
-            return np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2)), hull
-        except QhullError:   # collinear or otherwise flat: the principal direction below
-            pass
     if len(unique) < 2:
         return np.zeros(1), unique
     d = unique - unique.mean(axis=0)
