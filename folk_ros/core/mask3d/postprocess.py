@@ -127,6 +127,20 @@ def _estimated_pairs(tree: cKDTree, eps: float, sample: int = 2_000) -> float:
     return degree * n / 2.0
 
 
+def _column_words(bools: np.ndarray) -> np.ndarray:
+    """(A, Q) bool -> (A, ceil(Q / 64)) uint64 bit sets (bit q of word q // 64 = column q)."""
+    packed = np.packbits(bools, axis=1, bitorder="little")
+    padded = np.zeros((len(bools), -(-bools.shape[1] // 64) * 8), np.uint8)
+    padded[:, :packed.shape[1]] = packed
+    return padded.view("<u8")
+
+
+def _unpack_columns(words: np.ndarray, columns: int) -> np.ndarray:
+    """Inverse of :func:`_column_words`: (R, W) uint64 -> (R, columns) bool."""
+    as_bytes = np.ascontiguousarray(words, dtype="<u8").view(np.uint8).reshape(len(words), 8 * words.shape[1])
+    return np.unpackbits(as_bytes, axis=1, count=columns, bitorder="little").astype(bool)
+
+
 def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float):
     """eps-graph components of every column's positive points at once, or None when too many pairs.
 
@@ -140,41 +154,40 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     order, clusters numbered by first occurrence (the order of :func:`dbscan_split`'s candidates).
     """
     active = np.flatnonzero(positive.any(1))
-    pts, pos = xyz[active], positive[active]                                  # (A, 3), (A, Q)
-    tree = cKDTree(pts)
+    pos = positive[active]                                                     # (A, Q)
+    side = eps / np.sqrt(3.0) * (1.0 - 1e-9)                                   # cell diagonal < eps
+    _, point_cell = np.unique(cell_keys(np.floor((xyz[active] - xyz[active].min(0)) / side).astype(np.int64)),
+                              return_inverse=True)
+    point_cell = point_cell.reshape(-1)
+    n_cells = int(point_cell.max()) + 1
+    by_cell = np.argsort(point_cell, kind="stable")             # points sorted by cell: a pair i < j has
+    cell = point_cell[by_cell]                                  # cell[i] <= cell[j]
+    tree = cKDTree(xyz[active[by_cell]])
     if _estimated_pairs(tree, eps) > MAX_SPLIT_PAIRS:
         return None
     q_cols = pos.shape[1]
-    bits = np.packbits(pos, axis=1, bitorder="little")                         # (A, ceil(Q / 8)) uint8
-    side = eps / np.sqrt(3.0) * (1.0 - 1e-9)                                   # cell diagonal < eps
-    _, cell = np.unique(cell_keys(np.floor((pts - pts.min(0)) / side).astype(np.int64)), return_inverse=True)
-    cell = cell.reshape(-1)
-    n_cells = int(cell.max()) + 1
-    by_cell = np.argsort(cell, kind="stable")
-    starts = np.searchsorted(cell[by_cell], np.arange(n_cells))
-    cell_bits = np.bitwise_or.reduceat(bits[by_cell], starts, axis=0)          # (C, B) columns present
+    words = _column_words(pos[by_cell])                                        # (A, W) uint64 bit sets
+    cell_words = np.bitwise_or.reduceat(words, np.searchsorted(cell, np.arange(n_cells)), axis=0)
     pairs = tree.query_pairs(eps, output_type="ndarray")
-    pairs = pairs[cell[pairs[:, 0]] != cell[pairs[:, 1]]]
-    both = bits[pairs[:, 0]] & bits[pairs[:, 1]]
+    ci, cj = cell[pairs[:, 0]], cell[pairs[:, 1]]
+    cross = ci != cj                                                           # within a cell: its clique
+    both = words[pairs[cross, 0]] & words[pairs[cross, 1]]
     linked = both.any(1)
-    pairs, both = pairs[linked], both[linked]
-    ca, cb = cell[pairs[:, 0]], cell[pairs[:, 1]]
-    key = np.minimum(ca, cb) * n_cells + np.maximum(ca, cb)
-    order = np.argsort(key, kind="stable")
-    key = key[order]
+    key = ci[cross][linked] * n_cells + cj[cross][linked]
+    order = np.argsort(key)
+    key, both = key[order], both[linked][order]
     firsts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
-    edge_bits = np.bitwise_or.reduceat(both[order], firsts, axis=0) if key.size else both
+    edge_words = np.bitwise_or.reduceat(both, firsts, axis=0) if key.size else both
     edge_a, edge_b = key[firsts] // n_cells, key[firsts] % n_cells
-    present = np.unpackbits(cell_bits, axis=1, count=q_cols, bitorder="little").astype(bool)   # (C, Q)
-    node_q, node_c = np.nonzero(present.T)
+    node_q, node_c = np.nonzero(_unpack_columns(cell_words, q_cols).T)
     node_of = np.full((q_cols, n_cells), -1, dtype=np.int64)
     node_of[node_q, node_c] = np.arange(node_q.size)
-    e, q = np.nonzero(np.unpackbits(edge_bits, axis=1, count=q_cols, bitorder="little"))
+    e, q = np.nonzero(_unpack_columns(edge_words, q_cols))
     src, dst = node_of[q, edge_a[e]], node_of[q, edge_b[e]]
     graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(node_q.size, node_q.size))
     _, comp = connected_components(graph, directed=False)
     entry_q, entry_a = np.nonzero(pos.T)                                       # (column, point) order
-    cluster = comp[node_of[entry_q, cell[entry_a]]]
+    cluster = comp[node_of[entry_q, point_cell[entry_a]]]
     return active[entry_a], entry_q, _first_occurrence_labels(cluster)
 
 
