@@ -54,6 +54,17 @@ def _node_lifecycle(d: dict) -> dict:
             "SIGINT to exit s (median)": round(s["exit_median_s"], 3)}
 
 
+def _node_soak(d: dict) -> dict:
+    v, m = d["vocabulary"], d["memory"]
+    out = {f"{v['names']:,}-name vocabulary takes effect s": round(v["takes_effect_s"], 2),
+           "executor worst answer ms during it": round(v["ping_max_ms_during"], 1)}
+    if m is not None:
+        rss = f"{m['rss_mb_after_ref']:.0f} / {m['rss_mb_last']:.0f}"
+        out.update({f"RSS MB after 10 / {m['clouds']:,} clouds": rss,
+                    f"RSS {m['clouds']:,} clouds / 10 clouds": round(m["last_over_ref"], 3)})
+    return out
+
+
 def _live_map(d: dict) -> dict:
     c, r = d["cost"], d["relabel"]
     rows = c["clouds"]
@@ -94,6 +105,9 @@ BENCHES = (
            "--out", "{out}/node_latency.json"), _node_latency),
     Bench("node_lifecycle", "bench.bench_node_lifecycle",
           ("--bundle", "{bundle}", "--trials", "5", "--out", "{out}/node_lifecycle.json"), _node_lifecycle),
+    Bench("node_soak", "bench.bench_node_soak",
+          ("--bundle", "{bundle}", "--names", "1000", "--clouds", "1000", "--threads", "{threads}",
+           "--out", "{out}/node_soak.json"), _node_soak),
     Bench("live_map", "bench.bench_live_map",
           ("--bundle", "{bundle}", "--parts", "relabel", "cost", "--full-pass", "--threads", "{threads}",
            "--out", "{out}/live_map.json"), _live_map),
