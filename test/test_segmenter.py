@@ -71,6 +71,15 @@ def test_mask_geometry_by_hand():
     torch.testing.assert_close(boxes[0], torch.tensor([[0.0, 0, 0], [1, 2, 3]]))
     torch.testing.assert_close(boxes[1], torch.tensor([[-1.0, 2, 0], [4, 5, 4]]))
     torch.testing.assert_close(centroids[1], torch.tensor([4 / 3, 11 / 3, 7 / 3]))
+    # the same points as voxels 0: {p0, p1}, 1: {p2}, 2: {p3}; masks over voxels give the same geometry
+    inverse = torch.tensor([0, 0, 1, 2])
+    voxel_masks = torch.tensor([[True, False, False], [True, True, True]])
+    boxes_v, centroids_v = mask_geometry(xyz, voxel_masks, inverse)
+    point_masks = voxel_masks[:, inverse]
+    boxes_p, centroids_p = mask_geometry(xyz, point_masks)
+    torch.testing.assert_close(boxes_v, boxes_p)
+    torch.testing.assert_close(centroids_v, centroids_p)
+    torch.testing.assert_close(boxes_v[1], torch.tensor([[-1.0, 0, 0], [4, 5, 4]]))
 
 
 def test_corrupted_or_mismatched_bundle_is_one_clear_error(bundle, tmp_path):
