@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE_DIRS = ["folk_ros", "training", "test", "bench", "demo"]
+SOURCE_DIRS = ["folk_ros", "training", "test", "bench", "demo", "launch"]
 
 
 @pytest.mark.linter
@@ -17,6 +17,18 @@ def test_flake8():
     proc = subprocess.run([sys.executable, "-m", "flake8", *dirs, "setup.py"], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 0, f"flake8 found problems:\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.mark.linter
+def test_flake8_exclude_skips_no_source_file():
+    """A bare name in flake8's exclude matches that folder anywhere (``data`` once hid training/data/)."""
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    bare = {p.strip() for p in cfg["flake8"]["exclude"].split(",") if p.strip() and "/" not in p}
+    hidden = [str(path.relative_to(REPO)) for d in SOURCE_DIRS for path in (REPO / d).rglob("*.py")
+              if bare & set(path.relative_to(REPO).parts[:-1])]
+    assert not hidden, f"flake8's exclude {sorted(bare)} skips source files: {hidden[:5]}"
 
 
 def _imported_modules(path: Path) -> set[str]:

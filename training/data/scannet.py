@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
