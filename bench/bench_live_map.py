@@ -38,7 +38,8 @@ from bench.live_map_eval import (MATCH_IOU, ap50, best_matches, evaluated_classe
                                  point_sets, walkthrough)
 from folk_ros.core.bundle import read_manifest
 from folk_ros.core.cloud import PointCloud, fit_point_budget
-from folk_ros.core.instance_map import InstanceMap, MapConfig
+from folk_ros.core.instance_map import InstanceMap
+from folk_ros.core.map_config import MapConfig
 from folk_ros.core.live_map import LiveMap
 from folk_ros.core.segmenter import Segmenter, classify
 from training.atomic import write_json_atomic

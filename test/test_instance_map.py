@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 
 from folk_ros.core.change_detection import ChangeDetector
-from folk_ros.core.instance_map import InstanceMap, MapConfig, MapFileError, Region
+from folk_ros.core.instance_map import InstanceMap, Region
+from folk_ros.core.map_config import MapConfig
+from folk_ros.core.map_file import MapFileError, load_map, save_map
 from folk_ros.core.map_voxels import MAX_CELL, VoxelGrid, isin_sorted, neighbourhood, overlap_counts, pack, unpack
 
 DIM = 16
@@ -277,8 +279,8 @@ def test_save_load_roundtrip(tmp_path):
     update(imap, {"box_a": A, "box_b": B}, 1.0)
     update(imap, {"box_a": A}, 2.0)
     imap.frame_origin = np.array([4_600_000.0, 500_000.0, 0.0])      # a recentred (UTM) map keeps its origin
-    path = imap.save(tmp_path / "m.map")
-    back = InstanceMap.load(path, embedding_space="space-1")
+    path = save_map(imap, tmp_path / "m.map")
+    back = load_map(path, embedding_space="space-1")
     np.testing.assert_array_equal(back.frame_origin, imap.frame_origin)
     for name in ("ids", "emb_sum", "weight", "observations", "first_seen", "last_seen", "misses", "box_min",
                  "centroids"):
@@ -292,24 +294,24 @@ def test_save_load_roundtrip(tmp_path):
 def test_load_refuses_bad_files(tmp_path):
     imap = InstanceMap(DIM, embedding_space="space-1")
     update(imap, {"box_a": A}, 1.0)
-    good = imap.save(tmp_path / "good.map")
+    good = save_map(imap, tmp_path / "good.map")
     with pytest.raises(MapFileError, match="another model"):
-        InstanceMap.load(good, embedding_space="space-2")
+        load_map(good, embedding_space="space-2")
     corrupt = tmp_path / "corrupt.map"
     corrupt.write_bytes(good.read_bytes()[:-40])
     with pytest.raises(MapFileError):
-        InstanceMap.load(corrupt)
+        load_map(corrupt)
     garbage = tmp_path / "garbage.map"
     garbage.write_bytes(os.urandom(300))
     with pytest.raises(MapFileError, match="not a readable map"):
-        InstanceMap.load(garbage)
+        load_map(garbage)
     from safetensors.numpy import save_file
     foreign = tmp_path / "foreign.safetensors"
     save_file({"w": np.zeros(3, np.float32)}, str(foreign), metadata={"format": "something.else"})
     with pytest.raises(MapFileError, match="not a folk_ros map"):
-        InstanceMap.load(foreign)
+        load_map(foreign)
     with pytest.raises(MapFileError, match="no map file"):
-        InstanceMap.load(tmp_path / "missing.map")
+        load_map(tmp_path / "missing.map")
 
 
 def test_kill_during_save_leaves_the_previous_file_readable(tmp_path):
@@ -317,10 +319,11 @@ def test_kill_during_save_leaves_the_previous_file_readable(tmp_path):
     path = tmp_path / "live.map"
     imap = InstanceMap(DIM)
     update(imap, {"box_a": A}, 1.0)
-    imap.save(path)
+    save_map(imap, path)
     script = textwrap.dedent(f"""
         import numpy as np, sys
         from folk_ros.core.instance_map import InstanceMap
+        from folk_ros.core.map_file import save_map
         from folk_ros.core.map_voxels import pack
         m = InstanceMap({DIM})
         m.grid = __import__("folk_ros.core.map_voxels", fromlist=["VoxelGrid"]).VoxelGrid(0.05)
@@ -334,7 +337,7 @@ def test_kill_during_save_leaves_the_previous_file_readable(tmp_path):
         m.emb_sum = np.ones((200, {DIM}), np.float32)
         print("ready", flush=True)
         while True:
-            m.save(sys.argv[1])
+            save_map(m, sys.argv[1])
     """)
     for delay in (0.05, 0.2, 0.4):
         proc = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE)
@@ -342,7 +345,7 @@ def test_kill_during_save_leaves_the_previous_file_readable(tmp_path):
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        back = InstanceMap.load(path)                        # either the old map or a whole new one
+        back = load_map(path)                        # either the old map or a whole new one
         assert len(back) in (1, 200)
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from folk_ros.core.cloud import PointCloud
-from folk_ros.core.instance_map import MapConfig, MapFileError
+from folk_ros.core.map_config import MapConfig
+from folk_ros.core.map_file import MapFileError
 from folk_ros.core.live_map import LiveMap
 from folk_ros.core.segmenter import Segmenter
 from test.fixtures import VOCABULARY, box_room_cloud, make_untrained_bundle

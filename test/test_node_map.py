@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from folk_ros.core.instance_map import InstanceMap
+from folk_ros.core.map_file import load_map, save_map
 from folk_ros.ros import parameters as params
 from folk_ros.ros.node import TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS
 from test.fixtures import make_untrained_bundle
@@ -162,7 +163,7 @@ def test_save_map_writes_only_inside_map_dir(probe, map_dir, tmp_path):
     answer = _call(probe, SaveMap, "save_map", SaveMap.Request(file_name="kitchen.map"))
     assert answer.success, answer.message
     assert answer.path == str(map_dir / "kitchen.map")
-    saved = InstanceMap.load(map_dir / "kitchen.map")
+    saved = load_map(map_dir / "kitchen.map")
     assert set(_ids(probe.latest(TOPIC_INSTANCES))) <= set(saved.ids.tolist())
     assert sorted(p.name for p in map_dir.iterdir()) == ["kitchen.map"]   # map_file waits for shutdown
     default = _call(probe, SaveMap, "save_map", SaveMap.Request(file_name=""))
@@ -191,7 +192,7 @@ def test_shutdown_saves_map_file_and_a_restart_loads_it(map_node, probe, map_dir
     probe.close()
     map_node.stop()
     assert map_node.proc.returncode == 0
-    saved = InstanceMap.load(map_dir / "live.map")
+    saved = load_map(map_dir / "live.map")
     assert set(ids) <= set(saved.ids.tolist())
     with running_node(tmp_path, [*MAP_ARGS, "-p", f"map_dir:={map_dir}"]) as node2:
         with ready_probe(node2) as p2:
@@ -221,7 +222,7 @@ def test_map_mode_in_utm_coordinates(tmp_path):
             np.testing.assert_allclose(np.c_[pts["x"], pts["y"], pts["z"]], utm, atol=1e-6)
             answer = _query(probe, ["a box"], max_results=1)
             assert answer.success and abs(answer.instances[0].centroid.x - offset[0]) < 10
-    saved = InstanceMap.load(maps / "live.map")
+    saved = load_map(maps / "live.map")
     assert np.abs(saved.frame_origin - offset).max() < 10 and not node.errors()
 
 
@@ -232,7 +233,7 @@ def test_a_bad_map_file_is_a_one_line_startup_error(tmp_path, content, expect):
     maps = tmp_path / "maps"
     maps.mkdir()
     if content is None:   # a valid map from another student (embedding space)
-        InstanceMap(128, embedding_space="someone-else").save(maps / "live.map")
+        save_map(InstanceMap(128, embedding_space="someone-else"), maps / "live.map")
     else:
         (maps / "live.map").write_bytes(content)
     proc = subprocess.run([sys.executable, "-m", "folk_ros.ros.node", "--ros-args", "--params-file",

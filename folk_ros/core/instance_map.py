@@ -10,92 +10,25 @@ map for a new vocabulary (:meth:`InstanceMap.label`, the paper's inference rule 
 and answering a text query (:meth:`InstanceMap.query`) are one matmul each.
 
 :meth:`InstanceMap.update` folds the instances of one cloud in (the association rule is in its
-docstring); :meth:`save` / :meth:`load` keep the map in a versioned safetensors file (arrays and a
-JSON header, never pickle), written atomically.
+docstring); :meth:`state` / :meth:`from_state` give it as plain arrays, which
+:mod:`folk_ros.core.map_file` keeps in a versioned safetensors file. Settings: :mod:`folk_ros.core.map_config`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from folk_ros.core.atomic import write_bytes_atomic
 from folk_ros.core.geometry import oriented_boxes
+from folk_ros.core.map_config import MapConfig
 from folk_ros.core.map_voxels import (MAX_CELL, VoxelGrid, concat_sets, isin_sorted, neighbourhood,
                                       overlap_counts, unpack)
 from folk_ros.core.student import classify
 
-FORMAT = "folk_ros.instance_map"
-VERSION = 1
 DUPLICATE_TEXT_COSINE = 0.95   # a query phrase and a vocabulary name this close in CLIP text space mean the same
-
-
-def _setting(default, help: str, limits: tuple = ()):
-    """A MapConfig field: its default, one line of help and (low, high) limits, declared once
-    (the node's parameter table is derived from them)."""
-    return field(default=default, metadata={"help": help, "limits": limits})
-
-
-@dataclass(frozen=True)
-class MapConfig:
-    """Settings of the live object map (voxels in metres; shares in [0, 1], cosines in [-1, 1]).
-
-    The cosine gates were chosen on 4 held-out synthetic walk-throughs (seed 900, scenes 20-23; 8 fused
-    clouds each) with models/folk-synth, by the final map's AP50 and its id consistency: min_cosine /
-    merge_cosine 0.5 / 0.9 gave AP50 0.354 and id consistency 0.967, 0.7 / 0.95 gave 0.373 and 0.977,
-    0.9 / 0.9 gave 0.372 and 0.955 (``bench/bench_live_map.py`` measures the chosen ones on other scenes).
-    """
-
-    voxel_size: float = _setting(0.05, "Edge (m) of the map's voxels: instance voxel sets, change detection "
-                                       "and per-point lookup.", (0.005, 1.0))
-    margin: float = _setting(1.0, "Changed voxels are grown by this margin (m) before segmenting, so objects at "
-                                  "the border are seen whole; also the cell size of re-observed regions.",
-                             (0.1, 10.0))
-    full_pass_fraction: float = _setting(0.6, "Segment the whole cloud when the changed region holds more than "
-                                              "this share of its points.", (0.0, 1.0))
-    match_iou: float = _setting(0.2, "A new instance continues a map instance when their voxel IoU reaches this "
-                                     "(one Hungarian assignment per cloud).", (0.0, 1.0))
-    min_cosine: float = _setting(0.7, "Associations and relocations also need this embedding cosine.", (-1.0, 1.0))
-    merge_overlap: float = _setting(0.6, "Merge two map instances (the older id survives) when this share of "
-                                         "the smaller one's voxels lies in the other.", (0.0, 1.0))
-    merge_cosine: float = _setting(0.95, "Merges, and a second proposal joining an object matched in the same "
-                                         "cloud, need this embedding cosine.", (-1.0, 1.0))
-    miss_limit: int = _setting(2, "Remove an instance after this many updates in a row re-observed its region "
-                                  "without finding it; 0 = never remove.", (0, 1000))
-    reobserved_fraction: float = _setting(0.8, "An update re-observes an instance when this share of its voxels "
-                                               "lies in the update's region.", (0.0, 1.0))
-    relocate_distance: float = _setting(0.0, "A new instance within this distance (m) of one that vanished in the "
-                                             "same update keeps its id (a moved object); 0 = moved objects get a "
-                                             "new id.", (0.0, 100.0))
-    min_voxels: int = _setting(3, "Ignore observations with fewer voxels.", (1, 100000))
-
-    def __post_init__(self):
-        for f in fields(self):
-            value, limits = getattr(self, f.name), f.metadata["limits"]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-                raise ValueError(f"map {f.name} must be a finite number, got {value!r}")
-            if limits and not limits[0] <= value <= limits[1]:
-                raise ValueError(f"map {f.name} must lie in [{limits[0]}, {limits[1]}], got {value}")
-        if self.margin < self.voxel_size:
-            raise ValueError(f"map margin ({self.margin} m) must be at least the voxel size ({self.voxel_size} m)")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "MapConfig":
-        """From a dict (e.g. a saved map's header); unknown keys are an error naming them."""
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown map settings {unknown}")
-        return cls(**values)
-
-
-class MapFileError(ValueError):
-    """A map file that cannot be loaded: corrupt, foreign, another version or another model's."""
 
 
 @dataclass(frozen=True)
@@ -603,68 +536,31 @@ class InstanceMap:
         self.obb_center[idx], self.obb_yaw[idx] = obb.center, obb.yaw
         self.obb_size[idx] = obb.size + size          # voxel centres: the box reaches half a voxel further
 
-    # ------------------------------------------------------------------ files
+    # ------------------------------------------------------------------ state as arrays (map_file)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the map to ``path`` (safetensors: arrays + JSON header), atomically: a kill during the
-        write leaves the previous file readable."""
-        from safetensors.numpy import save
-
-        keys, owner = concat_sets(self.voxels)
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """The map as plain arrays and a JSON-able header: what :mod:`folk_ros.core.map_file` writes."""
+        keys, _ = concat_sets(self.voxels)
         offsets = np.concatenate([[0], np.cumsum(self.voxel_counts())]).astype(np.int64)
-        tensors = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAYS}
-        tensors.update(voxel_keys=np.ascontiguousarray(keys), voxel_offsets=offsets)
-        grid = None if self.grid is None else {"size": self.grid.size, "origin": list(self.grid.origin)}
-        header = {"format": FORMAT, "version": str(VERSION), "next_id": str(self.next_id),
-                  "embedding_dim": str(self.embedding_dim), "embedding_space": self.embedding_space,
-                  "grid": json.dumps(grid), "config": json.dumps(asdict(self.cfg)),
-                  "frame_origin": json.dumps(None if self.frame_origin is None else
-                                             [float(v) for v in self.frame_origin])}
-        return write_bytes_atomic(path, save(tensors, metadata=header))
+        arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in _ARRAYS}
+        arrays.update(voxel_keys=np.ascontiguousarray(keys), voxel_offsets=offsets)
+        header = {"next_id": self.next_id, "embedding_dim": self.embedding_dim,
+                  "embedding_space": self.embedding_space,
+                  "grid": None if self.grid is None else {"size": self.grid.size, "origin": list(self.grid.origin)},
+                  "config": asdict(self.cfg),
+                  "frame_origin": None if self.frame_origin is None else [float(v) for v in self.frame_origin]}
+        return arrays, header
 
     @classmethod
-    def load(cls, path: str | os.PathLike, embedding_space: str | None = None,
-             cfg: MapConfig | None = None) -> "InstanceMap":
-        """Read a map written by :meth:`save`; MapFileError says what is wrong (missing, corrupt, foreign,
-        another version, or another model's embeddings when ``embedding_space`` is given). ``cfg``
-        replaces the settings saved with it (the voxel grid stays the saved one). Nothing in the file
-        is executed: safetensors holds plain arrays and strings."""
-        from safetensors import SafetensorError, safe_open
-
-        path = Path(path)
-        if not path.is_file():
-            raise MapFileError(f"no map file at {path}")
-        try:
-            with safe_open(str(path), framework="np") as f:
-                header = dict(f.metadata() or {})
-                arrays = {name: f.get_tensor(name) for name in f.keys()}
-        except (SafetensorError, OSError, ValueError) as err:
-            raise MapFileError(f"{path} is not a readable map file ({err})") from None
-        if header.get("format") != FORMAT:
-            raise MapFileError(f"{path} is not a folk_ros map (format {header.get('format')!r})")
-        if header.get("version") != str(VERSION):
-            raise MapFileError(f"{path} is map format version {header.get('version')}; this folk_ros reads "
-                               f"version {VERSION}")
-        try:
-            return cls._from_arrays(header, arrays, embedding_space, cfg)
-        except MapFileError:
-            raise
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError) as err:
-            raise MapFileError(f"{path} is a damaged map file: {err}") from None
-
-    @classmethod
-    def _from_arrays(cls, header: dict, arrays: dict, embedding_space: str | None,
-                     cfg: MapConfig | None) -> "InstanceMap":
-        space = header["embedding_space"]
-        if embedding_space is not None and space != embedding_space:
-            raise MapFileError(f"the map was built with another model's embeddings ({space[:12]}...), not "
-                               f"this student's ({embedding_space[:12]}...): reset it or load the matching model")
-        saved_cfg = MapConfig.from_dict(json.loads(header["config"]))
-        out = cls(int(header["embedding_dim"]), cfg or saved_cfg, space)
-        grid = json.loads(header["grid"])
+    def from_state(cls, arrays: dict[str, np.ndarray], header: dict, cfg: MapConfig | None = None) -> "InstanceMap":
+        """Inverse of :meth:`state`, checking shapes, dtypes, finiteness, voxel sets and ids (ValueError
+        or KeyError says what is wrong). ``cfg`` replaces the saved settings (the grid stays the saved one)."""
+        out = cls(int(header["embedding_dim"]), cfg or MapConfig.from_dict(header["config"]),
+                  str(header["embedding_space"]))
+        grid = header["grid"]
         out.grid = None if grid is None else VoxelGrid(float(grid["size"]), tuple(float(v) for v in grid["origin"]))
         out.next_id = int(header["next_id"])
-        origin = json.loads(header.get("frame_origin", "null"))
+        origin = header.get("frame_origin")
         out.frame_origin = None if origin is None else np.asarray(origin, np.float64).reshape(3)
         m = arrays["ids"].shape[0]
         want = {"ids": ((m,), np.int64), "emb_sum": ((m, out.embedding_dim), np.float32),

@@ -25,7 +25,9 @@ import numpy as np
 
 from folk_ros.core.change_detection import Change, ChangeDetector
 from folk_ros.core.cloud import PointCloud, fit_point_budget
-from folk_ros.core.instance_map import InstanceMap, MapConfig, MapLabels, Region, UpdateResult
+from folk_ros.core.instance_map import InstanceMap, MapLabels, Region, UpdateResult
+from folk_ros.core.map_config import MapConfig
+from folk_ros.core.map_file import load_map, save_map
 from folk_ros.core.map_voxels import isin_sorted
 from folk_ros.core.segmenter import EmbeddedProposals, Segmenter, validate_vocabulary
 
@@ -255,12 +257,12 @@ class LiveMap:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the map atomically (:meth:`InstanceMap.save`)."""
-        return self.map.save(path)
+        return save_map(self.map, path)
 
     def load(self, path: str | os.PathLike) -> None:
         """Replace the map by a saved one made with this student (MapFileError otherwise); the next cloud
         is compared with nothing, so it is segmented whole."""
-        self.map = InstanceMap.load(path, embedding_space=self.map.embedding_space, cfg=self.cfg)
+        self.map = load_map(path, embedding_space=self.map.embedding_space, cfg=self.cfg)
         self._detector = None
         self._last_keys = None
         self._generation += 1

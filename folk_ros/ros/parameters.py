@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
-from folk_ros.core.instance_map import MapConfig
+from folk_ros.core.map_config import MapConfig
 from folk_ros.core.segmenter import validate_vocabulary
 
 PACKAGE = "folk_ros"

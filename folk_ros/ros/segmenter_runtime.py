@@ -29,7 +29,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from folk_ros.core.cloud import fit_point_budget
-from folk_ros.core.instance_map import MapFileError
+from folk_ros.core.map_file import MapFileError
 from folk_ros.core.live_map import LiveMap
 from folk_ros.core.mask3d.model import CloudTooSmallError
 from folk_ros.core.pointcloud2 import CloudFormatError
