@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from folk_ros.core.bundle import file_sha256
 from folk_ros.core.clip import ClipModel
 from training.clip import train as T
 from training.clip.dataset import (BACKGROUND_CLASSES, ViewConfig, crop_square, find_scene_dirs, frame_masks,
@@ -192,7 +193,7 @@ def test_checkpoint_resume_round_trip_and_saved_model_loads(scene, tiny_config, 
 
     # the saved best model: an open_clip folder, loaded like a real checkpoint, as recorded
     out = tmp_path / "a"
-    assert straight["model"]["sha256"] == T.sha256_file(out / "open_clip_model.safetensors")
+    assert straight["model"]["sha256"] == file_sha256(out / "open_clip_model.safetensors")
     assert json.loads((out / "manifest.json").read_text())["model"]["sha256"] == straight["model"]["sha256"]
     loaded = ClipModel(f"local-dir:{out}", device="cpu")
     objects = tuple(straight["vocabulary"]["objects"])

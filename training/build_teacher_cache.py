@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from folk_ros.core.bundle import file_sha256
 from training.atomic import write_json_atomic
 from training.data import scannet200
 from training.teacher.config import TeacherConfig
@@ -220,14 +221,6 @@ class BuildConfig:
             raise ValueError(f"every must be >= 1, got {self.every}")
         if self.transfer_distance <= 0:
             raise ValueError(f"transfer_distance must be > 0 metres, got {self.transfer_distance}")
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def clip_identity(cfg: BuildConfig) -> str:

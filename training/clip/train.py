@@ -41,7 +41,6 @@ names that no training instance has to the text side of both losses (never as ta
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -59,6 +58,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from folk_ros.core.bundle import file_sha256
 from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import (DEFAULT_TEMPLATE, OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME, ClipModel,
                                 images_to_float, maskclip_dense_features)
@@ -421,15 +421,7 @@ def save_model(clip: ClipModel, out: Path) -> str:
     for name in (OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME):
         os.replace(tmp / name, out / name)
     tmp.rmdir()
-    return sha256_file(out / WEIGHTS_FILE_NAME)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(out / WEIGHTS_FILE_NAME)
 
 
 def data_provenance(views: ViewSet, roots: list[str]) -> dict:

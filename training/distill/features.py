@@ -38,9 +38,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from folk_ros.core.bundle import file_sha256
 from folk_ros.core.clip import resolve_device
 from folk_ros.core.student import masked_mean
-from training.build_teacher_cache import (CACHE_SUFFIX, TeacherCache, file_sha256, load_teacher_cache,
+from training.build_teacher_cache import (CACHE_SUFFIX, TeacherCache, load_teacher_cache,
                                           read_cache_meta, unique_paths, write_cache)
 
 log = logging.getLogger(__name__)
