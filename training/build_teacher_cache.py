@@ -56,7 +56,7 @@ import torch
 from tqdm import tqdm
 
 from folk_ros.core.bundle import file_sha256
-from training.atomic import write_json_atomic
+from training.atomic import atomic_path, write_json_atomic
 from training.data import scannet200
 from training.teacher.config import TeacherConfig
 from training.teacher.teacher import Teacher, TeacherVariant
@@ -292,15 +292,9 @@ def remove_stale_temps(out_dir: Path, scene_id: str) -> int:
 def write_cache(path: Path, tensors: dict[str, np.ndarray], meta: dict) -> None:
     """Write tensors + JSON metadata to ``path`` atomically (temp file in the same folder + rename)."""
     from safetensors.numpy import save_file
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
                   metadata={META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @dataclass

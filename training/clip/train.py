@@ -62,7 +62,7 @@ from folk_ros.core.bundle import file_sha256
 from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import (DEFAULT_TEMPLATE, OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME, ClipModel,
                                 images_to_float, maskclip_dense_features)
-from training.atomic import write_json_atomic
+from training.atomic import torch_save_atomic, write_json_atomic
 from training.clip.dataset import (BACKGROUND_CLASSES, CropJitter, ViewConfig, ViewSet, find_scene_dirs,
                                    frame_masks, load_views)
 from training.data import scannet200
@@ -406,13 +406,6 @@ def selection_score(metrics: dict[str, dict]) -> float:
 # --------------------------------------------------------------------------- state on disk
 
 
-def atomic_torch_save(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_model(clip: ClipModel, out: Path) -> str:
     """Save `clip` as an open_clip folder in `out` (files renamed into place); returns the weights' sha256."""
     tmp = out / ".saving"
@@ -591,7 +584,7 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
             best, best_epoch = score, epoch
             sha = save_model(clip, out)
         elapsed = time.perf_counter() - t_resume
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(rng),
+        torch_save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(rng),
                            "step": step, "epoch": epoch, "elapsed": elapsed, "history": history, "best": best,
                            "best_epoch": best_epoch, "sha256": sha, "vocabulary": list(vocab.names),
                            "config": asdict(cfg)}, last)

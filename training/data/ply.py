@@ -13,12 +13,13 @@ faces fall back to its general reader and are fan-triangulated.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import plyfile
+
+from folk_ros.core.atomic import atomic_path
 
 
 @dataclass
@@ -106,13 +107,10 @@ def write_ply(
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
     header += [f"property {'float' if t.endswith('f4') else 'uchar'} {name}" for name, t in fields]
     header += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(("\n".join(header) + "\n").encode("ascii"))
         f.write(vert.tobytes())
         f.write(face.tobytes())
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- reading

@@ -71,7 +71,7 @@ from tqdm import tqdm
 from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import DEFAULT_TEMPLATE, resolve_device
 from folk_ros.core.student import Student, StudentConfig
-from training.atomic import write_json_atomic
+from training.atomic import torch_save_atomic, write_json_atomic
 from training.build_teacher_cache import BuildConfig, clip_identity, load_teacher_cache
 from training.data import scannet200
 from training.distill.features import POINT_FEATURE_KINDS, FeatureCache, find_teacher_caches
@@ -376,17 +376,6 @@ def better(rec: dict, best: dict, higher: bool) -> bool:
     return rec["val_loss"] < best["val_loss"]
 
 
-def atomic_save(obj, path: Path) -> None:
-    """torch.save through a temp file in the same folder and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def load_last(path: Path, cfg: TrainConfig) -> dict:
     """The state of ``last.pt``; ValueError when it belongs to a run with another identity."""
     state = load_weights(path, "cpu", what="distillation state")
@@ -531,14 +520,14 @@ def _run(cfg: TrainConfig, env: DistInfo, clip, on_epoch_end) -> dict:
             best = {"epoch": epoch + 1, "value": value, "metric": metric, "val_loss": rec["val_loss"]}
         if env.is_main:
             if improved:
-                atomic_save(student.to_checkpoint(
+                torch_save_atomic(student.to_checkpoint(
                     tau=cfg.tau, vocabulary=list(vocab), prompt_template=cfg.template,
                     point_features=cfg.point_features, mask3d_sha256=data_summary["mask3d_sha256"], clip=clip_id,
                     train_config=asdict(cfg), metrics=rec, epoch=epoch + 1,
                     data={"train": train_set.stats, "val": val_set.stats}), best_path)
-            atomic_save({"format": LAST_FORMAT, "epoch": epoch + 1, "student": student.to_checkpoint(),
-                         "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()},
-                         "best": best, "history": history, "identity": cfg.identity()}, last_path)
+            torch_save_atomic({"format": LAST_FORMAT, "epoch": epoch + 1, "student": student.to_checkpoint(),
+                               "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()},
+                               "best": best, "history": history, "identity": cfg.identity()}, last_path)
             write_json_atomic(metrics_path, record())
         bar.set_postfix(loss=f"{rec['train_loss']:.3f}", train=f"{rec['train_pseudo_acc']:.3f}",
                         val=f"{value:.3f}")

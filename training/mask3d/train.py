@@ -31,6 +31,7 @@ from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.mask3d.checkpoint import load_checkpoint, save_checkpoint
 from folk_ros.core.mask3d.config import PostprocessConfig, preset
 from folk_ros.core.mask3d.model import Mask3D
+from training.atomic import write_json_atomic
 from training.evaluate.instance_ap import EvalResult
 from training.mask3d.augment import AugmentConfig
 from training.mask3d.data import Scene, find_scenes, load_scene, make_sample
@@ -192,7 +193,7 @@ def train(cfg: TrainConfig) -> dict:
             best = score
             save_checkpoint(out / "best.pt", model, history=history, train_config=asdict(cfg))
     metrics = {"history": history, "best": best, "train_scenes": len(train_scenes), "val_scenes": len(val_scenes)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json_atomic(out / "metrics.json", metrics, indent=2)
     return metrics
 
 
