@@ -55,6 +55,7 @@ def test_pick_evenly():
     assert pick_evenly(0, 3) == []
 
 
+@pytest.mark.ros
 def test_player_publishes_recorded_clouds_with_their_stamps(tmp_path):
     from sensor_msgs.msg import PointCloud2
 
@@ -84,6 +85,7 @@ def test_player_publishes_recorded_clouds_with_their_stamps(tmp_path):
         np.testing.assert_array_equal(decoded, xyz)
 
 
+@pytest.mark.ros
 def test_player_cli_waits_for_the_outputs_of_each_cloud(tmp_path):
     """`python -m demo.player` against an echo node that answers each cloud with an InstanceArray."""
     from folk_ros_interfaces.msg import InstanceArray
@@ -214,6 +216,7 @@ def _check_map_mode(out: Path, stdout: str, num_clouds: int) -> None:
     assert "mode map" in node_log and "shut down" in node_log and "Traceback" not in node_log
 
 
+@pytest.mark.ros
 def test_demo_end_to_end(tmp_path):
     proc = _demo(tmp_path)
     out = tmp_path / "out"

@@ -11,6 +11,8 @@ from test.fixtures import make_untrained_bundle
 from test.ros_harness import NODE_ARGS, TIMEOUT, Probe, room_msg
 from demo.__main__ import NodeProcess
 
+pytestmark = pytest.mark.ros   # starts the node: needs rclpy and the ROS 2 middleware
+
 
 def _start(tmp_path, extra=()):
     bundle = tmp_path / "bundle"

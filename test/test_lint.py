@@ -31,6 +31,18 @@ def test_flake8_exclude_skips_no_source_file():
     assert not hidden, f"flake8's exclude {sorted(bare)} skips source files: {hidden[:5]}"
 
 
+@pytest.mark.linter
+def test_every_declared_pytest_marker_is_applied():
+    """A marker declared in setup.cfg selects tests (``-m "not ros"``) only when some test carries it."""
+    import configparser
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    declared = [line.split(":")[0].strip() for line in cfg["tool:pytest"]["markers"].strip().splitlines()]
+    text = "\n".join(p.read_text(encoding="utf-8") for p in (REPO / "test").glob("*.py"))
+    unused = [m for m in declared if f"pytest.mark.{m}" not in text]
+    assert not unused, f"markers declared in setup.cfg but applied to no test: {unused}"
+
+
 def _imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     names = set()

@@ -303,6 +303,7 @@ def startup_bundle(tmp_path_factory):
     (["model_bundle:={bundle}", "sparse_backend:=minkowski"], "MinkowskiEngine"),
 ], ids=["missing bundle", "missing mask3d checkpoint", "mismatched student", "two placeholders", "not yaml",
         "negative split", "negative nms", "minkowski absent"])
+@pytest.mark.ros
 def test_startup_errors_are_one_line_and_nonzero_exit(tmp_path, startup_bundle, args, expect):
     if "MinkowskiEngine" in expect and importlib.util.find_spec("MinkowskiEngine") is not None:
         pytest.skip("MinkowskiEngine is installed: the backend starts")
@@ -331,6 +332,7 @@ def probe(node_proc):
         yield p
 
 
+@pytest.mark.ros
 def test_outputs_agree_with_each_other_and_the_input(probe, node_proc):
     from visualization_msgs.msg import Marker
     msg, xyz = room_msg()
@@ -384,6 +386,7 @@ def test_outputs_agree_with_each_other_and_the_input(probe, node_proc):
     assert "-> %d instances" % m in log and "proposals" in log and "segmented)" in log   # per-cloud log line
 
 
+@pytest.mark.ros
 def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
     from rclpy.parameter import Parameter
     results = probe.call(probe.params.set_parameters([Parameter("vocabulary", value=["mug", "plant"]),
@@ -395,6 +398,7 @@ def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
     assert inst.instances and {i.label for i in inst.instances} <= {"mug", "plant"}
 
 
+@pytest.mark.ros
 def test_a_cloud_with_no_instance_above_the_threshold_gives_empty_outputs(probe):
     from rclpy.parameter import Parameter
     assert probe.call(probe.params.set_parameters([Parameter("score_threshold", value=1.0)])).results[0].successful
@@ -408,6 +412,7 @@ def test_a_cloud_with_no_instance_above_the_threshold_gives_empty_outputs(probe)
     assert (fields["instance_id"] == -1).all() and (fields["score"] == 0).all()
 
 
+@pytest.mark.ros
 def test_invalid_parameter_values_are_rejected_and_old_kept(probe):
     from rclpy.parameter import Parameter
     bad = [(Parameter("vocabulary", Parameter.Type.STRING_ARRAY, []), "empty"),
@@ -437,6 +442,7 @@ def _raw_cloud(fields, point_step, width, data, height=1):
                        is_bigendian=False, is_dense=False, data=buf)
 
 
+@pytest.mark.ros
 def test_bad_input_gets_one_warning_each_and_the_node_survives(probe, node_proc):
     from sensor_msgs.msg import PointField
     f32, i32 = PointField.FLOAT32, PointField.INT32
@@ -469,6 +475,7 @@ def test_bad_input_gets_one_warning_each_and_the_node_survives(probe, node_proc)
     assert "Traceback" not in log
 
 
+@pytest.mark.ros
 def test_utm_clouds_just_work_and_a_stray_point_is_one_warning(probe, node_proc):
     """Outdoor robots publish maps in UTM: the node recentres (float64), segments, and answers in UTM."""
     from folk_ros.ros.conversions import cloud_to_msg
@@ -493,6 +500,7 @@ def test_utm_clouds_just_work_and_a_stray_point_is_one_warning(probe, node_proc)
     assert "ERROR" not in node_proc.log()
 
 
+@pytest.mark.ros
 def test_good_clouds_survive_a_flood_of_bad_ones(probe):
     """Rejected messages at ~300/s interleaved with good clouds: every good cloud is answered (with the
     old qos_depth 1, 0 of 10 were)."""
@@ -517,6 +525,7 @@ def test_good_clouds_survive_a_flood_of_bad_ones(probe):
         probe.node.destroy_publisher(flooder)
 
 
+@pytest.mark.ros
 def test_clouds_arriving_while_one_is_processed(tmp_path):
     # test/slow_node.py: the real node, each segmentation held 1.5 s, so that on any machine the clouds below
     # arrive while the first is processed; its own namespace keeps it apart from the module's node
@@ -539,11 +548,13 @@ def test_clouds_arriving_while_one_is_processed(tmp_path):
         assert "clouds dropped so far (latest-only)" in node.log()
 
 
+@pytest.mark.ros
 def test_declared_parameters_equal_the_yaml(probe):
     names = probe.call(probe.params.list_parameters()).result.names
     assert set(names) - AUTO_PARAMS == set(_yaml_parameters())
 
 
+@pytest.mark.ros
 def test_a_failed_publish_is_logged_once_with_its_traceback_and_the_node_goes_on(tmp_path):
     """test/faulty_node.py: the first instances publish raises; the worker must not die silently."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -572,6 +583,7 @@ def test_a_failed_publish_is_logged_once_with_its_traceback_and_the_node_goes_on
     assert "Traceback" in log and "_fail_first_instances" in log
 
 
+@pytest.mark.ros
 @pytest.mark.parametrize("gap_s", [0.0, 0.05, 0.3])
 def test_two_sigints_to_the_process_group_exit_cleanly(tmp_path, gap_s):
     """What Ctrl-C in a `ros2 launch` terminal does: the terminal's SIGINT and launch's forwarded one reach
@@ -603,6 +615,7 @@ def test_two_sigints_to_the_process_group_exit_cleanly(tmp_path, gap_s):
     assert "Traceback" not in text and "KeyboardInterrupt" not in text and "shut down" in text
 
 
+@pytest.mark.ros
 def test_sigint_shuts_down_cleanly(node_proc, probe):
     sent = node_proc.stop()
     assert sent == ["SIGINT"], f"needed {sent} to stop"

@@ -21,6 +21,8 @@ from folk_ros.ros.node import TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS
 from test.fixtures import make_untrained_bundle
 from test.ros_harness import REPO, TIMEOUT, cloud_fields, ready_probe, room_msg, running_node
 
+pytestmark = pytest.mark.ros   # starts the node: needs rclpy and the ROS 2 middleware
+
 MAP_ARGS = ["-p", "mode:=map", "-p", "map_file:=live.map", "-p", "map_min_voxels:=1"]
 
 

@@ -46,6 +46,7 @@ def node(tmp_path_factory):
     proc.stop()
 
 
+@pytest.mark.ros
 def test_trained_bundle_labels_the_objects_it_finds(node):
     from folk_ros.ros.conversions import cloud_to_msg
     from rclpy.parameter import Parameter

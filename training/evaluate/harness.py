@@ -57,6 +57,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from folk_ros.core.mask3d.model import expand_to_points
+from folk_ros.core.student import classify, voxel_masked_mean
 from training.evaluate.instance_ap import LABEL_DIVISOR, EvalConfig, GTScene, PredScene, intersections, match_scene
 from training.evaluate.teacher_eval import METHODS as TEACHER_METHODS
 from training.evaluate.teacher_eval import label_ids_of, predictions, run_method
@@ -135,24 +137,41 @@ class SharedProposals:
 
     Attributes:
         masks: (M, N) bool numpy.
-        masks_device: the same (M, N) bool on the Segmenter's device (the student pools there).
         scores: (M,) float32 proposal scores (Mask3D's, or 1 for GT instances).
-        point_features: (N, D) float32 Mask3D point features on the device, or None when no
-            method needs Mask3D.
         gt_label_ids: (M,) int64 ScanNet200 id of GT proposals (-1 for Mask3D proposals).
         seconds: the Mask3D pass (forward + post-processing + min-points filter), 0 without it.
+        voxel_masks, voxel_features, voxel_points: Mask3D proposals as Mask3D gives them, on the Segmenter's
+            device: (M, V) bool, (V, D) float32 features, (V,) points per voxel (the student pools per voxel,
+            as :meth:`Segmenter.embed`); None for GT proposals.
+        point_features, masks_device: GT proposals with Mask3D features: (N, D) float32 point features and
+            the (M, N) bool masks on the device (the student pools per point); None otherwise.
     """
 
     masks: np.ndarray
-    masks_device: torch.Tensor
     scores: np.ndarray
-    point_features: torch.Tensor | None
     gt_label_ids: np.ndarray
     seconds: float = 0.0
+    voxel_masks: torch.Tensor | None = None
+    voxel_features: torch.Tensor | None = None
+    voxel_points: torch.Tensor | None = None
+    point_features: torch.Tensor | None = None
+    masks_device: torch.Tensor | None = None
 
     @property
     def num(self) -> int:
         return int(self.masks.shape[0])
+
+    @property
+    def has_features(self) -> bool:
+        return self.voxel_features is not None or self.point_features is not None
+
+    def pooled(self, student) -> torch.Tensor:
+        """(M, D) masked mean of the Mask3D features of each proposal (Eq. 7 pooling)."""
+        if self.voxel_masks is not None:
+            return voxel_masked_mean(self.voxel_features, self.voxel_masks, self.voxel_points)
+        if self.point_features is None:
+            raise ValueError("the student needs Mask3D point features (make_proposals(need_features=True))")
+        return student.pool(self.point_features, self.masks_device)
 
 
 def make_proposals(segmenter, points: np.ndarray, colors: np.ndarray, source: str = "mask3d",
@@ -172,26 +191,26 @@ def make_proposals(segmenter, points: np.ndarray, colors: np.ndarray, source: st
     if source not in PROPOSAL_SOURCES:
         raise ValueError(f"source must be one of {PROPOSAL_SOURCES}, got {source!r}")
     dev, cfg = segmenter.device, segmenter.cfg
-    features, seconds = None, 0.0
+    pred, seconds = None, 0.0
     if source == "mask3d" or need_features:
         t0 = time.perf_counter()
         pred = segmenter.mask3d.predict(points, colors, point_features=cfg.point_features,
-                                        post=cfg.proposal_postprocess())  # as Segmenter.segment
-        features = pred.point_features.to(dev)
-        masks_t = pred.masks.to(dev)
-        keep = masks_t.view(torch.uint8).sum(1, dtype=torch.int32) >= cfg.min_points
-        masks_t, scores_t = masks_t[keep], pred.scores.to(dev)[keep]
+                                        post=cfg.proposal_postprocess())  # as Segmenter.embed
+        keep = pred.point_counts >= cfg.min_points
+        voxel_masks, scores_t = pred.voxel_masks[keep].to(dev), pred.scores.to(dev)[keep]
         synchronize(dev)
         seconds = time.perf_counter() - t0
     if source == "gt":
         if gt_instance_ids is None or gt_instance_labels is None:
             raise ValueError("GT proposals need gt_instance_ids and gt_instance_labels")
         gt = gt_proposals(gt_instance_ids, gt_instance_labels)
-        masks = gt.masks
-        return SharedProposals(masks, torch.from_numpy(masks).to(dev), gt.scores, features, gt.label_ids, seconds)
-    masks = masks_t.cpu().numpy()
-    return SharedProposals(masks, masks_t, scores_t.float().cpu().numpy(), features,
-                           np.full(masks.shape[0], -1, np.int64), seconds)
+        features = None if pred is None else pred.point_features.to(dev)
+        return SharedProposals(gt.masks, gt.scores, gt.label_ids, seconds, point_features=features,
+                               masks_device=torch.from_numpy(gt.masks).to(dev))
+    masks = expand_to_points(voxel_masks.cpu(), pred.inverse_map.cpu()).numpy()
+    return SharedProposals(masks, scores_t.float().cpu().numpy(), np.full(masks.shape[0], -1, np.int64), seconds,
+                           voxel_masks=voxel_masks, voxel_features=pred.voxel_features.to(dev),
+                           voxel_points=pred.voxel_points.to(dev))
 
 
 # --------------------------------------------------------------------------- labelling
@@ -200,32 +219,31 @@ def make_proposals(segmenter, points: np.ndarray, colors: np.ndarray, source: st
 def label_student(segmenter, proposals: SharedProposals, text: torch.Tensor) -> tuple[Classification, dict]:
     """The student's labels of the proposals (paper Eq. 7 + cosine similarity), and its stage seconds.
 
-    The computation of :meth:`Segmenter.segment` after its proposals: ``student.pool`` (masked
-    mean of the point features), ``student.project`` (MLP, L2 norm), then
-    ``softmax(embedding @ text.T / temperature)``, label = argmax, probability = its max.
+    The computation of :meth:`Segmenter.segment` after its proposals: the masked mean of the Mask3D
+    features (per voxel for Mask3D proposals, per point for GT ones), ``student.project`` (MLP, L2 norm),
+    then :func:`classify` (``softmax(embedding @ text.T / temperature)``, label = argmax).
 
     Args:
         segmenter: the Segmenter whose student and temperature are used.
-        proposals: with ``point_features``.
+        proposals: with Mask3D features.
         text: (K, C) unit text embeddings on the Segmenter's device.
 
     Returns:
         (Classification with (M,) labels, probs, (M, C) embeddings; timings {pool, mlp, similarity}).
     """
-    if proposals.point_features is None:
+    if not proposals.has_features:
         raise ValueError("the student needs Mask3D point features (make_proposals(need_features=True))")
     dev = segmenter.device
     timer = StageTimer(STUDENT_STAGES)
     with torch.inference_mode():
         with timer("pool"):
-            pooled = segmenter.student.pool(proposals.point_features, proposals.masks_device)  # (M, D)
+            pooled = proposals.pooled(segmenter.student)  # (M, D)
             synchronize(dev)
         with timer("mlp"):
             emb = segmenter.student.project(pooled)  # (M, C) unit norm
             synchronize(dev)
         with timer("similarity"):
-            probs = (emb @ text.T / segmenter.cfg.temperature).softmax(dim=-1)  # (M, K), one matmul
-            label_probs, labels = probs.max(dim=-1)
+            label_probs, labels = classify(emb, text, segmenter.cfg.temperature)   # one matmul
             synchronize(dev)
     m = proposals.num
     cls = Classification(labels.cpu().numpy().astype(np.int64), label_probs.float().cpu().numpy(),
