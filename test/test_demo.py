@@ -217,6 +217,7 @@ def _check_map_mode(out: Path, stdout: str, num_clouds: int) -> None:
 
 
 @pytest.mark.ros
+@pytest.mark.slow    # about 80 s on 2 cores
 def test_demo_end_to_end(tmp_path):
     proc = _demo(tmp_path)
     out = tmp_path / "out"

@@ -11,6 +11,8 @@ from training.mask3d.data import find_scenes, load_scene
 from training.mask3d.train import TrainConfig, class_agnostic_ap, load_trained, parse_args, train
 from test.fixtures import box_room_scene
 
+pytestmark = pytest.mark.slow   # every test shares a fixture that trains Mask3D for about 80 s on 2 cores
+
 
 @pytest.fixture(scope="module")
 def overfit_run(tmp_path_factory):
