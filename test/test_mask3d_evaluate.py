@@ -58,8 +58,8 @@ def test_mask_threshold_takes_the_unsure_edge_of_an_object(eps):
     core, s_core = class_agnostic_proposals(pred_logits, logits, inverse, xyz, PostprocessConfig.class_agnostic(eps))
     whole, s_whole = class_agnostic_proposals(pred_logits, logits, inverse, xyz,
                                               PostprocessConfig.class_agnostic(eps, mask_threshold=0.1))
-    assert core.tolist() == [[True, True, False, False, False]]
-    assert whole.tolist() == [[True, True, True, True, False]]
+    assert core.dense().tolist() == [[True, True, False, False, False]]
+    assert whole.dense().tolist() == [[True, True, True, True, False]]
     objectness = 1 - float(torch.tensor([5.0, -5.0]).softmax(0)[1])
     assert s_core.item() == pytest.approx(objectness * 0.9, rel=1e-5)
     assert s_whole.item() == pytest.approx(objectness * 0.55, rel=1e-5)
@@ -74,8 +74,8 @@ def test_dbscan_split_gives_one_proposal_per_separate_part():
     whole, _ = class_agnostic_proposals(pred_logits, logits, inverse, xyz, PostprocessConfig.class_agnostic(0.0))
     parts, scores = class_agnostic_proposals(pred_logits, logits, inverse, xyz,
                                              PostprocessConfig.class_agnostic(0.1))
-    assert whole.tolist() == [[True, True, True, True, False]]
-    assert sorted(parts.tolist()) == [[False, False, True, True, False], [True, True, False, False, False]]
+    assert whole.dense().tolist() == [[True, True, True, True, False]]
+    assert sorted(parts.dense().tolist()) == [[False, False, True, True, False], [True, True, False, False, False]]
     assert scores.shape == (2,)
 
 
@@ -99,7 +99,7 @@ def test_one_pass_serves_every_postprocessing(scene_and_model):
         assert torch.equal(one.masks, got.masks) and torch.allclose(one.scores, got.scores)
     p = many[1]          # voxel-level proposals expand to the input points as their voxels
     assert p.masks.shape == (p.scores.numel(), len(scene.xyz)) and p.masks.dtype == torch.bool
-    assert torch.equal(p.masks, p.voxel_masks[:, p.inverse_map])
+    assert torch.equal(p.masks, p.voxel_masks.dense()[:, p.inverse_map])
     assert torch.equal(p.point_counts, p.masks.sum(1))
     assert torch.equal(p.point_features, p.voxel_features[p.inverse_map])
     results = class_agnostic_results(model, [scene], posts)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from folk_ros.core.student import Student, StudentConfig, masked_mean, voxel_masked_mean
+from folk_ros.core.voxel_masks import VoxelMasks
 
 
 def _loop_mean(features, masks):
@@ -135,14 +136,14 @@ def test_voxel_masked_mean_equals_the_mean_over_the_points():
     voxel_masks = torch.rand(m, v, generator=gen) < 0.3
     voxel_masks[:, inverse[0]] = True                          # every mask holds at least one point
     voxel_points = torch.bincount(inverse, minlength=v)
-    got = voxel_masked_mean(voxel_features, voxel_masks, voxel_points)
+    got = voxel_masked_mean(voxel_features, VoxelMasks.from_dense(voxel_masks), voxel_points)
     want = masked_mean(voxel_features[inverse], voxel_masks[:, inverse])
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     student = Student(StudentConfig(in_dim=d, hidden_dim=16, out_dim=4)).eval()
-    torch.testing.assert_close(student.embed_voxels(voxel_features, voxel_masks, voxel_points),
+    torch.testing.assert_close(student.embed_voxels(voxel_features, VoxelMasks.from_dense(voxel_masks), voxel_points),
                                student(voxel_features[inverse], voxel_masks[:, inverse]), rtol=1e-5, atol=1e-6)
-    empty = torch.zeros(1, v, dtype=torch.bool)
+    empty = VoxelMasks.from_dense(torch.zeros(1, v, dtype=torch.bool))
     with pytest.raises(ValueError, match="no points"):
         voxel_masked_mean(voxel_features, empty, voxel_points)
     with pytest.raises(ValueError, match="voxel_masks"):
-        voxel_masked_mean(voxel_features, voxel_masks.float(), voxel_points)
+        voxel_masked_mean(voxel_features, VoxelMasks.from_dense(voxel_masks[:, :-1]), voxel_points)

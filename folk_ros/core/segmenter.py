@@ -28,9 +28,10 @@ from folk_ros.core.clip import ClipModel, resolve_device
 from folk_ros.core.cloud import PointCloud
 from folk_ros.core.mask3d.checkpoint import load_checkpoint
 from folk_ros.core.mask3d.config import PostprocessConfig
-from folk_ros.core.mask3d.model import Mask3D, expand_to_points
+from folk_ros.core.mask3d.model import Mask3D
 from folk_ros.core.sparse.minkowski import set_sparse_backend
 from folk_ros.core.student import Student, classify  # noqa: F401  (classify: re-exported)
+from folk_ros.core.voxel_masks import VoxelMasks
 
 
 @dataclass(frozen=True)
@@ -104,26 +105,27 @@ class EmbeddedProposals:
     """Class-agnostic proposals of one cloud with their student embeddings (no vocabulary yet).
 
     Attributes:
-        voxel_masks: (M, V) bool over Mask3D's voxels of the cloud. inverse_map: (N,) int64 voxel of each
+        voxel_masks: the M masks over Mask3D's voxels of the cloud (:class:`VoxelMasks`, on the CPU).
+            inverse_map: (N,) int64 voxel of each
             point (a point's mask bit is its voxel's: :attr:`masks`).
         proposal_scores: (M,) float32 Mask3D scores.
         embeddings: (M, C) float32 unit-norm student embeddings (Eq. 7).
         timings: milliseconds of the proposals and student stages.
     """
 
-    voxel_masks: np.ndarray
+    voxel_masks: VoxelMasks
     inverse_map: np.ndarray
     proposal_scores: np.ndarray
     embeddings: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return int(self.voxel_masks.shape[0])
+        return len(self.voxel_masks)
 
     @cached_property
     def masks(self) -> np.ndarray:
         """(M, N) bool over the cloud's points (computed once)."""
-        return expand_to_points(torch.from_numpy(self.voxel_masks), torch.from_numpy(self.inverse_map)).numpy()
+        return self.voxel_masks.to_points(torch.from_numpy(self.inverse_map)).numpy()
 
 
 def validate_vocabulary(vocabulary) -> tuple[str, ...]:
@@ -142,24 +144,26 @@ def validate_vocabulary(vocabulary) -> tuple[str, ...]:
     return names
 
 
-def mask_geometry(xyz: torch.Tensor, masks: torch.Tensor,
+def mask_geometry(xyz: torch.Tensor, masks: VoxelMasks | torch.Tensor,
                   inverse_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-mask boxes and centroids of the points inside each mask -> ((M, 2, 3), (M, 3)).
 
-    xyz (N, 3); masks (M, N) bool over the points, or with ``inverse_map`` (N,) (each point's voxel) (M, V)
-    bool over voxels. Per voxel the min, max, sum and count of its points, then per mask the same over its
-    voxels: scatter reductions over (instance, voxel) pairs, no (M, N, 3) tensor.
+    xyz (N, 3); masks: (M, N) bool over the points, or with ``inverse_map`` (N,) (each point's voxel) the
+    M masks over voxels (:class:`VoxelMasks`). Per voxel the min, max, sum and count of its points, then
+    per mask the same over its voxels: scatter reductions over (instance, voxel) entries, no (M, N, 3)
+    tensor.
     """
     if inverse_map is None:
         inverse_map = torch.arange(xyz.shape[0], device=xyz.device)
-    m, v = masks.shape
+    if not isinstance(masks, VoxelMasks):
+        masks = VoxelMasks.from_dense(masks)
+    (m, v), inst, vox = masks.shape, masks.rows, masks.cols
     point_idx = inverse_map[:, None].expand(-1, 3)
     inf = torch.full((v, 3), float("inf"), dtype=xyz.dtype, device=xyz.device)
     voxel_lo = inf.scatter_reduce(0, point_idx, xyz, "amin")
     voxel_hi = (-inf).scatter_reduce(0, point_idx, xyz, "amax")
     voxel_sum = torch.zeros((v, 3), dtype=xyz.dtype, device=xyz.device).index_add_(0, inverse_map, xyz)
     voxel_count = torch.bincount(inverse_map, minlength=v).to(xyz.dtype)
-    inst, vox = masks.nonzero(as_tuple=True)
     idx = inst[:, None].expand(-1, 3)
     lo = torch.full((m, 3), float("inf"), dtype=xyz.dtype, device=xyz.device)
     lo = lo.scatter_reduce(0, idx, voxel_lo[vox], "amin")
@@ -249,19 +253,20 @@ class Segmenter:
         """
         t0 = time.perf_counter()
         if len(cloud) == 0:
-            return EmbeddedProposals(np.zeros((0, 0), bool), np.zeros(0, np.int64), np.zeros(0, np.float32),
+            none = torch.zeros(0, dtype=torch.int64)
+            return EmbeddedProposals(VoxelMasks(none, none, (0, 0)), np.zeros(0, np.int64), np.zeros(0, np.float32),
                                      np.zeros((0, self.clip.embed_dim), np.float32), {})
         proposals = self.mask3d.predict(cloud.xyz, cloud.rgb, point_features=self.cfg.point_features,
                                         post=self.cfg.proposal_postprocess())
         with torch.inference_mode():
             keep = proposals.point_counts >= self.cfg.min_points
-            voxel_masks, scores = proposals.voxel_masks[keep], proposals.scores[keep]
+            voxel_masks, scores = proposals.voxel_masks.select(keep), proposals.scores[keep]
         t1 = time.perf_counter()
         with torch.inference_mode():   # pooled per voxel: every point of a voxel has its features (Eq. 7)
             embeddings = self.student.embed_voxels(proposals.voxel_features.to(self.device),
                                                    voxel_masks.to(self.device), proposals.voxel_points)
         t2 = time.perf_counter()
-        return EmbeddedProposals(voxel_masks.cpu().numpy(), proposals.inverse_map.cpu().numpy(),
+        return EmbeddedProposals(voxel_masks.to("cpu"), proposals.inverse_map.cpu().numpy(),
                                  scores.float().cpu().numpy(), embeddings.float().cpu().numpy(),
                                  {"proposals": (t1 - t0) * 1e3, "student": (t2 - t1) * 1e3})
 
@@ -283,10 +288,10 @@ class Segmenter:
             scores = prop_scores * label_probs
             order = torch.argsort(scores, descending=True)
             order = order[scores[order] >= self.cfg.score_threshold][: self.cfg.max_instances]
-            voxel_masks = torch.from_numpy(embedded.voxel_masks)[order.cpu()]     # geometry on the host
+            voxel_masks = embedded.voxel_masks.select(order.cpu())             # geometry on the host
             inverse = torch.from_numpy(embedded.inverse_map)
             boxes, centroids = mask_geometry(torch.from_numpy(cloud.xyz), voxel_masks, inverse)
-            masks = expand_to_points(voxel_masks, inverse)
+            masks = voxel_masks.to_points(inverse)
         timings["classify"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return Instances(

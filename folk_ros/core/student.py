@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from folk_ros.core.voxel_masks import VoxelMasks
+
 FORMAT = "folk_ros.student"
 # Dense masks are multiplied in row chunks of at most this many mask elements, which
 # bounds the float copy of the masks (2^25 float32 = 128 MiB) whatever M is.
@@ -170,7 +172,7 @@ def masked_mean(point_features: torch.Tensor, masks: Masks) -> torch.Tensor:
     return (sums / counts.to(torch.float32)[:, None]).to(point_features.dtype)
 
 
-def voxel_masked_mean(voxel_features: torch.Tensor, voxel_masks: torch.Tensor,
+def voxel_masked_mean(voxel_features: torch.Tensor, voxel_masks: VoxelMasks,
                       voxel_points: torch.Tensor) -> torch.Tensor:
     """(M, D) mean of the point features inside each mask when every point of a voxel carries its voxel's
     features and mask bit (Mask3D's output): ``sum_v m_iv n_v F_v / sum_v m_iv n_v``, exactly
@@ -178,26 +180,25 @@ def voxel_masked_mean(voxel_features: torch.Tensor, voxel_masks: torch.Tensor,
 
     Args:
         voxel_features: (V, D) float features of the V voxels.
-        voxel_masks: (M, V) bool masks over the voxels.
+        voxel_masks: the M masks over the V voxels, as (mask, voxel) entries.
         voxel_points: (V,) number of points in each voxel (the weights).
 
-    One ``torch.sparse.mm`` over the (instance, voxel) pairs: no dense float copy of the masks.
+    One weighted ``index_add_`` over the E entries (cost ~ E x D, no dense (M, V) or (M, N) array).
     Raises ValueError for bad shapes or a mask holding no points.
     """
     v, d = voxel_features.shape
-    if voxel_masks.dtype != torch.bool or voxel_masks.ndim != 2 or voxel_masks.shape[1] != v:
-        raise ValueError(f"voxel_masks must be (M, V={v}) bool, got {tuple(voxel_masks.shape)} {voxel_masks.dtype}")
+    if voxel_masks.shape[1] != v:
+        raise ValueError(f"voxel_masks must be over V={v} voxels, got shape {voxel_masks.shape}")
     if voxel_points.shape != (v,):
         raise ValueError(f"voxel_points must be ({v},), got {tuple(voxel_points.shape)}")
-    m = voxel_masks.shape[0]
-    if m == 0:
-        return voxel_features.new_zeros(0, d)
-    inst, vox = voxel_masks.nonzero(as_tuple=True)
-    weights = voxel_points.to(voxel_features.device, voxel_features.dtype)[vox]
-    counts = torch.zeros(m, dtype=voxel_features.dtype, device=voxel_features.device).index_add_(0, inst, weights)
+    masks = voxel_masks.to(voxel_features.device)
+    weights = voxel_points.to(voxel_features.device, voxel_features.dtype)[masks.cols]          # (E,)
+    counts = torch.zeros(len(masks), dtype=voxel_features.dtype, device=voxel_features.device)
+    counts.index_add_(0, masks.rows, weights)
     _check_counts(counts)
-    sel = torch.sparse_coo_tensor(torch.stack([inst, vox]), weights, (m, v), check_invariants=False)
-    return torch.sparse.mm(sel, voxel_features) / counts[:, None]
+    sums = torch.zeros((len(masks), d), dtype=voxel_features.dtype, device=voxel_features.device)
+    sums.index_add_(0, masks.rows, voxel_features[masks.cols] * weights[:, None])
+    return sums / counts[:, None]
 
 
 class Student(nn.Module):
@@ -222,7 +223,7 @@ class Student(nn.Module):
         """(M, D) masked mean; see :func:`masked_mean` for the accepted mask forms."""
         return masked_mean(point_features, masks)
 
-    def embed_voxels(self, voxel_features: torch.Tensor, voxel_masks: torch.Tensor,
+    def embed_voxels(self, voxel_features: torch.Tensor, voxel_masks: VoxelMasks,
                      voxel_points: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` on voxel-level proposals (:func:`voxel_masked_mean`, then the MLP): (M, C)."""
         return self.project(voxel_masked_mean(voxel_features, voxel_masks, voxel_points))

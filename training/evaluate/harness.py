@@ -57,8 +57,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from folk_ros.core.mask3d.model import expand_to_points
 from folk_ros.core.student import classify, voxel_masked_mean
+from folk_ros.core.voxel_masks import VoxelMasks
 from training.evaluate.instance_ap import LABEL_DIVISOR, EvalConfig, GTScene, PredScene, intersections, match_scene
 from training.evaluate.teacher_eval import METHODS as TEACHER_METHODS
 from training.evaluate.teacher_eval import label_ids_of, predictions, run_method
@@ -141,7 +141,8 @@ class SharedProposals:
         gt_label_ids: (M,) int64 ScanNet200 id of GT proposals (-1 for Mask3D proposals).
         seconds: the Mask3D pass (forward + post-processing + min-points filter), 0 without it.
         voxel_masks, voxel_features, voxel_points: Mask3D proposals as Mask3D gives them, on the Segmenter's
-            device: (M, V) bool, (V, D) float32 features, (V,) points per voxel (the student pools per voxel,
+            device: the M masks over V voxels (:class:`VoxelMasks`), (V, D) float32 features, (V,) points per
+            voxel (the student pools per voxel,
             as :meth:`Segmenter.embed`); None for GT proposals.
         point_features, masks_device: GT proposals with Mask3D features: (N, D) float32 point features and
             the (M, N) bool masks on the device (the student pools per point); None otherwise.
@@ -151,7 +152,7 @@ class SharedProposals:
     scores: np.ndarray
     gt_label_ids: np.ndarray
     seconds: float = 0.0
-    voxel_masks: torch.Tensor | None = None
+    voxel_masks: VoxelMasks | None = None
     voxel_features: torch.Tensor | None = None
     voxel_points: torch.Tensor | None = None
     point_features: torch.Tensor | None = None
@@ -197,7 +198,7 @@ def make_proposals(segmenter, points: np.ndarray, colors: np.ndarray, source: st
         pred = segmenter.mask3d.predict(points, colors, point_features=cfg.point_features,
                                         post=cfg.proposal_postprocess())  # as Segmenter.embed
         keep = pred.point_counts >= cfg.min_points
-        voxel_masks, scores_t = pred.voxel_masks[keep].to(dev), pred.scores.to(dev)[keep]
+        voxel_masks, scores_t = pred.voxel_masks.select(keep).to(dev), pred.scores.to(dev)[keep]
         synchronize(dev)
         seconds = time.perf_counter() - t0
     if source == "gt":
@@ -207,7 +208,7 @@ def make_proposals(segmenter, points: np.ndarray, colors: np.ndarray, source: st
         features = None if pred is None else pred.point_features.to(dev)
         return SharedProposals(gt.masks, gt.scores, gt.label_ids, seconds, point_features=features,
                                masks_device=torch.from_numpy(gt.masks).to(dev))
-    masks = expand_to_points(voxel_masks.cpu(), pred.inverse_map.cpu()).numpy()
+    masks = voxel_masks.to("cpu").to_points(pred.inverse_map.cpu()).numpy()
     return SharedProposals(masks, scores_t.float().cpu().numpy(), np.full(masks.shape[0], -1, np.int64), seconds,
                            voxel_masks=voxel_masks, voxel_features=pred.voxel_features.to(dev),
                            voxel_points=pred.voxel_points.to(dev))

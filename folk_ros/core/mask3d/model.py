@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..sparse import SparseTensor
+from ..voxel_masks import VoxelMasks
 from .backbone import Res16UNet34C
 from .config import Mask3DConfig, PostprocessConfig
 from .decoder import QueryDecoder
@@ -40,27 +41,20 @@ def check_extent(coords: np.ndarray, voxel_size: float) -> None:
             f"{voxel_size} m); Mask3D needs a cloud spanning at least two such cells")
 
 
-def expand_to_points(voxel_masks: torch.Tensor, inverse_map: torch.Tensor) -> torch.Tensor:
-    """(M, V) bool voxel masks -> (M, N) bool point masks (a point has its voxel's bit). On the CPU through
-    numpy's take, 2-3x faster than torch's column gather."""
-    if voxel_masks.device.type != "cpu":
-        return voxel_masks[:, inverse_map]
-    return torch.from_numpy(np.take(voxel_masks.numpy(), inverse_map.cpu().numpy(), axis=1))
-
-
 @dataclass(frozen=True, eq=False)
 class Proposals:
     """Class-agnostic instance proposals of one cloud, kept at voxel level.
 
     Every point of a voxel shares the voxel's mask bits and features, so the proposals are stored per
-    voxel (V << N on dense clouds) and expanded to points only when asked (:attr:`masks`,
-    :attr:`point_features`, computed once).
+    voxel (V << N on dense clouds), the masks as their entries, and expanded to points only when asked
+    (:attr:`masks`, :attr:`point_features`, computed once).
 
-    voxel_masks (M, V) bool; scores (M,) float32 in [0, 1], descending; voxel_features (V, D) float32
-    (D = 96 backbone or 128 mask features); inverse_map (N,) int64 point -> voxel.
+    voxel_masks: the M masks over V voxels (:class:`VoxelMasks`); scores (M,) float32 in [0, 1],
+    descending; voxel_features (V, D) float32 (D = 96 backbone or 128 mask features); inverse_map (N,)
+    int64 point -> voxel.
     """
 
-    voxel_masks: torch.Tensor
+    voxel_masks: VoxelMasks
     scores: torch.Tensor
     voxel_features: torch.Tensor
     inverse_map: torch.Tensor
@@ -68,7 +62,7 @@ class Proposals:
     @cached_property
     def masks(self) -> torch.Tensor:
         """(M, N) bool masks over the input points (on the masks' device)."""
-        return expand_to_points(self.voxel_masks, self.inverse_map)
+        return self.voxel_masks.to_points(self.inverse_map)
 
     @cached_property
     def point_features(self) -> torch.Tensor:
@@ -83,8 +77,7 @@ class Proposals:
     @cached_property
     def point_counts(self) -> torch.Tensor:
         """(M,) int64 number of input points in each mask."""
-        points = self.voxel_masks.to(torch.float32) @ self.voxel_points.to(torch.float32)   # exact below 2^24
-        return points.round().to(torch.int64)
+        return self.voxel_masks.point_counts(self.voxel_points)
 
 
 class Mask3D(QueryDecoder):

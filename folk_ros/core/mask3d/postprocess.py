@@ -17,6 +17,7 @@ from scipy.sparse import coo_matrix, csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from folk_ros.core.voxel_masks import VoxelMasks
 from folk_ros.core.voxelize import cell_keys
 
 from .config import PostprocessConfig
@@ -363,8 +364,8 @@ def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tenso
     score = (1 - p(no-object)) * mean sigmoid inside the mask.  Masks with fewer than
     ``cfg.min_points`` points (at least one) and scores <= ``cfg.min_score`` are dropped;
     NMS at ``cfg.nms_iou`` (IoU over points).
-    Returns voxel masks (M, V) bool and scores (M,) float32, by descending score (a point's mask bit is
-    its voxel's: ``masks[:, inverse_map]``).
+    Returns the M voxel masks (:class:`VoxelMasks`, M x V) and scores (M,) float32, by descending score
+    (a point's mask bit is its voxel's: ``masks.to_points(inverse_map)``).
     """
     objectness = 1.0 - pred_logits.float().softmax(-1)[:, -1]
     points_per_voxel = torch.bincount(inverse_map, minlength=mask_logits.shape[0])
@@ -393,9 +394,5 @@ def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tenso
         scores = scores[keep]
         voxel, mask = binary[:, keep].nonzero(as_tuple=True)
     kept = mask_nms(voxel, mask, scores, cfg.nms_iou, points_per_voxel)
-    out_row = torch.full((scores.numel(),), -1, dtype=torch.int64, device=mask.device)
-    out_row[kept] = torch.arange(kept.numel(), device=mask.device)
-    hit = out_row[mask] >= 0
-    masks = torch.zeros((kept.numel(), mask_logits.shape[0]), dtype=torch.bool, device=mask_logits.device)
-    masks[out_row[mask[hit]], voxel[hit]] = True
-    return masks, scores[kept]
+    candidates = VoxelMasks.from_entries(mask, voxel, (scores.numel(), mask_logits.shape[0]))
+    return candidates.select(kept), scores[kept]

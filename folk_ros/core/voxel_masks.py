@@ -1,0 +1,71 @@
+"""VoxelMasks: M instance masks over the V voxels of one cloud, kept as their (mask, voxel) entries.
+
+Mask3D's proposals are small next to the cloud (on a 100k-point room: 350 masks over 66k voxels hold
+55k entries, 0.2 % of a dense (M, V) array), so sizes, pooling (Eq. 7) and geometry read the entries,
+and a dense array is made only where a caller asks for one (:meth:`VoxelMasks.dense`,
+:meth:`VoxelMasks.to_points`). Every point of a voxel has the voxel's mask bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class VoxelMasks:
+    """rows (E,) int64 mask of each entry, ascending; cols (E,) int64 its voxel; shape (M, V).
+    An entry appears once."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    shape: tuple[int, int]
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    @classmethod
+    def from_entries(cls, rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> "VoxelMasks":
+        """From (mask, voxel) entries in any order (sorted here by mask, stably)."""
+        order = torch.sort(rows, stable=True).indices
+        return cls(rows[order], cols[order], (int(shape[0]), int(shape[1])))
+
+    @classmethod
+    def from_dense(cls, masks: torch.Tensor) -> "VoxelMasks":
+        """From an (M, V) bool array."""
+        rows, cols = masks.nonzero(as_tuple=True)
+        return cls(rows, cols, tuple(masks.shape))
+
+    def dense(self) -> torch.Tensor:
+        """(M, V) bool."""
+        out = torch.zeros(self.shape, dtype=torch.bool, device=self.rows.device)
+        out[self.rows, self.cols] = True
+        return out
+
+    def to_points(self, inverse_map: torch.Tensor) -> torch.Tensor:
+        """(M, N) bool masks over the points, ``inverse_map`` (N,) being each point's voxel. On the CPU
+        through numpy's take, 2-3x faster than torch's column gather."""
+        voxel_masks = self.dense()
+        if voxel_masks.device.type != "cpu":
+            return voxel_masks[:, inverse_map]
+        return torch.from_numpy(np.take(voxel_masks.numpy(), inverse_map.cpu().numpy(), axis=1))
+
+    def select(self, index: torch.Tensor) -> "VoxelMasks":
+        """The masks ``index`` (int64 positions, in that order; or an (M,) bool keep-mask), renumbered 0..K-1."""
+        if index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        new_row = torch.full((self.shape[0],), -1, dtype=torch.int64, device=self.rows.device)
+        new_row[index.to(self.rows.device)] = torch.arange(index.numel(), device=self.rows.device)
+        row = new_row[self.rows]
+        hit = row >= 0
+        return VoxelMasks.from_entries(row[hit], self.cols[hit], (index.numel(), self.shape[1]))
+
+    def point_counts(self, voxel_points: torch.Tensor) -> torch.Tensor:
+        """(M,) int64 points inside each mask, ``voxel_points`` (V,) being the points of each voxel."""
+        return torch.zeros(self.shape[0], dtype=torch.int64, device=self.rows.device).index_add_(
+            0, self.rows, voxel_points.to(self.rows.device, torch.int64)[self.cols])
+
+    def to(self, device: torch.device | str) -> "VoxelMasks":
+        return VoxelMasks(self.rows.to(device), self.cols.to(device), self.shape)

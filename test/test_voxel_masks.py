@@ -1,0 +1,41 @@
+"""VoxelMasks: instance masks over voxels kept as (mask, voxel) entries."""
+
+import numpy as np
+import torch
+
+from folk_ros.core.voxel_masks import VoxelMasks
+
+
+def _dense(seed=0, m=5, v=40):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand((m, v), generator=gen) < 0.3
+
+
+def test_entries_and_dense_agree():
+    dense = _dense()
+    masks = VoxelMasks.from_dense(dense)
+    assert len(masks) == 5 and masks.shape == (5, 40)
+    assert torch.equal(masks.dense(), dense)
+    shuffled = torch.randperm(masks.rows.numel(), generator=torch.Generator().manual_seed(1))
+    again = VoxelMasks.from_entries(masks.rows[shuffled], masks.cols[shuffled], masks.shape)
+    assert torch.equal(again.dense(), dense) and bool((again.rows[1:] >= again.rows[:-1]).all())
+
+
+def test_select_reorders_and_renumbers():
+    dense = _dense()
+    masks = VoxelMasks.from_dense(dense)
+    picked = masks.select(torch.tensor([3, 0]))
+    assert picked.shape == (2, 40) and torch.equal(picked.dense(), dense[[3, 0]])
+    keep = torch.tensor([True, False, True, False, True])
+    assert torch.equal(masks.select(keep).dense(), dense[keep])
+    assert masks.select(torch.zeros(5, dtype=torch.bool)).shape == (0, 40)
+
+
+def test_point_counts_and_points():
+    dense = _dense()
+    inverse = torch.randint(0, 40, (300,), generator=torch.Generator().manual_seed(2))
+    masks = VoxelMasks.from_dense(dense)
+    points = dense[:, inverse]
+    assert torch.equal(masks.to_points(inverse), points)
+    assert torch.equal(masks.point_counts(torch.bincount(inverse, minlength=40)), points.sum(1))
+    np.testing.assert_array_equal(masks.to("cpu").dense().numpy(), dense.numpy())
