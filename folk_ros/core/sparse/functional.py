@@ -9,7 +9,7 @@
   per convolution, which also keeps it fast when the cores are shared.
 * ``"pairs"``: per offset gather -> matmul -> ``index_add_`` (the reference form).
 
-``"auto"`` (the default) picks one by device (:func:`resolve_method`).
+``"auto"`` (the default) picks one by device and thread count (:func:`resolve_method`).
 
 :class:`SparseConvFunction` has a hand-written backward for both (plain autograd
 through the gathers stores every gathered block and is several times slower).
@@ -27,19 +27,22 @@ METHODS = ("auto", "gather", "pairs")
 
 
 def resolve_method(method: str, device: torch.device) -> str:
-    """``"auto"``: the pair form on CPU, the gather form elsewhere (CUDA).
+    """``"auto"``: the pair form on CPU with one intra-op thread, else the gather form.
 
-    Measured with torch 2.14 on 2 CPU cores (models/folk-synth's Mask3D-small backbone, a 100k-point
-    room, 66k voxels, kernel maps included): forward 0.72 s (pairs) vs 1.30 s (gather) with 2 threads,
-    forward + backward 1.3-1.5 s vs 2.3 s with 2 threads and 1.8-1.9 s vs 3.3-3.6 s with 1; outputs
-    bit-identical (same summation order). Its per-offset blocks stay in cache and ``index_add_`` is
-    cheap, where the gather form copies large slot blocks. (An earlier measurement, on the torch of its
-    day, had the gather form ~9x faster at 2 threads; rerun the comparison after a torch upgrade.)
+    Measured (bench/bench_sparse_ops.py, Res16UNet34C shapes at 50k voxels, fwd + bwd, an older torch):
+    with 2 threads the gather form was ~9x faster; with 1 thread the pair form's per-offset blocks stay
+    in cache and it was ~1.6x faster. Both give the same floating-point result (same summation order).
+
+    Rechecked with torch 2.14 on 2 cores (models/folk-synth's backbone, a 100k-point room): called from
+    the process's main thread the pair form is faster at 2 threads too (forward 0.72-0.93 s vs 1.30-1.46 s,
+    forward + backward 1.4 vs 2.3 s), but called from another thread, as the node's worker calls it, it is
+    slower (node process, 100k points: proposals 1.91 s vs 1.45 s; 6k points: 0.60 s vs 0.20 s). The
+    rule stays the one that serves the node; why a worker thread slows the pair form is not known yet.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "auto":
-        return "pairs" if device.type == "cpu" else "gather"
+        return "pairs" if device.type == "cpu" and torch.get_num_threads() == 1 else "gather"
     return method
 
 
