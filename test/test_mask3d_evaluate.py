@@ -79,6 +79,21 @@ def test_dbscan_split_gives_one_proposal_per_separate_part():
     assert scores.shape == (2,)
 
 
+def test_parts_under_min_points_are_dropped():
+    """min_points counts points, not voxels: the part whose 2 voxels hold 3 points stays at min_points 3,
+    the one whose 2 voxels hold 2 points goes (the Segmenter relies on this and filters nothing again)."""
+    xyz = torch.tensor([[0.0, 0, 0], [0.02, 0, 0], [1.0, 0, 0], [1.02, 0, 0], [2.0, 0, 0]])
+    logits = torch.tensor([[3.0], [3.0], [3.0], [3.0], [-3.0]])          # (V, Q=1): two parts
+    pred_logits = torch.tensor([[2.0, -2.0]])
+    inverse = torch.tensor([0, 0, 1, 2, 3, 4])                            # voxel 0 holds two points
+    kept, _ = class_agnostic_proposals(pred_logits, logits, inverse, xyz,
+                                       PostprocessConfig.class_agnostic(0.1, min_points=3))
+    assert kept.dense().tolist() == [[True, True, False, False, False]]
+    both, _ = class_agnostic_proposals(pred_logits, logits, inverse, xyz,
+                                       PostprocessConfig.class_agnostic(0.1, min_points=2))
+    assert len(both) == 2
+
+
 @pytest.fixture(scope="module")
 def scene_and_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("mask3d_eval")

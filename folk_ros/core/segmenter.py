@@ -106,8 +106,7 @@ class EmbeddedProposals:
 
     Attributes:
         voxel_masks: the M masks over Mask3D's voxels of the cloud (:class:`VoxelMasks`, on the CPU).
-            inverse_map: (N,) int64 voxel of each
-            point (a point's mask bit is its voxel's: :attr:`masks`).
+        inverse_map: (N,) int64 voxel of each point (a point's mask bit is its voxel's: :attr:`masks`).
         proposal_scores: (M,) float32 Mask3D scores.
         embeddings: (M, C) float32 unit-norm student embeddings (Eq. 7).
         timings: milliseconds of the proposals and student stages.
@@ -257,10 +256,8 @@ class Segmenter:
             return EmbeddedProposals(VoxelMasks(none, none, (0, 0)), np.zeros(0, np.int64), np.zeros(0, np.float32),
                                      np.zeros((0, self.clip.embed_dim), np.float32), {})
         proposals = self.mask3d.predict(cloud.xyz, cloud.rgb, point_features=self.cfg.point_features,
-                                        post=self.cfg.proposal_postprocess())
-        with torch.inference_mode():
-            keep = proposals.point_counts >= self.cfg.min_points
-            voxel_masks, scores = proposals.voxel_masks.select(keep), proposals.scores[keep]
+                                        post=self.cfg.proposal_postprocess())   # drops those under min_points
+        voxel_masks, scores = proposals.voxel_masks, proposals.scores
         t1 = time.perf_counter()
         with torch.inference_mode():   # pooled per voxel: every point of a voxel has its features (Eq. 7)
             embeddings = self.student.embed_voxels(proposals.voxel_features.to(self.device),

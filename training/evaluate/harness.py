@@ -139,11 +139,10 @@ class SharedProposals:
         masks: (M, N) bool numpy.
         scores: (M,) float32 proposal scores (Mask3D's, or 1 for GT instances).
         gt_label_ids: (M,) int64 ScanNet200 id of GT proposals (-1 for Mask3D proposals).
-        seconds: the Mask3D pass (forward + post-processing + min-points filter), 0 without it.
+        seconds: the Mask3D pass (forward + post-processing), 0 without it.
         voxel_masks, voxel_features, voxel_points: Mask3D proposals as Mask3D gives them, on the Segmenter's
             device: the M masks over V voxels (:class:`VoxelMasks`), (V, D) float32 features, (V,) points per
-            voxel (the student pools per voxel,
-            as :meth:`Segmenter.embed`); None for GT proposals.
+            voxel (the student pools per voxel, as :meth:`Segmenter.embed`); None for GT proposals.
         point_features, masks_device: GT proposals with Mask3D features: (N, D) float32 point features and
             the (M, N) bool masks on the device (the student pools per point); None otherwise.
     """
@@ -197,8 +196,7 @@ def make_proposals(segmenter, points: np.ndarray, colors: np.ndarray, source: st
         t0 = time.perf_counter()
         pred = segmenter.mask3d.predict(points, colors, point_features=cfg.point_features,
                                         post=cfg.proposal_postprocess())  # as Segmenter.embed
-        keep = pred.point_counts >= cfg.min_points
-        voxel_masks, scores_t = pred.voxel_masks.select(keep).to(dev), pred.scores.to(dev)[keep]
+        voxel_masks, scores_t = pred.voxel_masks.to(dev), pred.scores.to(dev)
         synchronize(dev)
         seconds = time.perf_counter() - t0
     if source == "gt":
