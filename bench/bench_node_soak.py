@@ -8,7 +8,7 @@ vocabulary takes effect, and memory across many clouds.
 2. Memory: publishes ``--clouds`` clouds one after another (each waited for) and reads the node process's
    resident set size (``VmRSS`` in /proc) after the 10th and the last, and its peak (``VmHWM``).
 
-The clouds are the tests' box rooms (about 15k points, a few seeds), so a cloud costs a fraction of a second.
+The clouds are the tests' box rooms (7,500 points, 4 seeds), so a cloud costs a fraction of a second.
 
     python -m bench.bench_node_soak [--names 1000] [--clouds 1000] [--bundle models/folk-synth] [--threads 2]
 """
@@ -52,15 +52,6 @@ def vocabulary_names(n: int) -> list[str]:
     return names[:n]
 
 
-def _wait(future, timeout: float = 60.0):
-    """The future's result, woken by its completion (the probe's own wait polls every 0.1 s)."""
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    if not done.wait(timeout):
-        raise TimeoutError("no answer from the node's parameter service")
-    return future.result()
-
-
 def _vocabulary_change(probe: Probe, names: list[str], msg) -> dict:
     """Set the vocabulary while get_parameters runs back to back; time each call and the change's effect."""
     from rclpy.parameter import Parameter
@@ -70,14 +61,14 @@ def _vocabulary_change(probe: Probe, names: list[str], msg) -> dict:
     def ping() -> None:
         while not stop.is_set():
             t = time.perf_counter()
-            _wait(probe.params.get_parameters(["score_threshold"]))
+            probe.call(probe.params.get_parameters(["score_threshold"]))
             pings.append((t, time.perf_counter() - t))
 
     pinger = threading.Thread(target=ping, daemon=True)
     pinger.start()
     time.sleep(1.0)                                 # a baseline of pings before the change
     t_set = time.perf_counter()
-    result = _wait(probe.params.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names)]))
+    result = probe.call(probe.params.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names)]))
     set_s = time.perf_counter() - t_set
     if not result.results[0].successful:
         stop.set()

@@ -87,8 +87,14 @@ class Probe:
         return self.outputs[stamp]
 
     def call(self, future):
+        """The future's result; its completion wakes the wait (no polling delay in the round trip)."""
+        future.add_done_callback(lambda _: self._wake())
         self.wait_until(future.done, what="parameter service")
         return future.result()
+
+    def _wake(self):
+        with self.cond:
+            self.cond.notify_all()
 
     def close(self):
         """Stop spinning and leave the graph (again: nothing)."""
