@@ -61,14 +61,14 @@ def _vocabulary_change(probe: Probe, names: list[str], msg) -> dict:
     def ping() -> None:
         while not stop.is_set():
             t = time.perf_counter()
-            probe.call(probe.params.get_parameters(["score_threshold"]))
+            probe.call(lambda: probe.params.get_parameters(["score_threshold"]))
             pings.append((t, time.perf_counter() - t))
 
     pinger = threading.Thread(target=ping, daemon=True)
     pinger.start()
     time.sleep(1.0)                                 # a baseline of pings before the change
     t_set = time.perf_counter()
-    result = probe.call(probe.params.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names)]))
+    result = probe.call(lambda: probe.params.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names)]))
     set_s = time.perf_counter() - t_set
     if not result.results[0].successful:
         stop.set()

@@ -16,6 +16,7 @@ from test.fixtures import box_room_cloud, make_untrained_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 30.0  # generous: two shared cores; only reached when something is broken
+RESEND_S = 5.0  # an idempotent request unanswered this long is sent again (Probe.call)
 
 
 class Probe:
@@ -44,9 +45,14 @@ class Probe:
         self.params = AsyncParameterClient(self.node, f"{namespace}/{params.NODE_NAME}")
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
         self._next_sec = 100
+
+    def _spin(self):
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
 
     def _store(self, topic, msg):
         with self.cond:
@@ -86,11 +92,25 @@ class Probe:
         self.wait_until(lambda: set(topics) <= set(self.outputs.get(stamp, {})), what=f"outputs of {stamp}")
         return self.outputs[stamp]
 
-    def call(self, future):
-        """The future's result; its completion wakes the wait (no polling delay in the round trip)."""
-        future.add_done_callback(lambda _: self._wake())
-        self.wait_until(future.done, what="parameter service")
-        return future.result()
+    def call(self, send, what: str = "a service answer"):
+        """The response to one service request; its arrival wakes the wait (no polling delay in the round trip).
+
+        ``send`` is either the request's future, waited on once, or a function sending an idempotent request
+        (a parameter get/set, a map query), sent again every RESEND_S until answered: FastDDS can drop a response
+        written before the server has matched the client's response reader (a full CI run once lost a first
+        list_parameters request so, with the node idle), and a robot-side client retries the same way."""
+        resend = callable(send)
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            future = send() if resend else send
+            future.add_done_callback(lambda _: self._wake())
+            left = deadline - time.monotonic()
+            with self.cond:
+                self.cond.wait_for(future.done, min(left, RESEND_S) if resend else left)
+            if future.done():
+                return future.result()
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"timed out waiting for {what} (probe executor alive: {self.thread.is_alive()})")
 
     def _wake(self):
         with self.cond:
@@ -100,6 +120,8 @@ class Probe:
         """Stop spinning and leave the graph (again: nothing)."""
         import rclpy
         if self.context.ok():
+            self._stop.set()            # the spin thread leaves its wait set before anything is destroyed: executor
+            self.thread.join(TIMEOUT)   # .shutdown() under a spinning thread once raised InvalidHandle there
             self.executor.shutdown()
             self.node.destroy_node()
             rclpy.try_shutdown(context=self.context)

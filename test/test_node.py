@@ -389,7 +389,7 @@ def test_outputs_agree_with_each_other_and_the_input(probe, node_proc):
 @pytest.mark.ros
 def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
     from rclpy.parameter import Parameter
-    results = probe.call(probe.params.set_parameters([Parameter("vocabulary", value=["mug", "plant"]),
+    results = probe.call(lambda: probe.params.set_parameters([Parameter("vocabulary", value=["mug", "plant"]),
                                                       Parameter("prompt_template", value="a photo of a {}")])).results
     assert all(r.successful for r in results), [r.reason for r in results]
     msg, _ = room_msg(seed=1)
@@ -401,11 +401,11 @@ def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
 @pytest.mark.ros
 def test_a_cloud_with_no_instance_above_the_threshold_gives_empty_outputs(probe):
     from rclpy.parameter import Parameter
-    assert probe.call(probe.params.set_parameters([Parameter("score_threshold", value=1.0)])).results[0].successful
+    assert probe.call(lambda: probe.params.set_parameters([Parameter("score_threshold", value=1.0)])).results[0].successful
     try:
         out = probe.result(probe.publish(room_msg(seed=2)[0]))
     finally:
-        probe.call(probe.params.set_parameters([Parameter("score_threshold", value=0.0)]))
+        probe.call(lambda: probe.params.set_parameters([Parameter("score_threshold", value=0.0)]))
     assert list(out[TOPIC_INSTANCES].instances) == []
     assert [m.action for m in out[TOPIC_MARKERS].markers] == [3]          # DELETEALL only
     fields = cloud_fields(out[TOPIC_LABELED])
@@ -423,9 +423,9 @@ def test_invalid_parameter_values_are_rejected_and_old_kept(probe):
            (Parameter("score_threshold", value=1.5), "range"),              # rclpy: descriptor range
            (Parameter("max_instances", value=5), "read-only")]
     for param, reason in bad:
-        (res,) = probe.call(probe.params.set_parameters([param])).results
+        (res,) = probe.call(lambda: probe.params.set_parameters([param])).results
         assert not res.successful and reason in res.reason.lower() + res.reason, (param.name, res.reason)
-    values = probe.call(probe.params.get_parameters(["vocabulary", "prompt_template", "max_instances"])).values
+    values = probe.call(lambda: probe.params.get_parameters(["vocabulary", "prompt_template", "max_instances"])).values
     assert list(values[0].string_array_value) == ["mug", "plant"]
     assert values[1].string_value == "a photo of a {}" and values[2].integer_value == 100
     msg, _ = room_msg(seed=2)
@@ -538,8 +538,7 @@ def test_clouds_arriving_while_one_is_processed(tmp_path):
             time.sleep(0.1)
             waiting.append(probe.publish(room_msg(seed=6 + k)[0]))
         # the parameter service answers while the first cloud is being segmented
-        answer = probe.params.get_parameters(["score_threshold"])
-        probe.wait_until(answer.done, what="get_parameters during segmentation")
+        probe.call(lambda: probe.params.get_parameters(["score_threshold"]), what="get_parameters during segmentation")
         answered_before_output = first not in probe.outputs
         probe.result(waiting[-1])                        # the latest cloud is always processed
         done = [s for s in [first, *waiting] if TOPIC_INSTANCES in probe.outputs.get(s, {})]
@@ -550,7 +549,7 @@ def test_clouds_arriving_while_one_is_processed(tmp_path):
 
 @pytest.mark.ros
 def test_declared_parameters_equal_the_yaml(probe):
-    names = probe.call(probe.params.list_parameters()).result.names
+    names = probe.call(lambda: probe.params.list_parameters()).result.names
     assert set(names) - AUTO_PARAMS == set(_yaml_parameters())
 
 

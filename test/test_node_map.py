@@ -47,7 +47,7 @@ def _call(probe, srv_type, name, request):
     client = probe.node.create_client(srv_type, f"/{params.NODE_NAME}/{name}")
     try:
         assert client.wait_for_service(timeout_sec=TIMEOUT), f"service {name} not offered"
-        return probe.call(client.call_async(request))
+        return probe.call(lambda: client.call_async(request), what=f"the {name} service")
     finally:
         probe.node.destroy_client(client)
 
@@ -126,7 +126,7 @@ def test_vocabulary_change_relabels_and_republishes_without_a_cloud(probe):
     last = probe.latest(TOPIC_INSTANCES)
     before = probe.count(TOPIC_INSTANCES)
     new_vocab = ["mug", "fire extinguisher"]
-    result = probe.call(probe.params.set_parameters([Parameter("vocabulary", value=new_vocab)]))
+    result = probe.call(lambda: probe.params.set_parameters([Parameter("vocabulary", value=new_vocab)]))
     assert result.results[0].successful
     probe.wait_until(lambda: probe.count(TOPIC_INSTANCES) > before, what="the re-labelled map")
     relabeled = probe.latest(TOPIC_INSTANCES)

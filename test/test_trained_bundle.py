@@ -63,7 +63,7 @@ def test_trained_bundle_labels_the_objects_it_finds(node):
         for index in SCENES:
             mesh, objects = _scene(index)
             names = sorted({mesh.instance_labels[i] for i in objects})
-            done = probe.call(probe.params.set_parameters([Parameter("vocabulary", value=names)]))
+            done = probe.call(lambda: probe.params.set_parameters([Parameter("vocabulary", value=names)]))
             assert done.results[0].successful, done.results[0].reason
             msg = cloud_to_msg(mesh.vertices, mesh.colors / 255.0, Header())
             out = probe.result(probe.publish(msg), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
