@@ -119,12 +119,23 @@ class RosSession:
         self.node = rclpy.create_node(name, namespace=namespace, context=self.context)
         self._executor = SingleThreadedExecutor(context=self.context)
         self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._executor.spin, name=f"{name}_spin", daemon=True)
-        self._thread.start()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, name=f"{name}_spin", daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.context.ok():
+            self._executor.spin_once(timeout_sec=0.05)
 
     def close(self) -> None:
+        """Stop spinning and leave the graph; again: nothing. The thread leaves its wait set before anything is
+        destroyed (executor.shutdown() under a spinning thread once raised InvalidHandle there), and a spin
+        thread left in the middleware at exit aborts the process."""
+        if not self.context.ok():
+            return
+        self._stop.set()
+        self.thread.join(timeout=5.0)
         self._executor.shutdown(timeout_sec=5.0)
-        self._thread.join(timeout=5.0)   # a spin thread left in the middleware at exit aborts the process
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
 

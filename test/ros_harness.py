@@ -23,17 +23,15 @@ class Probe:
     """A test-side node on its own context: publishes clouds, collects the outputs by stamp."""
 
     def __init__(self, namespace: str = ""):
-        import rclpy
+        from demo.player import RosSession
         from folk_ros_interfaces.msg import InstanceArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.parameter_client import AsyncParameterClient
         from rclpy.qos import QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import PointCloud2
         from visualization_msgs.msg import MarkerArray
 
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("folk_test_probe", namespace=namespace, context=self.context)
+        self.session = RosSession("folk_test_probe", namespace)
+        self.node, self.thread = self.session.node, self.session.thread
         qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         self.outputs: dict[tuple[int, int], dict] = {}
         self.received: list[tuple[str, object]] = []     # every output message, in arrival order
@@ -43,16 +41,7 @@ class Probe:
             self.node.create_subscription(kind, topic, lambda msg, t=topic: self._store(t, msg), qos)
         self.pub = self.node.create_publisher(PointCloud2, TOPIC_IN, qos)
         self.params = AsyncParameterClient(self.node, f"{namespace}/{params.NODE_NAME}")
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
         self._next_sec = 100
-
-    def _spin(self):
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=0.05)
 
     def _store(self, topic, msg):
         with self.cond:
@@ -117,14 +106,7 @@ class Probe:
             self.cond.notify_all()
 
     def close(self):
-        """Stop spinning and leave the graph (again: nothing)."""
-        import rclpy
-        if self.context.ok():
-            self._stop.set()            # the spin thread leaves its wait set before anything is destroyed: executor
-            self.thread.join(TIMEOUT)   # .shutdown() under a spinning thread once raised InvalidHandle there
-            self.executor.shutdown()
-            self.node.destroy_node()
-            rclpy.try_shutdown(context=self.context)
+        self.session.close()
 
 
 NODE_ARGS = ["--params-file", "config/segment.yaml", "-p", "device:=cpu", "-p", "num_threads:=1",
