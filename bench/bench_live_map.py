@@ -43,7 +43,7 @@ from folk_ros.core.map_config import MapConfig
 from folk_ros.core.live_map import LiveMap
 from folk_ros.core.segmenter import Segmenter, classify
 from training.atomic import write_json_atomic
-from training.evaluate.teacher_eval import label_ids_of
+from training.data.vocabularies import label_ids_of
 
 
 def quality_scene(live: LiveMap, sid: str, clouds, vocab: tuple[str, ...], vocab_ids: np.ndarray,

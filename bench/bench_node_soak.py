@@ -68,7 +68,8 @@ def _vocabulary_change(probe: Probe, names: list[str], msg) -> dict:
     pinger.start()
     time.sleep(1.0)                                 # a baseline of pings before the change
     t_set = time.perf_counter()
-    result = probe.call(lambda: probe.params.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names)]))
+    vocabulary = Parameter("vocabulary", Parameter.Type.STRING_ARRAY, names)
+    result = probe.call(lambda: probe.params.set_parameters([vocabulary]))
     set_s = time.perf_counter() - t_set
     if not result.results[0].successful:
         stop.set()

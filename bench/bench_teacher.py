@@ -23,12 +23,12 @@ import torch
 from tqdm import tqdm
 
 from training.atomic import write_json_atomic
-from training.build_teacher_cache import gt_proposals
 from training.data.synthetic import SynthConfig, generate_scene, scene_name, scene_seed
 from training.evaluate.teacher_eval import clip_from_args
 from training.teacher.baseline import OpenMaskBaseline
-from training.teacher.config import TeacherConfig
-from training.teacher.teacher import Teacher, TeacherVariant
+from training.teacher.config import TeacherConfig, TeacherVariant
+from training.teacher.proposals import gt_proposals
+from training.teacher.teacher import Teacher
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -15,9 +15,10 @@ import torch
 from folk_ros.core.bundle import file_sha256
 from folk_ros.core.clip import ClipModel
 from training.clip import train as T
-from training.clip.dataset import (BACKGROUND_CLASSES, ViewConfig, crop_square, find_scene_dirs, frame_masks,
+from training.clip.dataset import (BACKGROUND_CLASSES, ViewConfig, crop_square, frame_masks,
                                    instance_boxes, load_views, square_box)
 from training.data import scannet200
+from training.data.scenes import find_scenes, has_instance_images
 from training.data.synthetic import SynthConfig, generate_scene, scene_seed, write_scene
 
 TINY_CLIP = {
@@ -48,7 +49,7 @@ def tiny_config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def views(scene):
     root, _, _ = scene
-    return load_views(find_scene_dirs(root), ViewConfig(min_pixels=MIN_PIXELS, crop_size=64))
+    return load_views(find_scenes(root, has_instance_images), ViewConfig(min_pixels=MIN_PIXELS, crop_size=64))
 
 
 def test_instance_boxes_hand_made():
@@ -197,7 +198,7 @@ def test_checkpoint_resume_round_trip_and_saved_model_loads(scene, tiny_config, 
     assert json.loads((out / "manifest.json").read_text())["model"]["sha256"] == straight["model"]["sha256"]
     loaded = ClipModel(f"local-dir:{out}", device="cpu")
     objects = tuple(straight["vocabulary"]["objects"])
-    views = load_views(find_scene_dirs(root), ViewConfig(min_pixels=MIN_PIXELS, crop_size=64))
+    views = load_views(find_scenes(root, has_instance_images), ViewConfig(min_pixels=MIN_PIXELS, crop_size=64))
     data = T.make_eval_set(views, objects, 12, 2)
     again = T.evaluate(loaded, loaded.encode_text(list(objects)), objects, data, (64, 80), MIN_PIXELS)
     assert again["crop"]["acc"] == straight["metrics"]["val"]["crop"]["acc"]

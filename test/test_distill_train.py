@@ -25,12 +25,12 @@ from folk_ros.core.mask3d.config import preset
 from folk_ros.core.mask3d.model import Mask3D
 from folk_ros.core.student import Student
 from test.fixtures import VOCABULARY, make_untrained_bundle
-from training.build_teacher_cache import (CACHE_FORMAT, BuildConfig, cache_path, clip_identity, compact_masks,
-                                          load_teacher_cache, write_cache)
 from training.data import scannet200
 from training.distill import pseudo_labels
 from training.distill.features import FEATURES_SUFFIX, FeatureCache, find_teacher_caches
 from training.distill.train import TrainConfig, lr_at, train
+from training.teacher.cache import (CACHE_FORMAT, BuildConfig, cache_path, clip_identity, compact_masks,
+                                    load_teacher_cache, write_cache)
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = "a {} in the scene"

@@ -22,7 +22,8 @@ from training.evaluate.__main__ import main
 from training.evaluate.benchmark import evaluate_dirs
 from training.evaluate.harness import label_student, make_proposals, matching_counts
 from training.evaluate.instance_ap import EvalConfig, GTScene
-from training.evaluate.teacher_eval import label_ids_of, predictions
+from training.data.vocabularies import label_ids_of
+from training.evaluate.teacher_eval import predictions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTH = SynthConfig(num_frames=20, width=160, height=120, max_vertices=20000)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.mask3d.data import find_scenes, load_scene
+from training.data.scenes import find_scenes, has_mesh_gt
+from training.mask3d.data import load_scene
 from training.mask3d.train import TrainConfig, class_agnostic_ap, load_trained, parse_args, train
 from test.fixtures import box_room_scene
 
@@ -75,8 +76,8 @@ def test_cli_options_and_scene_discovery(tmp_path):
                       "0.05", "--no-augment"])
     assert (cfg.train, cfg.val, cfg.epochs, cfg.threads, cfg.voxel_size, cfg.augment) == \
         (["a", "b"], ["c"], 2, 0, 0.05, False)
-    with pytest.raises(FileNotFoundError, match="no complete ScanNet-layout scene"):
-        find_scenes([tmp_path])
+    with pytest.raises(FileNotFoundError, match="neither a scene folder nor a folder of scenes"):
+        find_scenes([tmp_path], has_mesh_gt)
 
 
 def test_init_starts_from_a_trained_checkpoint(overfit_run, tmp_path):

@@ -389,8 +389,8 @@ def test_outputs_agree_with_each_other_and_the_input(probe, node_proc):
 @pytest.mark.ros
 def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
     from rclpy.parameter import Parameter
-    results = probe.call(lambda: probe.params.set_parameters([Parameter("vocabulary", value=["mug", "plant"]),
-                                                      Parameter("prompt_template", value="a photo of a {}")])).results
+    change = [Parameter("vocabulary", value=["mug", "plant"]), Parameter("prompt_template", value="a photo of a {}")]
+    results = probe.call(lambda: probe.params.set_parameters(change)).results
     assert all(r.successful for r in results), [r.reason for r in results]
     msg, _ = room_msg(seed=1)
     inst = probe.result(probe.publish(msg), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
@@ -401,7 +401,8 @@ def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
 @pytest.mark.ros
 def test_a_cloud_with_no_instance_above_the_threshold_gives_empty_outputs(probe):
     from rclpy.parameter import Parameter
-    assert probe.call(lambda: probe.params.set_parameters([Parameter("score_threshold", value=1.0)])).results[0].successful
+    answer = probe.call(lambda: probe.params.set_parameters([Parameter("score_threshold", value=1.0)]))
+    assert answer.results[0].successful
     try:
         out = probe.result(probe.publish(room_msg(seed=2)[0]))
     finally:

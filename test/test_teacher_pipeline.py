@@ -4,28 +4,35 @@ One tiny generated scene (160 x 120 frames) and a RANDOM-weight CLIP (labels mea
 the tests check shapes, bookkeeping and the cache's resume logic, not accuracy).
 """
 
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from folk_ros.core.clip import ClipModel
-from training.build_teacher_cache import (BuildConfig, build_cache, cache_path, compact_masks, config_hash,
-                                          gt_proposals, hashed_config, is_current, load_teacher_cache,
-                                          write_cache)
+from training.build_teacher_cache import build_cache, main as build_main
 from training.data.synthetic import SynthConfig, generate_scene, run_scene
+from training.data.vocabularies import label_ids_of
 from training.evaluate.instance_ap import GTScene, evaluate
-from training.evaluate.teacher_eval import label_ids_of, predictions
+from training.evaluate.teacher_eval import predictions
 from training.teacher.baseline import BaselineConfig, OpenMaskBaseline
-from training.teacher.config import TeacherConfig
+from training.teacher.cache import (BuildConfig, cache_path, compact_masks, config_hash, hashed_config, is_current,
+                                    load_teacher_cache, write_cache)
+from training.teacher.config import TeacherConfig, TeacherVariant
 from training.teacher.mask_completion import complete_masks
 from training.teacher.mask_pooling import MaskPoolingHead, mask_embeddings
 from training.teacher.projection import project_instances
-from training.teacher.teacher import Classification, Teacher, TeacherVariant, classify, mask_boxes
+from training.teacher.proposals import gt_proposals
+from training.teacher.teacher import Classification, Teacher, classify, mask_boxes
 from training.teacher.view_selection import rotation_angle
 
+REPO = Path(__file__).resolve().parents[1]
 SYNTH = SynthConfig(num_frames=30, width=160, height=120, max_vertices=30000)
 CFG = TeacherConfig(frame_stride=5, clip_image_size=(96, 128))
 
@@ -246,3 +253,36 @@ def test_cache_two_workers(clip, scene_root, tmp_path):
     b = load_teacher_cache(cache_path(tmp_path / "ref", scenes[0].name))
     assert np.array_equal(a.view_frame, b.view_frame)
     np.testing.assert_allclose(a.view_embeddings, b.view_embeddings, atol=1e-4)
+
+
+def test_cache_under_torchrun_equals_one_process(scene_root, tmp_path):
+    """Two CPU ranks under torchrun (gloo) split the scenes and write the files one process writes, tensor for
+    tensor, with one merged summary; then a rerun of the job skips everything (resume works per rank)."""
+    args = ["--scenes", str(scene_root), "--clip-config", "folk-tiny-vit", "--every", "5", "--device", "cpu"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)          # the ranks run with torchrun's OMP_NUM_THREADS=1
+    try:
+        one = build_main([*args, "--out", str(tmp_path / "one")])
+    finally:
+        torch.set_num_threads(threads)
+    job = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "training.build_teacher_cache", *args, "--out", str(tmp_path / "two")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for run in ("first", "again"):
+        done = subprocess.run(job, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        two = json.loads((tmp_path / "two" / "build_summary.json").read_text())
+        assert two["ranks"] == 2 and two["failed"] == [] and two["config_hash"] == one["config_hash"]
+        assert [r["scene_id"] for r in two["scenes"]] == [r["scene_id"] for r in one["scenes"]]
+        assert (two["built"], two["skipped"]) == ((2, 0) if run == "first" else (0, 2)), run
+    files = sorted(p.name for p in (tmp_path / "one").glob("*.teacher.safetensors"))
+    assert len(files) == 2 and files == sorted(p.name for p in (tmp_path / "two").glob("*.teacher.safetensors"))
+    for name in files:
+        a, b = load_teacher_cache(tmp_path / "one" / name), load_teacher_cache(tmp_path / "two" / name)
+        for f in a.__dataclass_fields__:
+            if f == "meta":
+                drop = ("created", "timings")
+                assert {k: v for k, v in a.meta.items() if k not in drop} == \
+                    {k: v for k, v in b.meta.items() if k not in drop}
+            else:
+                assert np.array_equal(getattr(a, f), getattr(b, f)), (name, f)

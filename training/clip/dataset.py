@@ -93,24 +93,6 @@ class CropJitter:
 # --------------------------------------------------------------------------- pure helpers
 
 
-def find_scene_dirs(roots: list[Path] | Path) -> list[Path]:
-    """Scene folders (holding ``color/`` and ``instance/``) at or directly under `roots`, sorted.
-
-    Raises:
-        FileNotFoundError: no such folder under any root.
-    """
-    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
-    out: list[Path] = []
-    for root in map(Path, roots):
-        if not root.is_dir():
-            raise FileNotFoundError(f"scene folder {root} does not exist")
-        candidates = [root] if (root / "color").is_dir() else sorted(p for p in root.iterdir() if p.is_dir())
-        out += [p for p in candidates if (p / "color").is_dir() and (p / "instance").is_dir()]
-    if not out:
-        raise FileNotFoundError(f"no scene folder with color/ and instance/ under {[str(r) for r in roots]}")
-    return out
-
-
 def instance_boxes(instance: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Visible instances of a GT instance image, their pixel counts and mask bounding boxes.
 

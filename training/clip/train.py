@@ -63,9 +63,9 @@ from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import (DEFAULT_TEMPLATE, OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME, ClipModel,
                                 images_to_float, maskclip_dense_features)
 from training.atomic import torch_save_atomic, write_json_atomic
-from training.clip.dataset import (BACKGROUND_CLASSES, CropJitter, ViewConfig, ViewSet, find_scene_dirs,
-                                   frame_masks, load_views)
+from training.clip.dataset import BACKGROUND_CLASSES, CropJitter, ViewConfig, ViewSet, frame_masks, load_views
 from training.data import scannet200
+from training.data.scenes import find_scenes, has_instance_images
 from training.teacher.config import TeacherConfig
 from training.teacher.mask_pooling import pool_mask_features
 
@@ -420,7 +420,7 @@ def save_model(clip: ClipModel, out: Path) -> str:
 def data_provenance(views: ViewSet, roots: list[str]) -> dict:
     """Scene ids, generator seeds (from synth_meta.json where present) and counts of a ViewSet."""
     seeds = {}
-    for d in find_scene_dirs([Path(r) for r in roots]):
+    for d in find_scenes(roots, has_instance_images):
         meta = d / "synth_meta.json"
         if meta.exists():
             m = json.loads(meta.read_text(encoding="utf-8"))
@@ -500,10 +500,10 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
         raise ValueError(f"object views are square; {cfg.model} takes {size_h}x{size_w} images")
     view_cfg = ViewConfig(every=cfg.every, min_pixels=cfg.min_pixels, context=cfg.context, crop_size=size_h,
                           background=cfg.background)
-    train_views = load_views(find_scene_dirs([Path(p) for p in cfg.scenes]), view_cfg, desc="train scenes")
+    train_views = load_views(find_scenes(cfg.scenes, has_instance_images), view_cfg, desc="train scenes")
     held_cfg = replace(view_cfg, every=cfg.val_every)
-    val_views = load_views(find_scene_dirs([Path(p) for p in cfg.val_scenes]), held_cfg, desc="val scenes")
-    test_views = (load_views(find_scene_dirs([Path(p) for p in cfg.test_scenes]), held_cfg, desc="test scenes")
+    val_views = load_views(find_scenes(cfg.val_scenes, has_instance_images), held_cfg, desc="val scenes")
+    test_views = (load_views(find_scenes(cfg.test_scenes, has_instance_images), held_cfg, desc="test scenes")
                   if cfg.test_scenes else None)
     vocab = build_vocabulary(train_views, cfg.background, cfg.scannet200_negatives)
     vocab_index = vocab.index()

@@ -5,7 +5,7 @@
 
 Mask3D is frozen during distillation, so the first half of the student (paper Eq. 7: the mean of
 the point features inside each proposal) is a constant of the scene. It is computed once per
-teacher-cache file (:mod:`training.build_teacher_cache`) by running the frozen Mask3D
+teacher-cache file (:mod:`training.teacher.cache`) by running the frozen Mask3D
 (``Mask3D.predict(points, colors, point_features=kind)``) on the cache's cloud and pooling the
 features over the cache's proposals with :func:`folk_ros.core.student.masked_mean`; the trainer
 then runs only the MLP (``Student.project``) on the pooled rows.
@@ -41,8 +41,8 @@ from tqdm import tqdm
 from folk_ros.core.bundle import file_sha256
 from folk_ros.core.clip import resolve_device
 from folk_ros.core.student import masked_mean
-from training.build_teacher_cache import (CACHE_SUFFIX, TeacherCache, load_teacher_cache,
-                                          read_cache_meta, unique_paths, write_cache)
+from training.data.scenes import unique_paths
+from training.teacher.cache import CACHE_SUFFIX, TeacherCache, load_teacher_cache, read_cache_meta, write_cache
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@
 
 Reads top to bottom:
 
-1. Text: the training vocabulary (``--vocabulary``, :func:`training.evaluate.teacher_eval.vocabulary`)
+1. Text: the training vocabulary (``--vocabulary``, :func:`training.data.vocabularies.vocabulary`)
    through CLIP with the prompt ``"a {} in the scene"`` -> (K, C) unit-norm text embeddings.
-2. Instances of every teacher-cache scene (:mod:`training.build_teacher_cache`): the student's
+2. Instances of every teacher-cache scene (:mod:`training.teacher.cache`): the student's
    fixed input (the pooled frozen-Mask3D features of the proposal, Eq. 7, cached per scene by
    :class:`training.distill.features.FeatureCache`), the pseudo-label and target from the
-   teacher's views (Eq. 8-10, :func:`training.distill.pseudo_labels`) and, where the cache has
+   teacher's views (Eq. 8-10, :func:`training.teacher.pseudo_labels.pseudo_labels`) and, where the cache has
    GT proposals, the GT label's index in the vocabulary. Proposals whose views are all
    unusable, or that hold no points, are skipped and counted.
 3. Training: the student's MLP (``Student.project``: 2 layers to the CLIP size, unit norm) on
@@ -52,7 +52,6 @@ writes files.
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import math
 import os
@@ -69,14 +68,16 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from folk_ros.core.checkpoint_io import load_weights
-from folk_ros.core.clip import DEFAULT_TEMPLATE, resolve_device
+from folk_ros.core.clip import DEFAULT_TEMPLATE
 from folk_ros.core.student import Student, StudentConfig
 from training.atomic import torch_save_atomic, write_json_atomic
-from training.build_teacher_cache import BuildConfig, clip_identity, load_teacher_cache
 from training.data import scannet200
+from training.data.vocabularies import vocabulary
+from training.distributed import DistInfo, distributed
 from training.distill.features import POINT_FEATURE_KINDS, FeatureCache, find_teacher_caches
 from training.distill.losses import DistillLoss, DistillLossConfig
-from training.distill.pseudo_labels import pseudo_labels
+from training.teacher.cache import BuildConfig, clip_identity, load_teacher_cache
+from training.teacher.pseudo_labels import pseudo_labels
 
 log = logging.getLogger("training.distill.train")
 
@@ -143,43 +144,6 @@ class TrainConfig:
     def identity(self) -> dict:
         """The fields a resumed run must share with the run it continues."""
         return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the run: rank, world size and device (world 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    enabled: bool = False
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            dist.barrier()
-
-
-def setup_distributed(device: str) -> DistInfo:
-    """Join torchrun's process group when RANK and WORLD_SIZE are set (gloo on CPU, nccl on CUDA)."""
-    dev = resolve_device(device)
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistInfo(device=dev)
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    if dev.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
-        dev = torch.device("cuda", local)
-        torch.cuda.set_device(dev)
-    if not dist.is_initialized():
-        # rank 0 may spend minutes computing feature files while the others wait at a barrier
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
-    return DistInfo(rank, world, dev, True)
 
 
 # --------------------------------------------------------------------------- data
@@ -289,7 +253,6 @@ def load_instances(paths: list[Path], text: torch.Tensor, vocab: tuple[str, ...]
 
 def encode_vocabulary(cfg: TrainConfig, clip=None) -> tuple[tuple[str, ...], torch.Tensor, str]:
     """(vocabulary, (K, C) CPU text embeddings, CLIP identity) of the run."""
-    from training.evaluate.teacher_eval import vocabulary
     vocab = vocabulary(cfg.vocabulary)
     if len(set(vocab)) != len(vocab):
         raise ValueError(f"vocabulary {cfg.vocabulary!r} repeats names")
@@ -432,12 +395,8 @@ def train(cfg: TrainConfig, clip=None, on_epoch_end=None) -> dict:
     """
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    env = setup_distributed(cfg.device)
-    try:
+    with distributed(cfg.device) as env:
         return _run(cfg, env, clip, on_epoch_end)
-    finally:
-        if env.enabled and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def _run(cfg: TrainConfig, env: DistInfo, clip, on_epoch_end) -> dict:

@@ -36,6 +36,8 @@ import torch
 from tqdm import tqdm
 
 from training.atomic import write_text_atomic
+from training.data.scenes import find_scenes
+from training.data.vocabularies import label_ids_of, vocabulary
 from training.evaluate.harness import (ALL_METHODS, PROPOSAL_SOURCES, STUDENT, HarnessConfig, Labellers,
                                        SceneOutput, evaluate_scene, uses_mask3d)
 from training.evaluate.instance_ap import EvalConfig, EvalResult, summarize, write_pred_txt
@@ -301,8 +303,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point: run, write the report files, print the markdown summary; returns the report."""
     from folk_ros.core.segmenter import Segmenter
-    from training.build_teacher_cache import find_scenes
-    from training.evaluate.teacher_eval import label_ids_of, vocabulary
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
         label_ids_of(vocab)  # every name must be a ScanNet200 class to be scored
         scenes = find_scenes(args.scenes)
         segmenter = Segmenter.from_bundle(args.bundle, device=args.device, sparse_backend=args.sparse_backend)
-    except ValueError as err:  # BundleError is a ValueError
+    except (ValueError, FileNotFoundError) as err:  # BundleError is a ValueError
         sys.exit(f"evaluate: error: {err}")
     report = run(scenes, segmenter, cfg, vocab, args.out, progress=not args.quiet)
     report["config"].update(bundle=str(args.bundle), sparse_backend=args.sparse_backend,

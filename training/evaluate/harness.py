@@ -59,11 +59,15 @@ import torch
 
 from folk_ros.core.student import classify, voxel_masked_mean
 from folk_ros.core.voxel_masks import VoxelMasks
+from training.data.scannet import read_frames, read_scene_mesh
+from training.data.vocabularies import label_ids_of
 from training.evaluate.instance_ap import LABEL_DIVISOR, EvalConfig, GTScene, PredScene, intersections, match_scene
 from training.evaluate.teacher_eval import METHODS as TEACHER_METHODS
-from training.evaluate.teacher_eval import label_ids_of, predictions, run_method
+from training.evaluate.teacher_eval import predictions, run_method
+from training.teacher.baseline import OpenMaskBaseline
 from training.teacher.config import TeacherConfig
-from training.teacher.teacher import Classification, StageTimer
+from training.teacher.proposals import gt_proposals
+from training.teacher.teacher import Classification, StageTimer, Teacher
 
 STUDENT = "student"
 ALL_METHODS: tuple[str, ...] = (STUDENT, *TEACHER_METHODS)
@@ -187,7 +191,6 @@ def make_proposals(segmenter, points: np.ndarray, colors: np.ndarray, source: st
         gt_instance_labels: {instance id: class name}, for ``source="gt"``.
         need_features: run Mask3D for its point features even with GT proposals.
     """
-    from training.build_teacher_cache import gt_proposals
     if source not in PROPOSAL_SOURCES:
         raise ValueError(f"source must be one of {PROPOSAL_SOURCES}, got {source!r}")
     dev, cfg = segmenter.device, segmenter.cfg
@@ -260,8 +263,6 @@ class Labellers:
     """The methods' models, built once: the Segmenter for the student, teacher/baseline pipelines on its CLIP."""
 
     def __init__(self, segmenter, cfg: HarnessConfig, vocabulary: tuple[str, ...]) -> None:
-        from training.teacher.baseline import OpenMaskBaseline
-        from training.teacher.teacher import Teacher
         self.segmenter, self.cfg, self.vocabulary = segmenter, cfg, vocabulary
         self.vocab_ids = label_ids_of(vocabulary)
         t0 = time.perf_counter()
@@ -347,7 +348,6 @@ class SceneOutput:
 
 def read_scene(scene_dir: Path, every: int, with_frames: bool):
     """(mesh, frames list, {"read_mesh": s, "read_frames": s}) of a ScanNet-layout scene folder."""
-    from training.data.scannet import read_frames, read_scene_mesh
     t0 = time.perf_counter()
     mesh = read_scene_mesh(scene_dir)
     t1 = time.perf_counter()

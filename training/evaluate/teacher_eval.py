@@ -30,12 +30,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from folk_ros.core.clip import ClipModel
 from training.atomic import write_json_atomic
-from training.data import scannet200
+from training.data.scannet import read_frames, read_scene_mesh
+from training.data.scenes import find_scenes
+from training.data.vocabularies import label_ids_of, vocabulary
 from training.evaluate.instance_ap import EvalResult, GTScene, PredScene, evaluate
 from training.teacher.baseline import OpenMaskBaseline
-from training.teacher.config import TeacherConfig
-from training.teacher.teacher import Classification, Teacher, TeacherResult, TeacherVariant, classify
+from training.teacher.config import TeacherConfig, TeacherVariant
+from training.teacher.proposals import gt_proposals
+from training.teacher.teacher import Classification, Teacher, TeacherResult, classify
 
 # method -> (pipeline kind, teacher variant, classification rule)
 METHODS: dict[str, tuple[str, TeacherVariant | None, str]] = {
@@ -46,28 +50,6 @@ METHODS: dict[str, tuple[str, TeacherVariant | None, str]] = {
     "teacher-crop": ("teacher", TeacherVariant(embedding="bbox_crop"), "vote"),
     "baseline": ("baseline", None, "mean"),
 }
-
-
-def vocabulary(spec: str) -> tuple[str, ...]:
-    """``synthetic`` (our generator's 41 categories), ``scannet200`` (its 200 classes) or ``a,b,c``."""
-    if spec == "synthetic":
-        from training.data.synth_objects import category_names
-        return tuple(category_names())
-    if spec == "scannet200":
-        return tuple(scannet200.class_labels())
-    names = tuple(n.strip() for n in spec.split(",") if n.strip())
-    if not names:
-        raise ValueError(f"empty vocabulary {spec!r}")
-    return names
-
-
-def label_ids_of(names: tuple[str, ...]) -> np.ndarray:
-    """(K,) ScanNet200 ids of vocabulary names; ValueError for a name that is not a ScanNet200 class."""
-    table = scannet200.name_to_id()
-    missing = [n for n in names if n not in table]
-    if missing:
-        raise ValueError(f"vocabulary names without a ScanNet200 id (cannot be scored): {missing[:5]}")
-    return np.asarray([table[n] for n in names], np.int64)
 
 
 def predictions(scene_id: str, masks: np.ndarray, cls: Classification, vocab_ids: np.ndarray,
@@ -100,8 +82,6 @@ def run_method(pipeline, rule: str, points: np.ndarray, masks: np.ndarray, frame
 def evaluate_scenes(scene_dirs: list[Path], clip, methods: list[str], vocab: tuple[str, ...], every: int = 10,
                     cfg: TeacherConfig | None = None, progress: bool = True) -> dict:
     """Run ``methods`` on GT proposals of each scene; returns the report dict (see :func:`main`)."""
-    from training.build_teacher_cache import gt_proposals
-    from training.data.scannet import read_frames, read_scene_mesh
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {sorted(METHODS)}")
@@ -189,7 +169,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def clip_from_args(args: argparse.Namespace):
     """The CLIP of ``--clip`` (a model name or ``local-dir:`` folder), else the seeded ``--clip-config`` double."""
-    from folk_ros.core.clip import ClipModel
     if args.clip:
         return ClipModel(args.clip, device=args.device)
     return ClipModel.from_config(args.clip_config, device=args.device, seed=0)
@@ -197,7 +176,6 @@ def clip_from_args(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point; prints the table, writes the JSON report if asked, returns the report."""
-    from training.build_teacher_cache import find_scenes
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -74,24 +74,3 @@ def make_sample(scene: Scene, cfg: Mask3DConfig, rng: np.random.Generator | None
     return Sample(coords=torch.from_numpy(vox.coords), feats=torch.from_numpy(colors[vox.unique_map]),
                   raw_xyz=torch.from_numpy(xyz[vox.unique_map].astype(np.float32)), masks=masks,
                   labels=torch.zeros(len(ids), dtype=torch.int64))
-
-
-def has_mesh_gt(scene_dir: Path) -> bool:
-    """A finished synthetic scene, or a ScanNet folder with its mesh, segments and aggregation."""
-    if scannet.is_complete(scene_dir):
-        return True
-    sid = scene_dir.name
-    return (scannet.mesh_path(scene_dir, sid).exists() and scannet.segs_path(scene_dir, sid).exists()
-            and any(p.exists() for p in scannet.aggregation_paths(scene_dir, sid)))
-
-
-def find_scenes(roots: list[Path]) -> list[Path]:
-    """Scene folders with mesh GT under the given folders (or the folders themselves), sorted."""
-    out = []
-    for root in roots:
-        root = Path(root)
-        candidates = [root] if has_mesh_gt(root) else sorted(p for p in root.iterdir() if p.is_dir())
-        out += [p for p in candidates if has_mesh_gt(p)]
-    if not out:
-        raise FileNotFoundError(f"no complete ScanNet-layout scene under {[str(r) for r in roots]}")
-    return out

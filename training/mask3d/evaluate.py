@@ -34,7 +34,8 @@ from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.mask3d.model import Mask3D
 from training.atomic import write_json_atomic
 from training.evaluate.instance_ap import EvalResult, GTScene, PredScene, evaluate
-from training.mask3d.data import Scene, find_scenes, load_scene
+from training.data.scenes import find_scenes, has_mesh_gt
+from training.mask3d.data import Scene, load_scene
 
 OBJECT_ID = 1       # the single class of class-agnostic evaluation
 MIN_GT_POINTS = 100  # the ScanNet protocol ignores smaller GT instances
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
         return 2
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    dirs = find_scenes(args.scenes)
+    dirs = find_scenes(args.scenes, has_mesh_gt)
     if args.max_scenes:
         dirs = dirs[:args.max_scenes]
     scenes = [load_scene(d) for d in tqdm(dirs, desc="load")]

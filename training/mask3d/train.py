@@ -34,7 +34,8 @@ from folk_ros.core.mask3d.model import Mask3D
 from training.atomic import write_json_atomic
 from training.evaluate.instance_ap import EvalResult
 from training.mask3d.augment import AugmentConfig
-from training.mask3d.data import Scene, find_scenes, load_scene, make_sample
+from training.data.scenes import find_scenes, has_mesh_gt
+from training.mask3d.data import Scene, load_scene, make_sample
 from training.mask3d.evaluate import class_agnostic_results
 from training.mask3d.losses import CriterionConfig, SetCriterion
 from training.mask3d.matcher import MatcherConfig
@@ -126,8 +127,8 @@ def train(cfg: TrainConfig) -> dict:
     rng = np.random.default_rng(cfg.seed)
     dev = torch.device(cfg.device)
     val_post = PostprocessConfig.class_agnostic(cfg.dbscan_eps, mask_threshold=cfg.mask_threshold)  # checked now
-    train_scenes = [load_scene(p) for p in tqdm(find_scenes([Path(p) for p in cfg.train]), desc="load train")]
-    val_dirs = find_scenes([Path(p) for p in cfg.val]) if cfg.val else []
+    train_scenes = [load_scene(p) for p in tqdm(find_scenes(cfg.train, has_mesh_gt), desc="load train")]
+    val_dirs = find_scenes(cfg.val, has_mesh_gt) if cfg.val else []
     if cfg.max_val_scenes:
         val_dirs = val_dirs[:cfg.max_val_scenes]
     val_scenes = [load_scene(p) for p in val_dirs]

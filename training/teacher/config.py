@@ -88,3 +88,31 @@ class TeacherConfig:
             raise ValueError(f"pool_min_coverage must be in (0, 1], got {self.pool_min_coverage}")
         if len(self.clip_image_size) != 2 or min(self.clip_image_size) < 1:
             raise ValueError(f"clip_image_size must be (H, W) > 0, got {self.clip_image_size}")
+
+
+VIEW_MODES = ("multi", "topk")
+MASK_MODES = ("completed", "sparse")
+EMBED_MODES = ("mask_pool", "bbox_crop")
+
+
+@dataclass(frozen=True)
+class TeacherVariant:
+    """Switches for the ablation; the defaults are FOLK's teacher.
+
+    Attributes:
+        views: ``"multi"`` Eq. 1 (top-k_pre, then drop near-duplicate rotations) or
+            ``"topk"`` (the top-k_pre frames by visible pixels, no angle filter).
+        mask: ``"completed"`` (Eq. 2-5) or ``"sparse"`` (projected pixels only).
+        embedding: ``"mask_pool"`` (Eq. 6 on the frame's dense features) or ``"bbox_crop"``
+            (CLIP image embedding of the crop of the mask's bounding box).
+    """
+
+    views: str = "multi"
+    mask: str = "completed"
+    embedding: str = "mask_pool"
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("views", self.views, VIEW_MODES), ("mask", self.mask, MASK_MODES),
+                                     ("embedding", self.embedding, EMBED_MODES)):
+            if value not in allowed:
+                raise ValueError(f"TeacherVariant.{name} must be one of {allowed}, got {value!r}")

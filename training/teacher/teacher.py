@@ -41,17 +41,14 @@ import torch
 import torch.nn.functional as F
 
 from training.data.types import Frame
-from training.distill.pseudo_labels import pseudo_labels
-from training.teacher.config import TeacherConfig
+from training.teacher.config import TeacherConfig, TeacherVariant
 from training.teacher.mask_completion import complete_masks
 from training.teacher.mask_pooling import MaskPoolingHead, mask_embeddings
 from training.teacher.projection import project_instances
+from training.teacher.pseudo_labels import pseudo_labels
 from training.teacher.view_selection import select_views_batch
 
 TEACHER_STAGES = ("io", "projection", "selection", "completion", "clip", "pooling")
-VIEW_MODES = ("multi", "topk")
-MASK_MODES = ("completed", "sparse")
-EMBED_MODES = ("mask_pool", "bbox_crop")
 CLASSIFY_METHODS = ("vote", "mean")
 
 
@@ -327,29 +324,6 @@ def views_by_frame(selection: Sequence[Sequence[int]]) -> tuple[dict[int, list[i
 
 
 # --------------------------------------------------------------------------- the teacher
-
-
-@dataclass(frozen=True)
-class TeacherVariant:
-    """Switches for the ablation; the defaults are FOLK's teacher.
-
-    Attributes:
-        views: ``"multi"`` Eq. 1 (top-k_pre, then drop near-duplicate rotations) or
-            ``"topk"`` (the top-k_pre frames by visible pixels, no angle filter).
-        mask: ``"completed"`` (Eq. 2-5) or ``"sparse"`` (projected pixels only).
-        embedding: ``"mask_pool"`` (Eq. 6 on the frame's dense features) or ``"bbox_crop"``
-            (CLIP image embedding of the crop of the mask's bounding box).
-    """
-
-    views: str = "multi"
-    mask: str = "completed"
-    embedding: str = "mask_pool"
-
-    def __post_init__(self) -> None:
-        for name, value, allowed in (("views", self.views, VIEW_MODES), ("mask", self.mask, MASK_MODES),
-                                     ("embedding", self.embedding, EMBED_MODES)):
-            if value not in allowed:
-                raise ValueError(f"TeacherVariant.{name} must be one of {allowed}, got {value!r}")
 
 
 class Teacher:
