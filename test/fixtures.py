@@ -8,6 +8,7 @@ bundle in models/.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,12 @@ from folk_ros.core.student import Student, StudentConfig
 VOCABULARY = ("chair", "table", "lamp", "box")
 
 
-def make_untrained_bundle(root: Path, seed: int = 0) -> Path:
-    """Write an untrained bundle (random weights, seeded) into ``root``; returns ``root``."""
+def make_untrained_bundle(root: Path, seed: int = 0, input_features: str = "xyzrgb") -> Path:
+    """Write an untrained bundle (random weights, seeded; its Mask3D reads ``input_features``) into ``root``;
+    returns ``root``."""
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    mask3d = Mask3D(preset("small"))
+    mask3d = Mask3D(replace(preset("small"), input_features=input_features))
     save_checkpoint(root / "mask3d.pt", mask3d)
     clip = ClipModel.from_config("folk-tiny-vit", device="cpu", seed=seed)
     clip.save(root / "clip")

@@ -136,6 +136,24 @@ def test_cli_reports_the_grid_and_its_best(scene_and_model, tmp_path, capsys):
     assert main(["--checkpoint", str(ckpt), "--scenes", str(scene_dir), "--mask-threshold", "1"]) == 2
 
 
+def test_cli_colourless_gives_the_model_a_grey_cloud(scene_and_model, tmp_path, monkeypatch):
+    """--colourless evaluates the scenes as a LiDAR cloud reaches the node: every point the default grey."""
+    from training.mask3d import evaluate as module
+    scene_dir, _, ckpt = scene_and_model
+    seen = []
+    real = module.class_agnostic_results
+    monkeypatch.setattr(module, "class_agnostic_results", lambda m, scenes, *a, **k: seen.extend(scenes) or
+                        real(m, scenes, *a, **k))
+    for flag in ([], ["--colourless"]):
+        out = tmp_path / f"r{len(flag)}.json"
+        assert main(["--checkpoint", str(ckpt), "--scenes", str(scene_dir), *flag, "--out", str(out)]) == 0
+        report = json.loads(out.read_text())
+        assert (report["colourless"], report["input_features"]) == (bool(flag), "xyzrgb")
+    coloured, grey = seen
+    assert np.array_equal(coloured.rgb, load_scene(scene_dir).rgb) and len(np.unique(coloured.rgb, axis=0)) > 1
+    assert np.array_equal(grey.xyz, coloured.xyz) and (grey.rgb == 0.5).all()
+
+
 @pytest.mark.parametrize("columns, eps", [(6, 0.25), (21, 0.3), (3, 0.05)])
 def test_vectorised_split_equals_query_by_query(monkeypatch, columns, eps):
     """dbscan_parts' one-pass split (cells of diagonal eps, column bit sets over more than one byte)

@@ -76,6 +76,10 @@ def test_cli_options_and_scene_discovery(tmp_path):
                       "0.05", "--no-augment"])
     assert (cfg.train, cfg.val, cfg.epochs, cfg.threads, cfg.voxel_size, cfg.augment) == \
         (["a", "b"], ["c"], 2, 0, 0.05, False)
+    assert (cfg.input_features, parse_args(["--train", "a", "--input-features", "xyz"]).input_features) == \
+        ("xyzrgb", "xyz")
+    with pytest.raises(SystemExit):
+        parse_args(["--train", "a", "--input-features", "rgb"])
     with pytest.raises(FileNotFoundError, match="neither a scene folder nor a folder of scenes"):
         find_scenes([tmp_path], has_mesh_gt)
 
@@ -87,3 +91,5 @@ def test_init_starts_from_a_trained_checkpoint(overfit_run, tmp_path):
     assert train(again)["history"][0]["val_ap50"] == pytest.approx(1.0)      # a random start is at 0
     with pytest.raises(ValueError, match="model config differs"):
         train(TrainConfig(**{**again.__dict__, "voxel_size": 0.05, "out": str(tmp_path / "other")}))
+    with pytest.raises(ValueError, match="model config differs"):
+        train(TrainConfig(**{**again.__dict__, "input_features": "xyz", "out": str(tmp_path / "xyz")}))

@@ -2,6 +2,7 @@
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from folk_ros.core.bundle import BundleError, read_manifest
 from folk_ros.core.cloud import PointCloud
+from folk_ros.core.mask3d.config import Mask3DConfig, preset
 from folk_ros.core.segmenter import Segmenter, mask_geometry, validate_vocabulary
 from test.fixtures import VOCABULARY, box_room_cloud, make_untrained_bundle
 
@@ -160,3 +162,28 @@ def test_a_cloud_inside_one_coarse_cell_is_a_clear_error(segmenter):
         segmenter.segment(tiny, ["chair"])
     two_cells = PointCloud.from_arrays(np.r_[tiny.xyz, tiny.xyz + 1.0], np.r_[tiny.rgb, tiny.rgb])
     assert segmenter.segment(two_cells, ["chair"]).masks.shape[1] == 100
+
+
+def test_input_features_is_saved_with_the_model_config():
+    cfg = replace(preset("small"), input_features="xyz")
+    assert Mask3DConfig.from_dict(cfg.to_dict()) == cfg
+    assert Mask3DConfig.from_dict({k: v for k, v in preset("small").to_dict().items() if k != "input_features"}) \
+        == preset("small")                           # checkpoints written before the field read as colour models
+    with pytest.raises(ValueError, match="input_features must be one of"):
+        replace(cfg, input_features="rgb")
+
+
+def test_a_geometry_only_bundle_does_not_read_colour(segmenter, tmp_path):
+    """input_features is the bundle's (its Mask3D config's): an xyz model gives the same proposals and embeddings
+    whatever the colours (a LiDAR cloud's default grey included); the colour model's change with them."""
+    xyz = Segmenter.from_bundle(make_untrained_bundle(tmp_path / "xyz", input_features="xyz"), device="cpu",
+                                score_threshold=0.0, min_points=1)
+    assert (xyz.input_features, segmenter.input_features) == ("xyz", "xyzrgb")
+    cloud, _ = box_room_cloud()
+    grey = PointCloud.from_arrays(cloud.xyz, np.full(cloud.xyz.shape, 0.5))
+    for model, same in ((xyz, True), (segmenter, False)):
+        a, b = model.embed(cloud), model.embed(grey)
+        assert len(a) > 0
+        equal = (np.array_equal(a.proposal_scores, b.proposal_scores) and np.array_equal(a.masks, b.masks)
+                 and np.array_equal(a.embeddings, b.embeddings))
+        assert equal == same, model.input_features

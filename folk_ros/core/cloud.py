@@ -9,6 +9,8 @@ import numpy as np
 
 from folk_ros.core.voxelize import voxelize
 
+DEFAULT_RGB = (0.5, 0.5, 0.5)   # the colour of a cloud without one (a LiDAR's): mid grey
+
 
 @dataclass(frozen=True)
 class PointCloud:
@@ -42,7 +44,7 @@ class PointCloud:
                              f"got [{self.rgb.min():.3g}, {self.rgb.max():.3g}]")
 
     @classmethod
-    def from_arrays(cls, xyz, rgb=None, normals=None, *, default_rgb=(0.5, 0.5, 0.5),
+    def from_arrays(cls, xyz, rgb=None, normals=None, *, default_rgb=DEFAULT_RGB,
                     drop_nonfinite: bool = False) -> "PointCloud":
         """Convert arrays to a validated cloud.
 

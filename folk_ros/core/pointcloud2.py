@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from folk_ros.core.cloud import PointCloud
+from folk_ros.core.cloud import DEFAULT_RGB, PointCloud
 
 # sensor_msgs/PointField datatypes
 INT8, UINT8, INT16, UINT16, INT32, UINT32, FLOAT32, FLOAT64 = range(1, 9)
@@ -76,7 +76,7 @@ def choose_origin(xyz: np.ndarray, recentre_beyond: float = RECENTRE_BEYOND_M) -
 
 
 def decode_pointcloud2(fields: Sequence, data, height: int, width: int, point_step: int, row_step: int,
-                       is_bigendian: bool = False, default_rgb=(0.5, 0.5, 0.5), origin=None,
+                       is_bigendian: bool = False, default_rgb=DEFAULT_RGB, origin=None,
                        max_range: float = MAX_RANGE_M) -> CloudConversion:
     """Read PointCloud2 data into a :class:`PointCloud`, vectorised and without loops.
 

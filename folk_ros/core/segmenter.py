@@ -236,6 +236,12 @@ class Segmenter:
         return self.clip.encode_text(list(validate_vocabulary(vocabulary)), self.cfg.prompt_template).to(self.device)
 
     @property
+    def input_features(self) -> str:
+        """What the bundle's Mask3D reads per point: ``"xyzrgb"`` (trained on colour) or ``"xyz"`` (geometry only:
+        colourless clouds, e.g. LiDAR, are what it was trained for; colours are ignored)."""
+        return self.mask3d.cfg.input_features
+
+    @property
     def embedding_space(self) -> str:
         """sha256 of the student's weights: embeddings (and saved maps) of one space are comparable."""
         digest = hashlib.sha256()

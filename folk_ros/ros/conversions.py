@@ -28,6 +28,7 @@ from std_msgs.msg import ColorRGBA, Header
 from transforms3d.euler import euler2quat
 from visualization_msgs.msg import Marker, MarkerArray
 
+from folk_ros.core.cloud import DEFAULT_RGB
 from folk_ros.core.pointcloud2 import MAX_RANGE_M, NUMPY_CODE, CloudConversion, decode_pointcloud2
 from folk_ros.core.geometry import OrientedBoxes
 
@@ -45,7 +46,7 @@ _TAB20 = np.array([
 UNLABELED_COLOR = (90, 90, 90)  # colour of label index -1 (no label / no instance)
 
 
-def cloud_from_msg(msg: PointCloud2, default_rgb=(0.5, 0.5, 0.5), origin=None,
+def cloud_from_msg(msg: PointCloud2, default_rgb=DEFAULT_RGB, origin=None,
                    max_range: float = MAX_RANGE_M) -> CloudConversion:
     """Read a sensor_msgs/PointCloud2 into a :class:`~folk_ros.core.cloud.PointCloud`
     (:func:`folk_ros.core.pointcloud2.decode_pointcloud2`, which documents the layouts it reads, the

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.parameter import Parameter
 
+from folk_ros.core.cloud import DEFAULT_RGB
 from folk_ros.core.map_config import MapConfig
 from folk_ros.core.segmenter import validate_vocabulary
 
@@ -137,7 +138,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Points farther than this (m, on any axis) from a cloud's centre (map mode: from the map's origin) "
               "are dropped as non-physical outliers, with one throttled warning. Clouds far from their frame's "
               "origin (UTM) are recentred first, in float64, and results shifted back.", limits=(1.0, 1e7)),
-    ParamSpec("default_color", [0.5, 0.5, 0.5], T.DOUBLE_ARRAY,
+    ParamSpec("default_color", list(DEFAULT_RGB), T.DOUBLE_ARRAY,
               "RGB in [0, 1] given to clouds without colour fields (warned about once)."),
     ParamSpec("qos_reliability", "reliable", T.STRING,
               "Reliability of the cloud_in subscription: reliable or best_effort (matches any publisher).",

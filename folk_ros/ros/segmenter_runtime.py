@@ -113,7 +113,8 @@ class SegmenterRuntime:
         mode = (f"map (frame {self.settings.map_frame!r}, {len(self.live_map.map)} instances, map_dir "
                 f"{params.map_directory(self.settings)})" if self.live_map is not None else "per_cloud")
         self.get_logger().info(
-            f"ready: mode {mode}, bundle {self._bundle_path}, device {self.segmenter.device}, "
+            f"ready: mode {mode}, bundle {self._bundle_path} (input {self.segmenter.input_features}), "
+            f"device {self.segmenter.device}, "
             f"{params.describe_vocabulary(self._live.vocabulary)}, subscribed to {self.resolve_topic_name(TOPIC_IN)}")
 
     def _deactivate(self) -> None:
@@ -267,10 +268,12 @@ class SegmenterRuntime:
             return
         if self.live_map is not None and origin is None:
             self.live_map.map.frame_origin = conv.origin   # before the worker sees the first cloud
-        if not conv.had_color and not self._warned_no_color:
+        if not conv.had_color and not self._warned_no_color and self.segmenter.input_features == "xyzrgb":
             self._warned_no_color = True
-            self.get_logger().warning(f"cloud has no colour fields (rgb, rgba or r/g/b): using default_color "
-                                      f"{list(self.settings.default_color)} (reported once)")
+            self.get_logger().warning(f"cloud has no colour fields (rgb, rgba or r/g/b), but this bundle's Mask3D was "
+                                      f"trained on colour: using default_color {list(self.settings.default_color)}, "
+                                      f"which costs accuracy; a geometry-only (xyz) bundle is made for such clouds "
+                                      f"(reported once)")
         job = Job(header=msg.header, conv=conv, n_input=n, convert_ms=(time.perf_counter() - t0) * 1e3)
         self._stats.add(received=1)
         if self._slot.put(job) is not None:

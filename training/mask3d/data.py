@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from folk_ros.core.mask3d.config import Mask3DConfig
-from folk_ros.core.mask3d.preprocess import normalize_colors, voxelize
+from folk_ros.core.mask3d.preprocess import point_inputs, voxelize
 from training.data import scannet, scannet200
 from training.mask3d.augment import AugmentConfig, augment_color, augment_geometry
 
@@ -38,7 +38,7 @@ class Sample:
     """Model input and targets at voxel level (V voxels, G instances)."""
 
     coords: torch.Tensor      # (V, 3) int32 voxel coordinates
-    feats: torch.Tensor       # (V, 3) normalised colours
+    feats: torch.Tensor       # (V, 3) input features: normalised colours, or ones (point_inputs)
     raw_xyz: torch.Tensor     # (V, 3) metres
     masks: torch.Tensor       # (G, V) bool GT masks
     labels: torch.Tensor      # (G,) int64, all 0 (class-agnostic "object")
@@ -66,11 +66,11 @@ def make_sample(scene: Scene, cfg: Mask3DConfig, rng: np.random.Generator | None
             raise ValueError("augmentation needs a numpy Generator")
         xyz, rgb = augment_geometry(xyz, rng, augment), augment_color(rgb, rng, augment)
     vox = voxelize(xyz, cfg.voxel_size)
-    colors = normalize_colors(np.round(rgb * 255.0).astype(np.uint8), cfg.color_mean, cfg.color_std)
+    inputs = point_inputs(np.round(rgb * 255.0).astype(np.uint8), cfg)
     inst = scene.instance[vox.unique_map]
     ids, counts = np.unique(inst[inst > 0], return_counts=True)
     ids = ids[counts >= min_voxels]
     masks = torch.from_numpy(inst[None, :] == ids[:, None])
-    return Sample(coords=torch.from_numpy(vox.coords), feats=torch.from_numpy(colors[vox.unique_map]),
+    return Sample(coords=torch.from_numpy(vox.coords), feats=torch.from_numpy(inputs[vox.unique_map]),
                   raw_xyz=torch.from_numpy(xyz[vox.unique_map].astype(np.float32)), masks=masks,
                   labels=torch.zeros(len(ids), dtype=torch.int64))

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from folk_ros.core.cloud import DEFAULT_RGB
 from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.mask3d.model import Mask3D
 from training.atomic import write_json_atomic
@@ -89,6 +91,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-scenes", type=int, default=0, help="0: all")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--colourless", action="store_true",
+                   help="give the model the scenes without their colours (every point the node's default grey), "
+                        "as a LiDAR cloud reaches it")
     p.add_argument("--out", type=Path, help="JSON report")
     return p.parse_args(argv)
 
@@ -108,13 +113,16 @@ def main(argv=None) -> int:
     if args.max_scenes:
         dirs = dirs[:args.max_scenes]
     scenes = [load_scene(d) for d in tqdm(dirs, desc="load")]
+    if args.colourless:
+        scenes = [replace(s, rgb=np.broadcast_to(np.asarray(DEFAULT_RGB, np.float32), s.xyz.shape)) for s in scenes]
     model = load_trained(args.checkpoint, device=args.device).eval()
     rows = []
     for post, (res, recall) in zip(posts, class_agnostic_results(model, scenes, posts, progress=True)):
         rows.append({"mask_threshold": post.mask_threshold,
                      "dbscan_eps": post.dbscan_eps if post.use_dbscan else 0.0, "nms_iou": post.nms_iou,
                      **{k: float(v) for k, v in res.mean.items()}, "recall50": recall})
-    print(f"{len(scenes)} scenes, checkpoint {args.checkpoint}")
+    print(f"{len(scenes)} scenes{' (colourless)' if args.colourless else ''}, checkpoint {args.checkpoint} "
+          f"(input {model.cfg.input_features})")
     print("| mask_threshold | dbscan_eps | nms_iou | AP | AP50 | AP25 | recall50 |\n"
           "|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -124,7 +132,8 @@ def main(argv=None) -> int:
     print(f"best AP50 {best['ap50']:.3f} at mask_threshold {best['mask_threshold']:g}, "
           f"dbscan_eps {best['dbscan_eps']:g}, nms_iou {best['nms_iou']:g}")
     if args.out:
-        write_json_atomic(args.out, {"checkpoint": str(args.checkpoint), "scenes": [str(d) for d in dirs],
+        write_json_atomic(args.out, {"checkpoint": str(args.checkpoint), "colourless": args.colourless,
+                                     "input_features": model.cfg.input_features, "scenes": [str(d) for d in dirs],
                                      "rows": rows, "best": best})
     return 0
 

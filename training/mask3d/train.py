@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.mask3d.checkpoint import load_checkpoint, save_checkpoint
-from folk_ros.core.mask3d.config import PostprocessConfig, preset
+from folk_ros.core.mask3d.config import INPUT_FEATURES, PostprocessConfig, preset
 from folk_ros.core.mask3d.model import Mask3D
 from training.atomic import write_json_atomic
 from training.evaluate.instance_ap import EvalResult
@@ -65,6 +65,7 @@ class TrainConfig:
     init: str = ""                                   # checkpoint whose weights start the run (new schedule)
     dbscan_eps: float = 0.0                          # validation: DBSCAN split of the proposals (m; 0: off)
     mask_threshold: float = 0.5                      # validation: proposal mask = mask probability above this
+    input_features: str = "xyzrgb"                   # "xyz": geometry only, for colourless (LiDAR) clouds
 
 
 def class_agnostic_ap(model: Mask3D, scenes: list[Scene], post: PostprocessConfig | None = None) -> EvalResult:
@@ -133,14 +134,15 @@ def train(cfg: TrainConfig) -> dict:
         val_dirs = val_dirs[:cfg.max_val_scenes]
     val_scenes = [load_scene(p) for p in val_dirs]
 
-    model_cfg = replace(preset(cfg.preset), num_classes=2)  # object / no-object
+    model_cfg = replace(preset(cfg.preset), num_classes=2, input_features=cfg.input_features)  # object / no-object
     if cfg.voxel_size > 0:
         model_cfg = replace(model_cfg, voxel_size=cfg.voxel_size)
     model = Mask3D(model_cfg).to(dev)
     if cfg.init:
         start = load_trained(cfg.init, device=str(dev))
         if start.cfg != model_cfg:
-            raise ValueError(f"--init {cfg.init}: its model config differs from this run's (preset/voxel size)")
+            raise ValueError(f"--init {cfg.init}: its model config differs from this run's "
+                             f"(preset/voxel size/input features)")
         model.load_state_dict(start.state_dict())
     criterion = SetCriterion(CriterionConfig(num_classes=1,
                                              matcher=MatcherConfig(num_points=cfg.match_points))).to(dev)
@@ -235,13 +237,16 @@ def parse_args(argv=None) -> TrainConfig:
                    help="validate with proposal masks where the mask probability exceeds this (Mask3D: 0.5)")
     p.add_argument("--voxel-size", type=float, default=d.voxel_size,
                    help="voxel edge in metres (0: the preset's 2 cm); saved with the model config")
+    p.add_argument("--input-features", default=d.input_features, choices=INPUT_FEATURES,
+                   help="what the model reads per point: xyzrgb (colour) or xyz (geometry only, LiDAR); "
+                        "saved with the model config")
     a = p.parse_args(argv)
     return TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset, epochs=a.epochs, lr=a.lr,
                        weight_decay=a.weight_decay, grad_clip=a.grad_clip, augment=a.augment, seed=a.seed,
                        resume=a.resume, device=a.device, max_val_scenes=a.max_val_scenes, threads=a.threads,
                        voxel_size=a.voxel_size, bn_scenes=a.bn_scenes,
                        match_points=a.match_points, init=a.init, dbscan_eps=a.dbscan_eps,
-                       mask_threshold=a.mask_threshold)
+                       mask_threshold=a.mask_threshold, input_features=a.input_features)
 
 
 def main(argv=None) -> int:

@@ -13,6 +13,9 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 
+INPUT_FEATURES = ("xyzrgb", "xyz")   # what a Mask3D reads per point besides its voxel: colour, or nothing
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     """Res16UNet34C (MinkUNet) backbone."""
@@ -49,6 +52,11 @@ class Mask3DConfig:
     normalize_pos_enc: bool = True
     color_mean: tuple[float, float, float] = (0.47793125906962, 0.4303257521323044, 0.3749598901421883)
     color_std: tuple[float, float, float] = (0.2834475483823543, 0.27566157565723015, 0.27018971370874995)
+    input_features: str = "xyzrgb"             # "xyz": geometry only, colours never read (LiDAR clouds)
+
+    def __post_init__(self) -> None:
+        if self.input_features not in INPUT_FEATURES:
+            raise ValueError(f"input_features must be one of {INPUT_FEATURES}, got {self.input_features!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

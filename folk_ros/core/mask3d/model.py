@@ -20,7 +20,7 @@ from .backbone import Res16UNet34C
 from .config import Mask3DConfig, PostprocessConfig
 from .decoder import QueryDecoder
 from .postprocess import class_agnostic_proposals
-from .preprocess import normalize_colors, to_uint8_colors, voxelize
+from .preprocess import point_inputs, to_uint8_colors, voxelize
 
 
 COARSEST_STRIDE = 16
@@ -94,7 +94,7 @@ class Mask3D(QueryDecoder):
         Args:
             coords: (V, 3) int voxel coordinates of one cloud, or (V, 4) ``[b, x, y, z]``
                 grouped by batch.
-            feats: (V, in_channels) normalised colours.
+            feats: (V, in_channels) input features (:func:`point_inputs`: normalised colours, or ones).
             raw_xyz: (V, 3) float metres of each voxel (its first point).
             point2segment: per batch item (V_b,) int64 segment ids, or None.
             is_eval: attend to all voxels (default: ``not self.training``).
@@ -134,14 +134,14 @@ class Mask3D(QueryDecoder):
             raise ValueError(f"rgb must have the shape of xyz {xyz_np.shape}, got {rgb_np.shape}")
         vox = voxelize(xyz_np, self.cfg.voxel_size)
         check_extent(vox.coords, self.cfg.voxel_size)
-        colors = normalize_colors(to_uint8_colors(rgb_np), self.cfg.color_mean, self.cfg.color_std)
+        inputs = point_inputs(to_uint8_colors(rgb_np), self.cfg)
         dev = next(self.parameters()).device
         with torch.inference_mode():
             was_training = self.training
             self.eval()
             try:
                 out = self(torch.from_numpy(vox.coords).to(dev),
-                           torch.from_numpy(colors[vox.unique_map]).to(dev),
+                           torch.from_numpy(inputs[vox.unique_map]).to(dev),
                            torch.from_numpy(xyz_np[vox.unique_map]).to(dev))
             finally:
                 self.train(was_training)

@@ -5,7 +5,8 @@ coordinates ``floor(xyz / voxel_size)`` in float32; one voxel per occupied
 cell, ordered by first occurrence, carrying the features and raw xyz of that
 first point (``unique_map``); ``inverse_map`` sends every point to its voxel.
 Colours: ``(c - 255 * mean) * 1 / (255 * std)`` in float32 on 0..255 values
-(albumentations.Normalize).
+(albumentations.Normalize). A geometry-only model (``input_features="xyz"``) reads a constant 1
+per channel instead: its sparse convolutions see only which cells are occupied.
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def normalize_colors(rgb_uint8: np.ndarray, mean, std) -> np.ndarray:
     out -= m
     out *= inv
     return out
+
+
+def point_inputs(rgb_uint8: np.ndarray, cfg) -> np.ndarray:
+    """(N, 3) float32 input features of a :class:`Mask3DConfig`: normalised colours (``"xyzrgb"``) or ones
+    (``"xyz"``: the colours are not read, so a colourless cloud's default colour changes nothing)."""
+    if cfg.input_features == "xyz":
+        return np.ones((len(rgb_uint8), 3), np.float32)
+    return normalize_colors(rgb_uint8, cfg.color_mean, cfg.color_std)
 
 
 def voxel_segments(segments: np.ndarray, unique_map: np.ndarray) -> np.ndarray:
