@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.mask3d.checkpoint import load_checkpoint, save_checkpoint
-from folk_ros.core.mask3d.config import INPUT_FEATURES, PostprocessConfig, preset
+from folk_ros.core.mask3d.config import INPUT_FEATURES, PRESETS, PostprocessConfig, preset
 from folk_ros.core.mask3d.model import Mask3D
 from training.atomic import write_json_atomic
 from training.evaluate.instance_ap import EvalResult
@@ -207,7 +207,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--train", nargs="+", required=True, help="folders of training scenes (ScanNet layout)")
     p.add_argument("--val", nargs="*", default=[], help="folders of validation scenes")
     p.add_argument("--out", default=d.out)
-    p.add_argument("--preset", default=d.preset, choices=["small", "scannet200"])
+    p.add_argument("--preset", default=d.preset, choices=PRESETS)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)

@@ -110,6 +110,9 @@ class PostprocessConfig:
                                  min_points=min_points, mask_threshold=mask_threshold)
 
 
+PRESETS = ("scannet200", "small")
+
+
 def preset(name: str) -> Mask3DConfig:
     """``"scannet200"``: the official model; ``"small"``: ~1/10 width for CPU training."""
     if name == "scannet200":
@@ -121,4 +124,4 @@ def preset(name: str) -> Mask3DConfig:
                                     init_dim=16, conv1_kernel_size=3, out_channels=2),
             hidden_dim=64, dim_feedforward=256, num_queries=40, num_heads=4, num_decoders=2,
             num_classes=2, train_on_segments=False)
-    raise ValueError(f"unknown Mask3D preset {name!r}; known: 'scannet200', 'small'")
+    raise ValueError(f"unknown Mask3D preset {name!r}; known: {PRESETS}")
