@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 open_clip = pytest.importorskip("open_clip")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
+import folk_ros.core.clip as clip_module  # noqa: E402
 from folk_ros.core.clip import (  # noqa: E402
     ClipModel,
     ClipWeightsNotFound,
@@ -27,6 +28,7 @@ from folk_ros.core.clip import (  # noqa: E402
     register_model_config,
     resize_positional_embedding,
 )
+from folk_ros.core.clip_text import cuts_to_prompt_length, encode_tokens  # noqa: E402
 
 TINY = "folk-tiny-vit"
 NAMES = ["chair", "table", "mug", "fire extinguisher"]
@@ -191,31 +193,52 @@ def test_register_json_path_and_device_validation(tmp_path):
 # ------------------------------------------------------------------------- text
 
 
-def test_encode_text_shape_norm_and_cache(clip):
+def test_encode_text_shape_norm_and_cache(clip, monkeypatch):
     calls = []
-    real = clip.model.encode_text
+    real = clip_module.encode_tokens
 
-    def counting(tokens, *a, **kw):
+    def counting(model, tokens):
         calls.append(tokens.shape[0])
-        return real(tokens, *a, **kw)
+        return real(model, tokens)
 
-    clip.model.encode_text = counting
-    try:
-        clip._text_cache.clear()
-        emb = clip.encode_text(NAMES)
-        assert emb.shape == (4, 128) and emb.dtype == torch.float32
-        torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
-        assert len(calls) == 1
-        again = clip.encode_text(list(NAMES))  # same vocabulary: cache hit, tower not run
-        assert len(calls) == 1 and torch.equal(again, emb)
-        again.zero_()  # callers get a copy; the cache is not corrupted
-        assert torch.equal(clip.encode_text(NAMES), emb)
-        clip.encode_text(NAMES, template="a photo of a {}")
-        assert len(calls) == 2
-        clip.encode_text(NAMES[:2], batch_size=1)  # batched: one call per prompt
-        assert calls[-2:] == [1, 1]
-    finally:
-        del clip.model.encode_text
+    monkeypatch.setattr(clip_module, "encode_tokens", counting)
+    clip._text_cache.clear()
+    emb = clip.encode_text(NAMES)
+    assert emb.shape == (4, 128) and emb.dtype == torch.float32
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(4))
+    assert len(calls) == 1
+    again = clip.encode_text(list(NAMES))  # same vocabulary: cache hit, tower not run
+    assert len(calls) == 1 and torch.equal(again, emb)
+    again.zero_()  # callers get a copy; the cache is not corrupted
+    assert torch.equal(clip.encode_text(NAMES), emb)
+    clip.encode_text(NAMES, template="a photo of a {}")
+    assert len(calls) == 2
+    clip.encode_text(NAMES[:2], batch_size=1)  # batched: one call per prompt
+    assert calls[-2:] == [1, 1]
+
+
+def test_text_tower_cut_to_the_prompts_length_gives_open_clips_embeddings(clip):
+    """The causal text tower over the first L positions (L = the longest prompt's end token + 1) gives what
+    open_clip's encode_text gives over the whole 77-token context, for short and long prompts together."""
+    prompts = ["a mug", "a fire extinguisher in the scene", " ".join(["very"] * 60) + " long chair", "x"]
+    tokens = clip.tokenizer(prompts)
+    assert cuts_to_prompt_length(clip.model)
+    with torch.no_grad():
+        full = clip.model.encode_text(tokens)
+        cut = encode_tokens(clip.model, tokens)
+        short = encode_tokens(clip.model, tokens[[0, 3]])       # a batch of short prompts: L = 4
+    torch.testing.assert_close(cut, full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(short, full[[0, 3]], rtol=1e-5, atol=1e-5)
+
+
+def test_text_models_without_a_causal_argmax_tower_are_encoded_whole():
+    class OtherTextTower(torch.nn.Module):
+        def encode_text(self, tokens):
+            return tokens.float()[:, :2] * 2
+
+    tokens = torch.tensor([[49406, 320, 49407, 0], [49406, 49407, 0, 0]])
+    assert not cuts_to_prompt_length(OtherTextTower())
+    assert torch.equal(encode_tokens(OtherTextTower(), tokens), tokens.float()[:, :2] * 2)
 
 
 def test_text_cache_is_lru(tiny_double):

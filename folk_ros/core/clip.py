@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from folk_ros.core.clip_text import encode_tokens
+
 log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "a {} in the scene"
@@ -629,7 +631,7 @@ class ClipModel:
         prompts = [t.replace("{}", n) for t in templates for n in names]  # (T*K,), template-major
         tokens = self.tokenizer(prompts)                                    # (T*K, context)
         with torch.inference_mode():
-            feats = torch.cat([self.model.encode_text(chunk.to(self.device)).float()
+            feats = torch.cat([encode_tokens(self.model, chunk.to(self.device)).float()
                                for chunk in tokens.split(batch_size)])      # (T*K, D)
             feats = F.normalize(feats.view(len(templates), len(names), -1), dim=-1).mean(0)
             feats = F.normalize(feats, dim=-1)                              # (K, D)
