@@ -9,18 +9,24 @@ student, classify) ->
 cloud takes ~30-50 ms stamp-to-callback, see the shared ROS 2 notes).
 
 The clouds are rooms (floor, four walls, eight boxes) sampled uniformly over their surface area, so a
-bigger cloud is a denser scan of the same room, like a fused map. The default model is the UNTRAINED
-test bundle (random weights: same architecture and cost as a trained one, labels meaningless).
+bigger cloud is a denser scan of the same room, like a fused map. The default model is an UNTRAINED bundle
+(``training.untrained_bundle``, random weights: same architecture and cost as a trained one, labels
+meaningless) of ``--size`` small (the test double) or real (official Mask3D, ViT-L-14-336, 200 names).
+
+Besides the per-cloud stages it reports what a robot pays once: the bundle's load time
+(``Segmenter.from_bundle``), the first text encoding of the vocabulary, and the process's peak RSS.
 
 Usage::
 
     python -m bench.bench_node_latency [--sizes 50000 100000 200000] [--repeats 3] [--threads 2]
-                                       [--bundle models/folk-synth] [--device cpu] [--max-points 200000]
+                                       [--bundle models/folk-synth | --size real] [--vocabulary bundle]
+                                       [--device cpu] [--max-points 200000]
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import threading
 import time
@@ -33,15 +39,17 @@ from rclpy.serialization import serialize_message
 from std_msgs.msg import Header
 from tqdm import tqdm
 
+from folk_ros.core.bundle import read_manifest
 from folk_ros.core.cloud import fit_point_budget
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.ros import parameters as params
 from folk_ros.ros.cloud_outputs import build_outputs, label_points
 from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
 from training.atomic import write_json_atomic
+from training.untrained_bundle import SIZES, make_untrained_bundle
 
+BENCH_VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant")
 STAGES = ("convert", "downsample", "text", "proposals", "student", "classify", "messages", "serialize")
-VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant")
 
 
 def room_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -107,21 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed clouds per size (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", choices=params.DEVICES)
-    parser.add_argument("--bundle", type=Path, default=None, help="model bundle (default: untrained test bundle)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--bundle", type=Path, default=None, help="model bundle (default: an untrained one of --size)")
+    model.add_argument("--size", choices=sorted(SIZES), default="small",
+                       help="shapes of the untrained bundle made for the run (default: small, the test double)")
+    parser.add_argument("--vocabulary", choices=("bench", "bundle"), default="bench",
+                        help=f"bench: the {len(BENCH_VOCABULARY)} names {BENCH_VOCABULARY[:3]}...; "
+                             "bundle: the bundle's own vocabulary (200 names for --size real)")
     parser.add_argument("--max-points", type=int, default=params.SPECS["max_points"].default)
     parser.add_argument("--out", type=Path, default=Path("out/bench/node_latency.json"), help="JSON result path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = args.bundle
-        if bundle is None:
-            from test.fixtures import make_untrained_bundle   # the test double lives with the tests
-            bundle = make_untrained_bundle(Path(tmp) / "bundle")
+        bundle = args.bundle or make_untrained_bundle(Path(tmp) / "bundle", size=args.size)
         defaults = {p.name: p.default for p in params.PARAMETERS}
-        settings = replace(params.read_settings(defaults), max_points=args.max_points,
-                           vocabulary=VOCABULARY, score_threshold=0.0)
+        settings = replace(params.read_settings(defaults), max_points=args.max_points, score_threshold=0.0)
+        t0 = time.perf_counter()
         segmenter = Segmenter.from_bundle(bundle, device=args.device, **params.segmenter_overrides(settings))
+        load_s = time.perf_counter() - t0
+        vocabulary = BENCH_VOCABULARY if args.vocabulary == "bench" else tuple(read_manifest(bundle).vocabulary)
+        settings = replace(settings, vocabulary=vocabulary)
+        t0 = time.perf_counter()
+        on_worker_thread(segmenter.text_embeddings, vocabulary)
+        text_s = time.perf_counter() - t0
         rows = []
         for n in tqdm(args.sizes, desc="sizes"):
             xyz, rgb = room_cloud(n)
@@ -130,8 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                     for _ in tqdm(range(args.repeats + 1), desc=f"{n:,}", leave=False)][1:]
             rows.append((n, {k: float(np.median([r[k] for r in runs])) for k in runs[0]}))
 
-    print(f"\nfolk_segmenter latency per cloud, median of {args.repeats} (ms); device {segmenter.device}, "
-          f"{args.threads} torch threads, max_points {args.max_points:,}, bundle {bundle}")
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    described = str(args.bundle) if args.bundle else f"untrained {args.size}-size bundle"
+    print(f"\nbundle {described}: load {load_s:.2f} s, first text encoding of {len(vocabulary)} names "
+          f"{text_s:.2f} s, peak RSS {peak_rss_mb:,.0f} MB")
+    print(f"folk_segmenter latency per cloud, median of {args.repeats} (ms); device {segmenter.device}, "
+          f"{args.threads} torch threads, max_points {args.max_points:,}")
     header = f"{'points':>9} {'segm.':>8} {'inst':>5} " + " ".join(f"{s:>10}" for s in STAGES) + f" {'total':>9}"
     print(header)
     print("-" * len(header))
@@ -140,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{n:>9,} {int(t['segmented']):>8,} {int(t['instances']):>5} "
               + " ".join(f"{t[s]:>10.1f}" for s in STAGES) + f" {total:>9.1f}")
     write_json_atomic(args.out, {"device": str(segmenter.device), "threads": args.threads, "repeats": args.repeats,
-                                 "bundle": str(args.bundle or "untrained test bundle"),
+                                 "bundle": described, "vocabulary_names": len(vocabulary), "load_s": load_s,
+                                 "text_first_s": text_s, "peak_rss_mb": peak_rss_mb,
                                  "rows": [{"points": n, **t, "total": sum(t[s] for s in STAGES)} for n, t in rows]})
     return 0
 

@@ -1,45 +1,20 @@
 """Shared test doubles: an UNTRAINED model bundle and small synthetic clouds.
 
-The bundle holds randomly initialised weights (Mask3D 'small' preset, the folk-tiny-vit
-CLIP config, a student) written through the real bundle format, so every loading path is
-exercised; its labels mean nothing. Tests that need meaningful labels use the trained
-bundle in models/.
+The bundle (``training.untrained_bundle``, size "small") holds randomly initialised weights
+(Mask3D 'small' preset, the folk-tiny-vit CLIP config, a student) written through the real
+bundle format, so every loading path is exercised; its labels mean nothing. Tests that need
+meaningful labels use the trained bundle in models/.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from folk_ros.core.bundle import BundleManifest, write_manifest
-from folk_ros.core.clip import ClipModel
 from folk_ros.core.cloud import PointCloud
-from folk_ros.core.mask3d.checkpoint import save_checkpoint
-from folk_ros.core.mask3d.config import preset
-from folk_ros.core.mask3d.model import Mask3D
-from folk_ros.core.student import Student, StudentConfig
-
-VOCABULARY = ("chair", "table", "lamp", "box")
-
-
-def make_untrained_bundle(root: Path, seed: int = 0, input_features: str = "xyzrgb") -> Path:
-    """Write an untrained bundle (random weights, seeded; its Mask3D reads ``input_features``) into ``root``;
-    returns ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    mask3d = Mask3D(replace(preset("small"), input_features=input_features))
-    save_checkpoint(root / "mask3d.pt", mask3d)
-    clip = ClipModel.from_config("folk-tiny-vit", device="cpu", seed=seed)
-    clip.save(root / "clip")
-    student = Student(StudentConfig(in_dim=mask3d.cfg.backbone.planes[-1], hidden_dim=64,
-                                    out_dim=clip.embed_dim))
-    torch.save(student.to_checkpoint(), root / "student.pt")
-    write_manifest(BundleManifest(root=root, vocabulary=VOCABULARY,
-                                  provenance={"note": "UNTRAINED test double: random weights"}))
-    return root
+from training.untrained_bundle import SMALL_VOCABULARY as VOCABULARY  # noqa: F401 (re-exported to the tests)
+from training.untrained_bundle import make_untrained_bundle  # noqa: F401
 
 
 def box_room_cloud(seed: int = 0, points_per_box: int = 1500) -> tuple[PointCloud, np.ndarray]:
