@@ -29,6 +29,7 @@ from folk_ros.core.clip import (  # noqa: E402
     resize_positional_embedding,
 )
 from folk_ros.core.clip_text import cuts_to_prompt_length, encode_tokens  # noqa: E402
+from folk_ros.core.weight_init import no_weight_init  # noqa: E402
 
 TINY = "folk-tiny-vit"
 NAMES = ["chair", "table", "mug", "fire extinguisher"]
@@ -422,3 +423,15 @@ def test_non_vit_tower_is_rejected(tmp_path):
     assert clip.encode_text(["chair"]).shape == (1, 32)  # text still works
     with pytest.raises(ValueError, match="VisionTransformer"):
         clip.dense_features(_smooth_images(1, 64, 64))
+
+
+def test_no_weight_init_skips_fills_only_inside_the_block():
+    with no_weight_init():
+        layer = torch.nn.Linear(64, 64)          # built without its kaiming fill
+        assert torch.equal(torch.nn.init.normal_(torch.zeros(5)), torch.zeros(5))
+    assert not torch.equal(torch.nn.init.normal_(torch.zeros(5)), torch.zeros(5))   # restored
+    with pytest.raises(RuntimeError), no_weight_init():
+        raise RuntimeError("a failed load")
+    assert torch.nn.init.kaiming_uniform_ is not None and not torch.equal(
+        torch.nn.init.kaiming_uniform_(torch.zeros(4, 4)), torch.zeros(4, 4))      # restored after an error too
+    assert layer.weight.shape == (64, 64)

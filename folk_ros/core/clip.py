@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from folk_ros.core.clip_text import encode_tokens
+from folk_ros.core.weight_init import no_weight_init
 
 log = logging.getLogger(__name__)
 
@@ -513,13 +514,15 @@ class ClipModel:
         source = resolve_weights(model_name, checkpoint, pretrained, cache_dir)
         open_clip = _open_clip()
         dev = resolve_device(device)
-        model = open_clip.create_model(
-            source.model_name,
-            pretrained=source.checkpoint,
-            device=dev,
-            force_quick_gelu=source.quick_gelu,
-            force_preprocess_cfg=source.preprocess or None,
-        )
+        with no_weight_init():   # every weight is loaded next (strictly; require_pretrained: never left random)
+            model = open_clip.create_model(
+                source.model_name,
+                pretrained=source.checkpoint,
+                device=dev,
+                force_quick_gelu=source.quick_gelu,
+                force_preprocess_cfg=source.preprocess or None,
+                require_pretrained=True,
+            )
         if source.model_name.startswith(LOCAL_DIR_PREFIX):
             model_cfg = _read_model_cfg(Path(source.model_name[len(LOCAL_DIR_PREFIX):]) / OPEN_CLIP_CONFIG_NAME)
         else:
