@@ -20,14 +20,10 @@ open_clip = pytest.importorskip("open_clip")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 import folk_ros.core.clip as clip_module  # noqa: E402
-from folk_ros.core.clip import (  # noqa: E402
-    ClipModel,
-    ClipWeightsNotFound,
-    images_to_float,
-    preprocess_images,
-    register_model_config,
-    resize_positional_embedding,
-)
+from folk_ros.core.clip import ClipModel  # noqa: E402
+from folk_ros.core.clip_preprocess import images_to_float, preprocess_images  # noqa: E402
+from folk_ros.core.clip_weights import ClipWeightsNotFound, register_model_config  # noqa: E402
+from folk_ros.core.maskclip import resize_positional_embedding  # noqa: E402
 from folk_ros.core.clip_text import cuts_to_prompt_length, encode_tokens  # noqa: E402
 from folk_ros.core.weight_init import no_weight_init  # noqa: E402
 

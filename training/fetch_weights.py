@@ -41,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from folk_ros.core.checkpoint_io import UnsafeCheckpointError
-from folk_ros.core.clip import LOCAL_DIR_PREFIX, ClipModel
+from folk_ros.core.clip import ClipModel
+from folk_ros.core.clip_weights import LOCAL_DIR_PREFIX
 from folk_ros.core.mask3d.checkpoint import load_checkpoint, save_checkpoint
 from folk_ros.core.mask3d.config import PRESETS, Mask3DConfig, preset
 
