@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from folk_ros.core.mask3d.checkpoint import load_checkpoint
 from training.data.scenes import find_scenes, has_mesh_gt
 from training.mask3d.data import load_scene
-from training.mask3d.train import TrainConfig, class_agnostic_ap, load_trained, parse_args, train
+from training.mask3d.train import TrainConfig, class_agnostic_ap, parse_args, train
 from test.fixtures import box_room_scene
 
 pytestmark = pytest.mark.slow   # every test shares a fixture that trains Mask3D for about 80 s on 2 cores
@@ -39,7 +40,7 @@ def test_one_scene_overfits(overfit_run):
     # CPU's float rounding), and best.pt is that epoch's model
     assert max(h["val_ap50"] for h in history) == pytest.approx(1.0), [h["val_ap50"] for h in history]
     # the saved best checkpoint reproduces it through the public loader, at the trained voxel size
-    model = load_trained(f"{cfg.out}/best.pt")
+    model, _ = load_checkpoint(f"{cfg.out}/best.pt")
     assert model.cfg.voxel_size == pytest.approx(0.04)
     assert class_agnostic_ap(model.eval(), [load_scene(scene)]).mean["ap50"] == pytest.approx(1.0)
     saved = json.loads((scene.parents[1] / "run" / "metrics.json").read_text())

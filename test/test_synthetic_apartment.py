@@ -169,12 +169,6 @@ def test_one_room_apartment_is_the_single_room_scene():
     assert two.rooms[0] == walk.layout
 
 
-def test_generate_apartment_is_importable_from_synth_apartment():
-    from training.data.synth_apartment import generate_apartment as alias
-
-    assert alias is generate_apartment
-
-
 def test_apartment_config_is_denser():
     cfg = apartment_config(rooms=8, num_frames=400)
     assert cfg.spacing < SynthConfig().spacing and cfg.structure_spacing < SynthConfig().structure_spacing

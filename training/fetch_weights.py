@@ -37,6 +37,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import open_clip
 import torch
 from tqdm import tqdm
 
@@ -163,7 +164,6 @@ def fetch_mask3d(out: Path, url: str = MASK3D_URL, pins: dict[str, str] | None =
 def clip_urls(hf_repo: str | None = None) -> tuple[str, list[str]]:
     """(config URL, weight URLs in the order to try) of the open_clip folder of ViT-L/14@336 (OpenAI)."""
     if hf_repo is None:
-        import open_clip
         hf_repo = open_clip.get_pretrained_cfg(CLIP_ARCH, CLIP_TAG)["hf_hub"]
     base = f"https://huggingface.co/{hf_repo.strip('/')}/resolve/main"
     return f"{base}/{CLIP_CONFIG_FILE}", [f"{base}/{name}" for name in CLIP_WEIGHT_FILES]

@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -593,7 +594,6 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
                                                   cfg.dense_size, cfg.min_pixels)
     final_s = time.perf_counter() - t_final
 
-    import open_clip
     argv = list(sys.argv[1:] if argv is None else argv)
     manifest = {
         "what": "synthetic-world CLIP for the FOLK teacher (issue 4, section 1); trained on rendered frames only",

@@ -217,13 +217,3 @@ def apartment_path(apartment: Apartment, num_frames: int, rng: np.random.Generat
         p[:, 1, 3] += oy
         poses.append(p)
     return np.concatenate(poses)
-
-
-def __getattr__(name: str):
-    """``generate_apartment`` lives beside ``generate_scene`` in :mod:`training.data.synthetic` (it needs
-    ``SynthConfig``); it is importable from here too, lazily, as the module that describes apartments."""
-    if name == "generate_apartment":
-        from training.data.synthetic import generate_apartment
-
-        return generate_apartment
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

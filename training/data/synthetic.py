@@ -35,11 +35,13 @@ import numpy as np
 from tqdm import tqdm
 
 from training.atomic import write_json_atomic
+from training.data.rosbag_io import write_bag
 from training.data.synth_apartment import (APARTMENT_MAX_VERTICES, APARTMENT_SPACING, APARTMENT_STRUCTURE_SPACING,
                                            MAX_ROOMS, apartment_path, build_apartment_mesh, sample_apartment)
 from training.data.synth_layout import THEMES, sample_layout
 from training.data.synth_render import (FPS, HEIGHT, INTRINSICS, MAX_VERTICES, OBJECT_SPACING, STRUCTURE_SPACING,
                                         WIDTH, RenderedWalk, build_scene_mesh, camera_path, fused_clouds)
+from training.data.scannet import write_scannet_scene
 from training.data.types import Frame, SceneMesh
 
 META_FILE = "synth_meta.json"
@@ -274,9 +276,6 @@ def write_scene(out_dir: Path, mesh: SceneMesh, frames: Iterable[Frame], clouds:
     Returns:
         {"writing": seconds of writing beyond rendering, "rendering": seconds spent rendering frames}.
     """
-    from training.data.rosbag_io import write_bag
-    from training.data.scannet import write_scannet_scene
-
     out_dir = Path(out_dir)
     scene_dir = out_dir / mesh.scene_id
     (scene_dir / META_FILE).unlink(missing_ok=True)

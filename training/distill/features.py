@@ -36,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file
 from tqdm import tqdm
 
 from folk_ros.core.bundle import file_sha256
 from folk_ros.core.clip import resolve_device
+from folk_ros.core.mask3d.checkpoint import load_checkpoint
 from folk_ros.core.student import masked_mean
 from training.data.scenes import unique_paths
 from training.teacher.cache import CACHE_SUFFIX, TeacherCache, load_teacher_cache, read_cache_meta, write_cache
@@ -156,7 +158,6 @@ class FeatureCache:
     def model(self):
         """The frozen Mask3D (eval mode), loaded on first use."""
         if self._model is None:
-            from folk_ros.core.mask3d.checkpoint import load_checkpoint
             self._model, _ = load_checkpoint(self.mask3d_path, map_location=self.device)
             self._model.requires_grad_(False)
         return self._model
@@ -194,7 +195,6 @@ class FeatureCache:
             compute: when False, a missing or stale file raises FileNotFoundError instead of being
                 computed (e.g. on the DDP ranks that must only read).
         """
-        from safetensors.numpy import load_file
         path = self.path_for(teacher_path, cache.scene_id)
         digest = source_digest(cache)
         if self.is_current(path, digest):

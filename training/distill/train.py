@@ -68,7 +68,7 @@ from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
 from folk_ros.core.checkpoint_io import load_weights
-from folk_ros.core.clip import DEFAULT_TEMPLATE
+from folk_ros.core.clip import DEFAULT_TEMPLATE, ClipModel
 from folk_ros.core.student import Student, StudentConfig
 from training.atomic import torch_save_atomic, write_json_atomic
 from training.data import scannet200
@@ -258,7 +258,6 @@ def encode_vocabulary(cfg: TrainConfig, clip=None) -> tuple[tuple[str, ...], tor
         raise ValueError(f"vocabulary {cfg.vocabulary!r} repeats names")
     ident = clip_identity(BuildConfig(clip=cfg.clip, clip_config=cfg.clip_config))
     if clip is None:
-        from folk_ros.core.clip import ClipModel
         clip = (ClipModel(cfg.clip, device=cfg.device) if cfg.clip is not None
                 else ClipModel.from_config(cfg.clip_config, device=cfg.device, seed=0))
     return vocab, clip.encode_text(vocab, cfg.template).float().cpu(), ident

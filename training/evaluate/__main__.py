@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from folk_ros.core.segmenter import Segmenter
 from training.atomic import write_text_atomic
 from training.data.scenes import find_scenes
 from training.data.vocabularies import label_ids_of, vocabulary
@@ -302,7 +303,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI entry point: run, write the report files, print the markdown summary; returns the report."""
-    from folk_ros.core.segmenter import Segmenter
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from folk_ros.core.cloud import DEFAULT_RGB
+from folk_ros.core.mask3d.checkpoint import load_checkpoint
 from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.mask3d.model import Mask3D
 from training.atomic import write_json_atomic
@@ -99,7 +100,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    from training.mask3d.train import load_trained
     args = parse_args(argv)
     try:
         posts = [PostprocessConfig.class_agnostic(e, n, mask_threshold=t)
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     scenes = [load_scene(d) for d in tqdm(dirs, desc="load")]
     if args.colourless:
         scenes = [replace(s, rgb=np.broadcast_to(np.asarray(DEFAULT_RGB, np.float32), s.xyz.shape)) for s in scenes]
-    model = load_trained(args.checkpoint, device=args.device).eval()
+    model, _ = load_checkpoint(args.checkpoint, map_location=args.device)   # strict: a mismatch raises
     rows = []
     for post, (res, recall) in zip(posts, class_agnostic_results(model, scenes, posts, progress=True)):
         rows.append({"mask_threshold": post.mask_threshold,

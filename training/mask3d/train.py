@@ -139,7 +139,7 @@ def train(cfg: TrainConfig) -> dict:
         model_cfg = replace(model_cfg, voxel_size=cfg.voxel_size)
     model = Mask3D(model_cfg).to(dev)
     if cfg.init:
-        start = load_trained(cfg.init, device=str(dev))
+        start, _ = load_checkpoint(cfg.init, map_location=str(dev))   # strict: a mismatch raises
         if start.cfg != model_cfg:
             raise ValueError(f"--init {cfg.init}: its model config differs from this run's "
                              f"(preset/voxel size/input features)")
@@ -254,14 +254,6 @@ def main(argv=None) -> int:
     metrics = train(parse_args(argv))
     print(json.dumps(metrics["history"][-1] if metrics["history"] else {}, indent=2))
     return 0
-
-
-def load_trained(path: str | Path, device: str = "cpu") -> Mask3D:
-    """The trained model of a checkpoint written by this trainer (strict load)."""
-    model, report = load_checkpoint(path, map_location=device)
-    if not report.ok:
-        raise ValueError(f"{path}: {report}")
-    return model
 
 
 if __name__ == "__main__":
