@@ -1,25 +1,35 @@
-"""Test double: the real ``folk_segmenter`` node with a fixed delay in front of every segmentation.
+"""Test double: the real ``folk_segmenter`` node whose segmentations wait for the test's go-ahead.
 
-``python -m test.slow_node DELAY_S --ros-args ...`` runs :func:`folk_ros.ros.node.main` unchanged except that
-``Segmenter.segment`` first sleeps ``DELAY_S`` seconds. It makes "clouds arrive while one is processed"
-happen on any machine, however fast, so that the latest-only hand-off is tested without timing luck.
+``python -m test.slow_node GATE_DIR --ros-args ...`` runs :func:`folk_ros.ros.node.main` unchanged except that
+``Segmenter.segment`` first prints ``slow_node: segmentation N started`` and then waits (up to 60 s) until the
+file ``GATE_DIR/go`` exists. The test sees when the worker holds a cloud and decides when it lets go of it, so
+"clouds arrive while one is processed" is staged without any timing assumption (the latest-only hand-off).
 """
 
 import sys
 import time
+from itertools import count
+from pathlib import Path
 
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.ros import node
 
+WAIT_S = 60.0   # a hang guard: the test creates the gate file within seconds
 
-def _with_delay(segment, delay_s: float):
-    def slow_segment(self, *args, **kwargs):
-        time.sleep(delay_s)
+
+def _gated(segment, gate: Path):
+    started = count(1)
+
+    def gated_segment(self, *args, **kwargs):
+        print(f"slow_node: segmentation {next(started)} started", flush=True)
+        deadline = time.monotonic() + WAIT_S
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         return segment(self, *args, **kwargs)
-    return slow_segment
+    return gated_segment
 
 
 if __name__ == "__main__":
-    delay = float(sys.argv.pop(1))
-    Segmenter.segment = _with_delay(Segmenter.segment, delay)
+    gate = Path(sys.argv.pop(1)) / "go"
+    Segmenter.segment = _gated(Segmenter.segment, gate)
     sys.exit(node.main())

@@ -3,9 +3,9 @@
 The node runs once per module as a subprocess (``python -m folk_ros.ros.node --ros-args
 --params-file config/segment.yaml ...``) with the UNTRAINED test bundle (random weights: labels are
 meaningless, so these tests check plumbing and agreement, not accuracy). conftest.py isolates the
-ROS graph (ROS_DOMAIN_ID per run, localhost only). Tests that share the node run in file order and
-the SIGINT test comes last. The latest-only test starts its own node (test/slow_node.py) in its own
-namespace.
+ROS graph (ROS_DOMAIN_ID per run, localhost only). Tests that share the node set the live parameters
+they rely on themselves, so they pass in any order; the tests that stop, fault or slow a node start their
+own (test/slow_node.py, test/faulty_node.py) in their own namespace.
 """
 
 from __future__ import annotations
@@ -416,6 +416,8 @@ def test_a_cloud_with_no_instance_above_the_threshold_gives_empty_outputs(probe)
 @pytest.mark.ros
 def test_invalid_parameter_values_are_rejected_and_old_kept(probe):
     from rclpy.parameter import Parameter
+    good = [Parameter("vocabulary", value=["mug", "plant"]), Parameter("prompt_template", value="a photo of a {}")]
+    assert all(r.successful for r in probe.call(lambda: probe.params.set_parameters(good)).results)
     bad = [(Parameter("vocabulary", Parameter.Type.STRING_ARRAY, []), "empty"),
            (Parameter("vocabulary", value=["mug", ""]), "non-empty strings"),
            (Parameter("vocabulary", value=["mug", "mug"]), "duplicate"),
@@ -528,23 +530,29 @@ def test_good_clouds_survive_a_flood_of_bad_ones(probe):
 
 @pytest.mark.ros
 def test_clouds_arriving_while_one_is_processed(tmp_path):
-    # test/slow_node.py: the real node, each segmentation held 1.5 s, so that on any machine the clouds below
-    # arrive while the first is processed; its own namespace keeps it apart from the module's node
+    """Latest-only: while the worker holds a cloud, newer ones replace each other; only the last is processed.
+    test/slow_node.py holds each segmentation until the test's gate file exists, and the node's own drop
+    count (/diagnostics "dropped total") says when the newer clouds have reached it: no sleeps."""
+    from diagnostic_msgs.msg import DiagnosticArray
     ns = "/slow"
-    with running_node(tmp_path, ["-r", f"__ns:={ns}"], module=("test.slow_node", "1.5")) as node, \
-            ready_probe(node, ns) as probe:
+    with running_node(tmp_path, ["-r", f"__ns:={ns}", "-p", "diagnostics_period_s:=0.2"],
+                      module=("test.slow_node", str(tmp_path))) as node, ready_probe(node, ns) as probe:
+        dropped = []
+        probe.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: dropped.extend(
+            int(kv.value) for s in m.status if s.name.startswith(f"{ns}/folk_segmenter:")
+            for kv in s.values if kv.key == "dropped total"), 10)
         first = probe.publish(room_msg(seed=5)[0])
-        waiting = []
-        for k in range(3):   # paced so that each reaches the node's callback (not only its DDS queue)
-            time.sleep(0.1)
-            waiting.append(probe.publish(room_msg(seed=6 + k)[0]))
+        probe.wait_until(lambda: "segmentation 1 started" in node.log(), what="the worker holding the first cloud")
+        waiting = [probe.publish(room_msg(seed=6 + k)[0]) for k in range(3)]
+        probe.wait_until(lambda: dropped and dropped[-1] == 2, what="two clouds replaced by newer ones")
         # the parameter service answers while the first cloud is being segmented
         probe.call(lambda: probe.params.get_parameters(["score_threshold"]), what="get_parameters during segmentation")
-        answered_before_output = first not in probe.outputs
+        assert first not in probe.outputs
+        (tmp_path / "go").touch()
         probe.result(waiting[-1])                        # the latest cloud is always processed
         done = [s for s in [first, *waiting] if TOPIC_INSTANCES in probe.outputs.get(s, {})]
         assert done == [first, waiting[-1]], done       # latest-only: the clouds in between were replaced
-        assert answered_before_output
+        assert "slow_node: segmentation 3 started" not in node.log()
         assert "clouds dropped so far (latest-only)" in node.log()
 
 
@@ -616,9 +624,13 @@ def test_two_sigints_to_the_process_group_exit_cleanly(tmp_path, gap_s):
 
 
 @pytest.mark.ros
-def test_sigint_shuts_down_cleanly(node_proc, probe):
-    sent = node_proc.stop()
+def test_sigint_shuts_down_cleanly(tmp_path):
+    """After serving a cloud, one SIGINT stops the node: exit code 0, no traceback, nothing published late."""
+    with running_node(tmp_path, ["-r", "__ns:=/sigint"]) as node:
+        with ready_probe(node, "/sigint") as probe:
+            assert probe.result(probe.publish(room_msg(seed=1)[0]))[TOPIC_INSTANCES].instances
+        sent = node.stop()
     assert sent == ["SIGINT"], f"needed {sent} to stop"
-    assert node_proc.proc.returncode == 0
-    log = node_proc.log()
+    assert node.proc.returncode == 0
+    log = node.log()
     assert "shut down" in log and "Traceback" not in log and "Failed to publish" not in log
