@@ -15,7 +15,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 from folk_ros.core.pointcloud2 import CloudFormatError  # noqa: E402
 from folk_ros.ros.conversions import (  # noqa: E402
     UNLABELED_COLOR, cloud_from_msg, cloud_to_msg, instance_geometry, instances_to_msg,
-    label_colors, mask_point_indices, markers_from_instances, point_labels)
+    label_colors, markers_from_instances, point_labels)
 
 _DATATYPE = {np.dtype(code): datatype for datatype, code in
              enumerate(["i1", "u1", "i2", "u2", "i4", "u4", "f4", "f8"], start=1)}
@@ -226,8 +226,6 @@ def test_large_cloud_conversion(n):
 def test_mask_helpers_geometry_and_point_labels():
     xyz = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 4], [9, 9, 9]], np.float32)
     masks = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 0]], bool)
-    ids = mask_point_indices(masks, np.array([10, 11, 12, 13, 14]))
-    assert [i.tolist() for i in ids] == [[10, 11, 12], [12, 13]]
     cen, bmin, bmax = instance_geometry(xyz, [np.flatnonzero(m) for m in masks])
     np.testing.assert_allclose(cen, [[1 / 3, 2 / 3, 0], [0, 1, 2]])
     np.testing.assert_allclose(bmin, [[0, 0, 0], [0, 0, 0]])

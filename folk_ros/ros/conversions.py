@@ -9,7 +9,7 @@ spinning anything (DESIGN.md, "Callbacks convert and enqueue").
 - ``cloud_to_msg``: x, y, z, packed rgb and extra scalar fields -> PointCloud2 (``labeled_cloud``).
 - ``instances_to_msg``: instance arrays -> folk_ros_interfaces/InstanceArray.
 - ``markers_from_instances``: boxes, text labels and optional points -> visualization_msgs/MarkerArray.
-- Helpers between the Segmenter's masks and those messages: ``mask_point_indices``,
+- Helpers between the Segmenter's masks and those messages:
   ``instance_geometry``, ``point_labels``, ``label_colors``.
 """
 
@@ -124,23 +124,6 @@ def _pack_rgb(rgb: np.ndarray, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Segmenter output -> per-point and per-instance arrays
-
-
-def mask_point_indices(masks: np.ndarray, point_ids: np.ndarray) -> list[np.ndarray]:
-    """Per instance, the ids of its points: ``point_ids[masks[i]]``.
-
-    Args:
-        masks: (M, N) bool instance masks over the N points the Segmenter saw.
-        point_ids: (N,) int, e.g. ``CloudConversion.indices[keep]`` after voxel downsampling, so that
-            the result is in the original message's point order.
-
-    Returns:
-        M arrays of (K_i,) int64.
-    """
-    masks, point_ids = np.asarray(masks, bool), np.asarray(point_ids)
-    if masks.ndim != 2 or point_ids.shape != (masks.shape[1],):
-        raise ValueError(f"masks must be (M, N) and point_ids (N,), got {masks.shape} and {point_ids.shape}")
-    return [point_ids[m].astype(np.int64) for m in masks]
 
 
 def instance_geometry(xyz: np.ndarray, point_indices_per_instance: Sequence[np.ndarray]

@@ -47,15 +47,6 @@ def label_id(name: str) -> int:
         raise KeyError(f"{name!r} is not a ScanNet200 class name") from None
 
 
-def split_of(name: str) -> str | None:
-    """'head', 'common' or 'tail' for a ScanNet200 name (None if it is in no split)."""
-    c = _constants()
-    for split in ("head", "common", "tail"):
-        if name in c[split]:
-            return split
-    return None
-
-
 def splits() -> dict[str, tuple[str, ...]]:
     c = _constants()
     return {s: tuple(c[s]) for s in ("head", "common", "tail")}
