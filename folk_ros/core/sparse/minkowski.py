@@ -17,7 +17,9 @@ two (matching packed coordinate keys), so results come back on our
 coordinate rows and plug into the rest of the model unchanged.
 
 Backend selection (``"torch" | "minkowski" | "auto"``, auto = MinkowskiEngine
-when importable): :func:`resolve_backend`; :func:`backbone_forward` runs a
+when importable): :func:`resolve_backend`; :class:`MinkowskiSparseOps` is the
+backbone's sparse operations on MinkowskiEngine (its forward is written once, in
+:mod:`folk_ros.core.mask3d.backbone`); :func:`backbone_forward` runs a
 ``Res16UNet34C`` on either; :func:`set_sparse_backend` switches a ``Mask3D``
 (or a bare backbone) in place without touching its state dict.
 """
@@ -25,7 +27,6 @@ when importable): :func:`resolve_backend`; :func:`backbone_forward` runs a
 from __future__ import annotations
 
 import functools
-import types
 import weakref
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,7 @@ from .nn import SparseBatchNorm, SparseConv3d
 from .tensor import SparseTensor
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..mask3d.backbone import BasicBlock, Res16UNet34C
+    from ..mask3d.backbone import Res16UNet34C
 
 BACKENDS = ("torch", "minkowski", "auto")
 BUILD_HINT = "scripts/build_minkowski.sh"
@@ -203,96 +204,69 @@ def _replace(x, feats: torch.Tensor):
     return me.SparseTensor(feats, coordinate_map_key=x.coordinate_map_key, coordinate_manager=x.coordinate_manager)
 
 
-def _bn(layer: SparseBatchNorm, x):
-    return _replace(x, layer.bn(x.F))
+class MinkowskiSparseOps:
+    """The backbone's sparse operations on MinkowskiEngine tensors, with our layers' parameters (the
+    backend protocol of :class:`folk_ros.core.mask3d.backbone.TorchSparseOps`). ``enter`` converts our
+    stride-1 input (:func:`to_minkowski`), ``leave`` brings every feature map back onto our coordinate rows
+    (:func:`from_minkowski`), so the decoder is unchanged. Differentiable."""
 
+    name = "minkowski"
 
-def _relu(x):
-    return _replace(x, torch.relu(x.F))
+    def __init__(self, num_threads: int | None = None):
+        self.num_threads = num_threads
 
+    def enter(self, x: SparseTensor):
+        require_minkowski()
+        if x.stride != 1:
+            raise ValueError(f"the backbone input must be at tensor stride 1, got {x.stride}")
+        return to_minkowski(x, self.num_threads)
 
-def _block(block: "BasicBlock", x):
-    """``BasicBlock.forward`` on MinkowskiEngine tensors (same parameters)."""
-    out = _relu(_bn(block.norm1, minkowski_conv(block.conv1, x)))
-    out = _bn(block.norm2, minkowski_conv(block.conv2, out))
-    if block.downsample is None:
-        residual = x
-    else:
-        conv, bn = block.downsample
-        residual = _bn(bn, minkowski_conv(conv, x))
-    return _replace(out, torch.relu(out.F + residual.F))
+    def leave(self, maps: list, x: SparseTensor) -> list[SparseTensor]:
+        return [from_minkowski(m, x.manager) for m in maps]
 
+    def conv(self, layer: SparseConv3d, x):
+        return minkowski_conv(layer, x)
 
-def _layer(blocks: torch.nn.Sequential, x):
-    for block in blocks:
-        x = _block(block, x)
-    return x
+    def norm(self, layer: SparseBatchNorm, x):
+        return _replace(x, layer.bn(x.F))
 
+    def relu(self, x):
+        return _replace(x, torch.relu(x.F))
 
-def minkowski_backbone_forward(backbone: "Res16UNet34C", x: SparseTensor,
-                               num_threads: int | None = None) -> tuple[SparseTensor, list[SparseTensor]]:
-    """``Res16UNet34C.forward`` with every sparse convolution run by MinkowskiEngine.
+    def replace(self, x, feats: torch.Tensor):
+        return _replace(x, feats)
 
-    Same parameters, same result (up to float rounding), returned on our
-    coordinate rows: ``(block8 output (stride 1), [maps at strides 16, 8, 4, 2, 1])``
-    exactly as :meth:`Res16UNet34C.forward`, so the decoder is unchanged.
-    ``x``: our stride-1 SparseTensor ``(V, in_channels)``.  Differentiable.
-    """
-    me = require_minkowski()
-    if x.stride != 1:
-        raise ValueError(f"the backbone input must be at tensor stride 1, got {x.stride}")
-    b = backbone
-    xm = to_minkowski(x, num_threads)
-    out_p1 = _relu(_bn(b.bn0, minkowski_conv(b.conv0p1s1, xm)))
-    out_b1p2 = _layer(b.block1, _relu(_bn(b.bn1, minkowski_conv(b.conv1p1s2, out_p1))))
-    out_b2p4 = _layer(b.block2, _relu(_bn(b.bn2, minkowski_conv(b.conv2p2s2, out_b1p2))))
-    out_b3p8 = _layer(b.block3, _relu(_bn(b.bn3, minkowski_conv(b.conv3p4s2, out_b2p4))))
-    out = _layer(b.block4, _relu(_bn(b.bn4, minkowski_conv(b.conv4p8s2, out_b3p8))))
-    maps = [out]
-    for convtr, bn, skip, blocks in (
-            (b.convtr4p16s2, b.bntr4, out_b3p8, b.block5),
-            (b.convtr5p8s2, b.bntr5, out_b2p4, b.block6),
-            (b.convtr6p4s2, b.bntr6, out_b1p2, b.block7),
-            (b.convtr7p2s2, b.bntr7, out_p1, b.block8)):
-        out = _layer(blocks, me.cat(_relu(_bn(bn, minkowski_conv(convtr, out))), skip))
-        maps.append(out)
-    ours = [from_minkowski(m, x.manager) for m in maps]
-    return ours[-1], ours
+    def cat(self, a, b):
+        return require_minkowski().cat(a, b)
 
 
 def backbone_forward(backbone: "Res16UNet34C", x: SparseTensor,
                      backend: str = "torch") -> tuple[SparseTensor, list[SparseTensor]]:
-    """Run ``backbone`` on ``x`` with the ``"torch" | "minkowski" | "auto"`` sparse backend.
-
-    The plain module call for torch; :func:`minkowski_backbone_forward`
-    otherwise.  Both return ``(pcd, maps)`` on our coordinate rows.
-    """
+    """Run ``backbone`` on ``x`` with the ``"torch" | "minkowski" | "auto"`` sparse backend, whatever
+    backend the module is set to. Both return ``(pcd, maps)`` on our coordinate rows."""
     if resolve_backend(backend) == "minkowski":
-        return minkowski_backbone_forward(backbone, x)
-    return type(backbone).forward(backbone, x)
+        return backbone.run(x, MinkowskiSparseOps())
+    return backbone.run(x, type(backbone).sparse_ops)   # the class default: the pure-PyTorch backend
 
 
 def set_sparse_backend(model: torch.nn.Module, backend: str) -> str:
     """Switch a ``Mask3D`` (or a bare ``Res16UNet34C``) to a sparse backend in place; returns it resolved.
 
-    ``"minkowski"`` rebinds the backbone's ``forward`` (instance attribute) to
-    :func:`minkowski_backbone_forward`; ``"torch"`` restores the class method.
-    Parameters, buffers and the state dict are untouched, so checkpoints load
-    the same on both.  ``"auto"`` picks MinkowskiEngine when importable.
+    Sets the backbone's ``sparse_ops`` (:class:`MinkowskiSparseOps` or the class default, torch).
+    Parameters, buffers and the state dict are untouched, so checkpoints load the same on both.
+    ``"auto"`` picks MinkowskiEngine when importable.
     """
     resolved = resolve_backend(backend)
     backbone = getattr(model, "backbone", model)
     if not all(hasattr(backbone, name) for name in ("conv0p1s1", "block8", "convtr7p2s2")):
         raise ValueError(f"expected a Mask3D or Res16UNet34C, got {type(model).__name__}")
     if resolved == "minkowski":
-        backbone.forward = types.MethodType(minkowski_backbone_forward, backbone)
+        backbone.sparse_ops = MinkowskiSparseOps()
     else:
-        backbone.__dict__.pop("forward", None)
+        backbone.__dict__.pop("sparse_ops", None)
     return resolved
 
 
 def sparse_backend_of(model: torch.nn.Module) -> str:
     """``"minkowski"`` when :func:`set_sparse_backend` switched ``model`` to it, else ``"torch"``."""
-    backbone = getattr(model, "backbone", model)
-    fwd = backbone.__dict__.get("forward")
-    return "minkowski" if getattr(fwd, "__func__", None) is minkowski_backbone_forward else "torch"
+    return getattr(model, "backbone", model).sparse_ops.name

@@ -6,7 +6,7 @@
   (output coordinate ``floor(c / 2s) * 2s``); ``transposed=True`` with kernel 2 /
   stride 2 maps back onto the existing finer coordinate set.
 * :class:`SparseBatchNorm` (``.bn`` = ``nn.BatchNorm1d``, MinkowskiBatchNorm's keys),
-  :class:`SparseReLU`, :class:`SparseAvgPool` (kernel 2, stride 2).
+  :class:`SparseAvgPool` (kernel 2, stride 2).
 """
 
 from __future__ import annotations
@@ -89,13 +89,6 @@ class SparseBatchNorm(nn.Module):
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         return x.replace(self.bn(x.F))
-
-
-class SparseReLU(nn.Module):
-    """ReLU on features."""
-
-    def forward(self, x: SparseTensor) -> SparseTensor:
-        return x.replace(torch.relu(x.F))
 
 
 class SparseAvgPool(nn.Module):
