@@ -67,6 +67,7 @@ from folk_ros.core.clip_text import encode_tokens
 from folk_ros.core.clip_weights import OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME
 from folk_ros.core.maskclip import maskclip_dense_features
 from training.atomic import torch_save_atomic, write_json_atomic
+from training.rng import rng_state, set_rng_state
 from training.clip.dataset import BACKGROUND_CLASSES, CropJitter, ViewConfig, ViewSet, frame_masks, load_views
 from training.data import scannet200
 from training.data.scenes import find_scenes, has_instance_images
@@ -415,10 +416,6 @@ def data_provenance(views: ViewSet, roots: list[str]) -> dict:
             "object_views": len(views), "views_per_class": views.class_counts()}
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -512,8 +509,7 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
             raise ValueError(f"{last} was trained with another vocabulary or model; start a fresh --out")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        rng.bit_generator.state = ck["rng"]["numpy"]
-        torch.set_rng_state(ck["rng"]["torch"])
+        set_rng_state(ck["rng"], rng)
         step, epoch, elapsed, history = ck["step"], ck["epoch"], ck["elapsed"], ck["history"]
         best, best_epoch, sha = ck["best"], ck["best_epoch"], ck.get("sha256")
         log.info("resumed from %s at step %d (epoch %d, %.1f min done)", last, step, epoch, elapsed / 60)
@@ -568,7 +564,7 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
             best, best_epoch = score, epoch
             sha = save_model(clip, out)
         elapsed = time.perf_counter() - t_resume
-        torch_save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(rng),
+        torch_save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(rng),
                            "step": step, "epoch": epoch, "elapsed": elapsed, "history": history, "best": best,
                            "best_epoch": best_epoch, "sha256": sha, "vocabulary": list(vocab.names),
                            "config": asdict(cfg)}, last)

@@ -71,6 +71,7 @@ from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import DEFAULT_TEMPLATE, ClipModel
 from folk_ros.core.student import Student, StudentConfig
 from training.atomic import torch_save_atomic, write_json_atomic
+from training.rng import rng_state, set_rng_state
 from training.data import scannet200
 from training.data.vocabularies import vocabulary
 from training.distributed import DistInfo, distributed
@@ -424,7 +425,7 @@ def _run(cfg: TrainConfig, env: DistInfo, clip, on_epoch_end) -> dict:
     if state is not None:
         student.load_state_dict(state["student"]["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"]["torch"])
+        set_rng_state(state["rng"])
         history, best, start = state["history"], state["best"], state["epoch"]
         if env.is_main:
             log.info("resuming %s after epoch %d of %d", out, start, cfg.epochs)
@@ -484,7 +485,7 @@ def _run(cfg: TrainConfig, env: DistInfo, clip, on_epoch_end) -> dict:
                     train_config=asdict(cfg), metrics=rec, epoch=epoch + 1,
                     data={"train": train_set.stats, "val": val_set.stats}), best_path)
             torch_save_atomic({"format": LAST_FORMAT, "epoch": epoch + 1, "student": student.to_checkpoint(),
-                               "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()},
+                               "optimizer": optimizer.state_dict(), "rng": rng_state(),
                                "best": best, "history": history, "identity": cfg.identity()}, last_path)
             write_json_atomic(metrics_path, record())
         bar.set_postfix(loss=f"{rec['train_loss']:.3f}", train=f"{rec['train_pseudo_acc']:.3f}",

@@ -32,6 +32,7 @@ from folk_ros.core.mask3d.checkpoint import load_checkpoint, save_checkpoint
 from folk_ros.core.mask3d.config import INPUT_FEATURES, PRESETS, PostprocessConfig, preset
 from folk_ros.core.mask3d.model import Mask3D
 from training.atomic import write_json_atomic
+from training.rng import rng_state, set_rng_state
 from training.evaluate.instance_ap import EvalResult
 from training.mask3d.augment import AugmentConfig
 from training.data.scenes import find_scenes, has_mesh_gt
@@ -108,16 +109,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state(), "python": random.getstate()}
-
-
-def _set_rng_state(rng: np.random.Generator, state: dict) -> None:
-    rng.bit_generator.state = state["numpy"]
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-
-
 def train(cfg: TrainConfig) -> dict:
     """Run the training; returns the final metrics dict (also in ``<out>/metrics.json``)."""
     out = Path(cfg.out)
@@ -156,7 +147,7 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(rng, ckpt["rng"])
+        set_rng_state(ckpt["rng"], rng)
         start_epoch, history, best = ckpt["epoch"] + 1, ckpt["history"], ckpt["best_ap50"]
         log.info("resumed from %s at epoch %d", last, start_epoch)
 
@@ -189,7 +180,7 @@ def train(cfg: TrainConfig) -> dict:
         history.append(row)
         log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 4) for k, v in row.items()}))
         score = row.get("val_ap50", -row["loss"])
-        extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_state(rng),
+        extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(rng),
                  "epoch": epoch, "history": history, "best_ap50": max(best, score), "train_config": asdict(cfg)}
         save_checkpoint(last, model, **extra)
         if score > best:
