@@ -11,7 +11,8 @@ import torch
 from folk_ros.core.bundle import BundleError, read_manifest
 from folk_ros.core.cloud import PointCloud
 from folk_ros.core.mask3d.config import Mask3DConfig, preset
-from folk_ros.core.segmenter import Segmenter, mask_geometry, validate_vocabulary
+from folk_ros.core.segmenter import Segmenter, mask_geometry
+from folk_ros.core.vocabulary import validate_vocabulary
 from test.fixtures import VOCABULARY, box_room_cloud, make_untrained_bundle
 
 

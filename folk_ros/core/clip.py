@@ -43,6 +43,7 @@ from folk_ros.core.clip_text import encode_tokens
 from folk_ros.core.clip_weights import (LOCAL_DIR_PREFIX, OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME, import_open_clip,
                                         read_model_cfg, register_model_config, resolve_weights)
 from folk_ros.core.maskclip import check_dense_support, maskclip_dense_features
+from folk_ros.core.vocabulary import validate_vocabulary
 from folk_ros.core.weight_init import no_weight_init
 
 log = logging.getLogger(__name__)
@@ -63,17 +64,6 @@ def resolve_device(device: Union[str, torch.device] = "auto") -> torch.device:
             raise ValueError(f"device={device!r} but CUDA is not available here; use 'cpu' or 'auto'")
         return torch.device(device)
     raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-
-
-def _validate_names(names: Sequence[str]) -> Tuple[str, ...]:
-    if isinstance(names, str) or not isinstance(names, (list, tuple)):
-        raise ValueError(f"names must be a list of strings, got {type(names).__name__}")
-    if not names:
-        raise ValueError("names is empty: give at least one class name")
-    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise ValueError(f"names must be non-empty strings; bad entries: {bad[:5]!r}")
-    return tuple(names)
 
 
 def _validate_templates(template: Union[str, Sequence[str]]) -> Tuple[str, ...]:
@@ -225,7 +215,7 @@ class ClipModel:
         averaged per name and the mean normalised again (open_clip's
         build_zero_shot_classifier). Results are cached per (templates, names) in an LRU.
         """
-        key = (_validate_templates(template), _validate_names(names))
+        key = (_validate_templates(template), validate_vocabulary(names))
         with self._text_lock:  # the node may change the vocabulary while a worker encodes
             cached = self._text_cache.get(key)
             if cached is None:

@@ -29,7 +29,8 @@ from folk_ros.core.instance_map import InstanceMap, MapLabels, Region, UpdateRes
 from folk_ros.core.map_config import MapConfig
 from folk_ros.core.map_file import load_map, save_map
 from folk_ros.core.map_voxels import isin_sorted
-from folk_ros.core.segmenter import EmbeddedProposals, Segmenter, validate_vocabulary
+from folk_ros.core.segmenter import EmbeddedProposals, Segmenter
+from folk_ros.core.vocabulary import validate_vocabulary
 
 QUERY_TEMPLATE = "{}"   # query phrases are encoded as written ("a red mug"), not through the prompt template
 

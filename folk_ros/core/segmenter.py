@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -31,6 +30,7 @@ from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.mask3d.model import Mask3D
 from folk_ros.core.sparse.minkowski import set_sparse_backend
 from folk_ros.core.student import Student, classify  # noqa: F401  (classify: re-exported)
+from folk_ros.core.vocabulary import validate_vocabulary
 from folk_ros.core.voxel_masks import VoxelMasks
 
 
@@ -125,22 +125,6 @@ class EmbeddedProposals:
     def masks(self) -> np.ndarray:
         """(M, N) bool over the cloud's points (computed once)."""
         return self.voxel_masks.to_points(torch.from_numpy(self.inverse_map)).numpy()
-
-
-def validate_vocabulary(vocabulary) -> tuple[str, ...]:
-    """A non-empty sequence of distinct non-empty strings, or ValueError saying what is wrong."""
-    if isinstance(vocabulary, str) or not isinstance(vocabulary, Sequence):
-        raise ValueError(f"vocabulary must be a list of names, got {type(vocabulary).__name__}")
-    names = tuple(vocabulary)
-    if not names:
-        raise ValueError("vocabulary is empty: give at least one name")
-    bad = [n for n in names if not isinstance(n, str) or not n.strip()]
-    if bad:
-        raise ValueError(f"vocabulary entries must be non-empty strings, got {bad!r}")
-    dupes = sorted(n for n, count in Counter(names).items() if count > 1)   # linear, not names.count per name
-    if dupes:
-        raise ValueError(f"vocabulary has duplicate names {dupes}")
-    return names
 
 
 def mask_geometry(xyz: torch.Tensor, masks: VoxelMasks | torch.Tensor,

@@ -25,7 +25,7 @@ from rclpy.parameter import Parameter
 
 from folk_ros.core.cloud import DEFAULT_RGB
 from folk_ros.core.map_config import MapConfig
-from folk_ros.core.segmenter import validate_vocabulary
+from folk_ros.core.vocabulary import validate_vocabulary
 
 PACKAGE = "folk_ros"
 NODE_NAME = "folk_segmenter"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from folk_ros.core.vocabulary import validate_vocabulary
 from training.data import scannet200
 from training.data.synth_objects import category_names
 
@@ -17,7 +18,7 @@ def vocabulary(spec: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     if not names:
         raise ValueError(f"empty vocabulary {spec!r}")
-    return names
+    return validate_vocabulary(names)
 
 
 def label_ids_of(names: tuple[str, ...]) -> np.ndarray:

@@ -254,9 +254,7 @@ def load_instances(paths: list[Path], text: torch.Tensor, vocab: tuple[str, ...]
 
 def encode_vocabulary(cfg: TrainConfig, clip=None) -> tuple[tuple[str, ...], torch.Tensor, str]:
     """(vocabulary, (K, C) CPU text embeddings, CLIP identity) of the run."""
-    vocab = vocabulary(cfg.vocabulary)
-    if len(set(vocab)) != len(vocab):
-        raise ValueError(f"vocabulary {cfg.vocabulary!r} repeats names")
+    vocab = vocabulary(cfg.vocabulary)   # validated: distinct non-empty names
     ident = clip_identity(BuildConfig(clip=cfg.clip, clip_config=cfg.clip_config))
     if clip is None:
         clip = (ClipModel(cfg.clip, device=cfg.device) if cfg.clip is not None
