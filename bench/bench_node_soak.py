@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from demo.__main__ import NodeProcess
+from demo.node_process import NodeProcess
 from test.ros_harness import NODE_ARGS, TOPIC_INSTANCES, Probe, ready_probe, room_msg
 from training.atomic import write_json_atomic
 

@@ -90,7 +90,7 @@ def play_map_mode(args, bundle: Path, clouds) -> int:
     from folk_ros_interfaces.srv import QueryMap, SaveMap
     from sensor_msgs.msg import PointCloud2
 
-    from demo.__main__ import NodeProcess, node_arguments, point_fields, wait_for_report
+    from demo.node_process import NodeProcess, node_arguments, point_fields, wait_for_report
     from demo.player import CloudPlayer, RosSession, StampCollector
 
     namespace = args.namespace.rstrip("/") + "_map"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from demo.__main__ import NodeProcess
+from demo.node_process import NodeProcess, point_fields as cloud_fields  # noqa: F401 (for the tests)
 from folk_ros.ros import parameters as params
 from folk_ros.ros.node import TOPIC_IN, TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS
 from test.fixtures import box_room_cloud, make_untrained_bundle
@@ -151,12 +151,3 @@ def room_msg(seed=0, nan_rows=(5, 17, 4000), color=True, points_per_box=1500):
     msg = cloud_to_msg(xyz, cloud.rgb if color else None, Header())
     msg.height, msg.width, msg.row_step = 2, len(xyz) // 2, msg.point_step * (len(xyz) // 2)
     return msg, xyz
-
-
-def cloud_fields(msg) -> dict[str, np.ndarray]:
-    names = [f.name for f in msg.fields]
-    offsets = [f.offset for f in msg.fields]
-    codes = {8: "<f8", 7: "<f4", 6: "<u4", 5: "<i4"}
-    dtype = np.dtype({"names": names, "formats": [codes[f.datatype] for f in msg.fields], "offsets": offsets,
-                      "itemsize": msg.point_step})
-    return np.frombuffer(msg.data, dtype, count=msg.width * msg.height)

@@ -119,7 +119,7 @@ def test_player_cli_waits_for_the_outputs_of_each_cloud(tmp_path):
 
 def test_node_log_lines_parse():
     """The demo reads the node's per-cloud log line: its parser must follow CloudReport.line."""
-    from demo.__main__ import node_reports
+    from demo.node_process import node_reports
     from folk_ros.ros.work import STAGES, CloudReport
 
     timings = {k: 1.5 * (i + 1) for i, k in enumerate(STAGES)}

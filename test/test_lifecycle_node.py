@@ -9,7 +9,7 @@ import pytest
 from folk_ros.ros.node import TOPIC_INSTANCES
 from test.fixtures import make_untrained_bundle
 from test.ros_harness import NODE_ARGS, TIMEOUT, Probe, room_msg
-from demo.__main__ import NodeProcess
+from demo.node_process import NodeProcess
 
 pytestmark = pytest.mark.ros   # starts the node: needs rclpy and the ROS 2 middleware
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from demo.__main__ import NodeProcess
+from demo.node_process import NodeProcess
 from folk_ros.core.bundle import read_manifest
 from folk_ros.ros.node import TOPIC_INSTANCES
 from test.ros_harness import REPO, Probe
