@@ -15,6 +15,10 @@ import torch
 from folk_ros.core.bundle import file_sha256
 from folk_ros.core.clip import ClipModel
 from training.clip import train as T
+from training.clip.batches import crop_weights
+from training.clip.evaluation import evaluate, make_eval_set
+from training.clip.losses import crop_contrastive_loss
+from training.clip.vocabulary import build_vocabulary, text_embeddings, tokenize
 from training.clip.dataset import (BACKGROUND_CLASSES, ViewConfig, crop_square, frame_masks,
                                    instance_boxes, load_views, square_box)
 from training.data import scannet200
@@ -108,10 +112,10 @@ def test_frame_masks_keep_known_classes_only(scene):
 
 def test_short_context_text_matches_open_clip(tiny_config):
     clip = ClipModel.from_config(tiny_config, device="cpu", seed=0)
-    tokens = T.tokenize(clip, ("chair", "coffee table", "kitchen counter"), "a {} in the scene")
+    tokens = tokenize(clip, ("chair", "coffee table", "kitchen counter"), "a {} in the scene")
     with torch.no_grad():
         full = torch.nn.functional.normalize(clip.model.encode_text(tokens).float(), dim=-1)
-        short = T.text_embeddings(clip.model, tokens)
+        short = text_embeddings(clip.model, tokens)
     assert torch.allclose(full, short, atol=1e-5)
 
 
@@ -119,11 +123,11 @@ def test_crop_loss_does_not_treat_same_class_crops_as_negatives():
     text = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
     targets = torch.tensor([0, 0, 2, 2, 3])
     image = text[targets]  # each crop equals its class prompt; two pairs share a class
-    terms = T.crop_contrastive_loss(image, text, targets, torch.tensor(100.0))
+    terms = crop_contrastive_loss(image, text, targets, torch.tensor(100.0))
     # t2i: a uniform target over a class's crops; its minimum is that target's entropy, log 2 for
     # classes 0 and 2, 0 for class 3 (instance-level InfoNCE would push the pairs apart instead)
     assert terms["i2t"] < 1e-3 and terms["t2i"] == pytest.approx(2 / 3 * np.log(2), abs=1e-3)
-    wrong = T.crop_contrastive_loss(text[torch.tensor([0, 1, 2, 2, 3])], text, targets, torch.tensor(100.0))
+    wrong = crop_contrastive_loss(text[torch.tensor([0, 1, 2, 2, 3])], text, targets, torch.tensor(100.0))
     assert wrong["i2t"] > 1.0 and wrong["t2i"] > terms["t2i"] + 1.0
 
 
@@ -131,13 +135,13 @@ def test_optimisation_steps_reduce_the_loss_on_a_fixed_batch(views, tiny_config)
     clip = ClipModel.from_config(tiny_config, device="cpu", seed=0)
     cfg = T.TrainConfig(scenes=["-"], val_scenes=["-"], crop_batch=8, frame_batch=1, dense_size=(64, 80),
                         min_pixels=MIN_PIXELS)
-    vocab = T.build_vocabulary(views, cfg.background)
+    vocab = build_vocabulary(views, cfg.background)
     assert set(vocab.objects) == set(views.class_counts()) and "wall" in vocab.background and not vocab.negatives
-    wide = T.build_vocabulary(views, cfg.background, scannet200_negatives=True)
+    wide = build_vocabulary(views, cfg.background, scannet200_negatives=True)
     assert wide.names[:len(vocab.names)] == vocab.names and len(set(wide.names)) == len(wide.names)
     assert set(wide.names) == (set(scannet200.class_labels()) - set(BACKGROUND_CLASSES)) | set(vocab.background)
-    tokens = T.tokenize(clip, vocab.names, cfg.template)
-    weights, pool = T.crop_weights(views, cfg.class_balance), np.unique(views.frame)
+    tokens = tokenize(clip, vocab.names, cfg.template)
+    weights, pool = crop_weights(views, cfg.class_balance), np.unique(views.frame)
     opt = torch.optim.AdamW(T.param_groups(clip.model, cfg.weight_decay), lr=2e-3)
     clip.model.train()
 
@@ -170,7 +174,7 @@ def test_checkpoint_resume_round_trip_and_saved_model_loads(scene, tiny_config, 
     straight = T.train(T.parse_args(argv), argv)
 
     # the same run, killed during the second evaluation (after epoch 1's checkpoint), then resumed
-    real_evaluate, calls = T.evaluate, []
+    real_evaluate, calls = evaluate, []
 
     def dying_evaluate(*args, **kwargs):
         calls.append(1)
@@ -199,8 +203,8 @@ def test_checkpoint_resume_round_trip_and_saved_model_loads(scene, tiny_config, 
     loaded = ClipModel(f"local-dir:{out}", device="cpu")
     objects = tuple(straight["vocabulary"]["objects"])
     views = load_views(find_scenes(root, has_instance_images), ViewConfig(min_pixels=MIN_PIXELS, crop_size=64))
-    data = T.make_eval_set(views, objects, 12, 2)
-    again = T.evaluate(loaded, loaded.encode_text(list(objects)), objects, data, (64, 80), MIN_PIXELS)
+    data = make_eval_set(views, objects, 12, 2)
+    again = evaluate(loaded, loaded.encode_text(list(objects)), objects, data, (64, 80), MIN_PIXELS)
     assert again["crop"]["acc"] == straight["metrics"]["val"]["crop"]["acc"]
     assert again["dense"]["acc"] == straight["metrics"]["val"]["dense"]["acc"]
     assert straight["metrics"]["val"]["crop"]["chance"] == pytest.approx(1 / len(objects))

@@ -36,6 +36,10 @@ scenes (also against the whole ScanNet200 vocabulary minus background, the teach
 setting), and ``manifest.json`` records the command, seeds, data seeds, the weights' sha256,
 metrics with chance levels, and the vocabulary. ``--scannet200-negatives`` adds the ScanNet200
 names that no training instance has to the text side of both losses (never as targets).
+
+This module is the loop, its state on disk and the CLI; the vocabulary and text embeddings are in
+:mod:`training.clip.vocabulary`, the losses in :mod:`training.clip.losses`, the batches in
+:mod:`training.clip.batches`, the held-out evaluation in :mod:`training.clip.evaluation`.
 """
 
 from __future__ import annotations
@@ -62,17 +66,17 @@ from tqdm import tqdm
 from folk_ros.core.bundle import file_sha256
 from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import DEFAULT_TEMPLATE, ClipModel
-from folk_ros.core.clip_preprocess import images_to_float
-from folk_ros.core.clip_text import encode_tokens
 from folk_ros.core.clip_weights import OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME
 from folk_ros.core.maskclip import maskclip_dense_features
 from training.atomic import torch_save_atomic, write_json_atomic
 from training.rng import rng_state, set_rng_state
-from training.clip.dataset import BACKGROUND_CLASSES, CropJitter, ViewConfig, ViewSet, frame_masks, load_views
-from training.data import scannet200
+from training.clip.batches import crop_input, crop_weights, dense_input, sample_frames
+from training.clip.dataset import BACKGROUND_CLASSES, CropJitter, ViewConfig, ViewSet, load_views
+from training.clip.evaluation import evaluate, make_eval_set, selection_score
+from training.clip.losses import crop_contrastive_loss, dense_mask_loss
+from training.clip.vocabulary import build_vocabulary, scannet200_object_names, text_embeddings, tokenize
 from training.data.scenes import find_scenes, has_instance_images
 from training.teacher.config import TeacherConfig
-from training.teacher.mask_pooling import pool_mask_features
 
 log = logging.getLogger("training.clip.train")
 CHECKPOINT_DIR = "checkpoints"
@@ -154,238 +158,6 @@ def learning_rate(step: int, frac: float, cfg: TrainConfig) -> float:
     low = cfg.lr * cfg.min_lr_ratio
     cosine = low + 0.5 * (1.0 + math.cos(math.pi * min(max(frac, 0.0), 1.0))) * (cfg.lr - low)
     return warm * cosine
-
-
-# --------------------------------------------------------------------------- vocabulary and text
-
-
-@dataclass(frozen=True)
-class Vocabulary:
-    """Training classes: objects first (indices 0..K_o-1), then background classes, then
-    text-only negatives (names no training instance has; never a target)."""
-
-    objects: tuple[str, ...]
-    background: tuple[str, ...]
-    negatives: tuple[str, ...] = ()
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return self.objects + self.background + self.negatives
-
-    def index(self) -> dict[str, int]:
-        return {n: i for i, n in enumerate(self.names)}
-
-
-def build_vocabulary(train: ViewSet, background: tuple[str, ...], scannet200_negatives: bool = False) -> Vocabulary:
-    """Object classes with views in the training set (sorted) + the background classes present
-    (+ with `scannet200_negatives`, the other ScanNet200 names, so that a teacher scoring the
-    full benchmark vocabulary meets no prompt the model never saw)."""
-    objects = tuple(sorted(train.class_counts()))
-    if not objects:
-        raise ValueError("the training scenes give no object views (check min_pixels and the labels)")
-    present = set(train.all_classes())
-    back = tuple(b for b in background if b in present)
-    known = set(objects) | set(back)
-    negatives = tuple(n for n in scannet200_object_names(background) if n not in known) if scannet200_negatives else ()
-    return Vocabulary(objects, back, negatives)
-
-
-def scannet200_object_names(background: tuple[str, ...] = BACKGROUND_CLASSES) -> tuple[str, ...]:
-    """The ScanNet200 class names minus the background classes (the teacher's usual vocabulary)."""
-    return tuple(n for n in scannet200.class_labels() if n not in set(background))
-
-
-def tokenize(clip: ClipModel, names: tuple[str, ...], template: str) -> torch.Tensor:
-    """(K, context) token ids of the prompts ``template`` filled with each name."""
-    return clip.tokenizer([template.replace("{}", n) for n in names]).to(clip.device)
-
-
-def text_embeddings(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """(K, D) L2-normalised text embeddings of (K, context) padded token ids; differentiable (no cache, unlike
-    ClipModel.encode_text). The text tower runs over the prompts' own length
-    (:func:`folk_ros.core.clip_text.encode_tokens`: same output as ``model.encode_text``, ~7x less compute)."""
-    return F.normalize(encode_tokens(model, tokens).float(), dim=-1)
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def crop_contrastive_loss(image: torch.Tensor, text: torch.Tensor, targets: torch.Tensor,
-                          scale: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Class-level CLIP loss of B crops against K class prompts.
-
-    Args:
-        image: (B, D) L2-normalised crop embeddings.
-        text: (K, D) L2-normalised prompt embeddings of the vocabulary.
-        targets: (B,) int64 class index of each crop.
-        scale: () logit scale (exp of CLIP's learnt log-temperature).
-
-    Returns:
-        {"i2t": CE over the K prompts, "t2i": per present class, CE of a softmax over the B
-        crops against a uniform target on that class's crops, "loss": their mean}.
-    """
-    logits = scale * image @ text.T                                   # (B, K)
-    i2t = F.cross_entropy(logits, targets)
-    present = torch.unique(targets)                                   # (C,)
-    positive = (targets[None, :] == present[:, None]).float()         # (C, B)
-    log_p = F.log_softmax(logits.T[present], dim=1)                   # (C, B)
-    t2i = -((positive / positive.sum(1, keepdim=True)) * log_p).sum(1).mean()
-    return {"i2t": i2t, "t2i": t2i, "loss": 0.5 * (i2t + t2i)}
-
-
-def dense_mask_loss(features: torch.Tensor, masks: torch.Tensor, image_index: torch.Tensor,
-                    targets: torch.Tensor, text: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mask-pooled dense features (Eq. 6 without the perceptron) classified over the prompts.
-
-    Args:
-        features: (B, D, h, w) MaskCLIP dense features (normalised along D).
-        masks: (M, H, W) bool GT instance masks; image_index: (M,) int64 frame of each mask.
-        targets: (M,) int64 class index; text: (K, D); scale: () logit scale.
-
-    Returns:
-        {"loss": CE, "acc": share of masks whose argmax is right (no gradient)}.
-    """
-    pooled = F.normalize(pool_mask_features(features, masks, image_index), dim=-1)  # (M, D)
-    logits = scale * pooled @ text.T                                                 # (M, K)
-    return {"loss": F.cross_entropy(logits, targets),
-            "acc": (logits.argmax(1) == targets).float().mean().detach()}
-
-
-# --------------------------------------------------------------------------- batches
-
-
-def dense_input(colors: list[np.ndarray], size: tuple[int, int], mean, std, device) -> torch.Tensor:
-    """(B, 3, H', W') normalised frames, resized as ``ClipModel.dense_features(size=...)`` does
-    (antialiased bicubic, clamped to [0, 1], then the model's mean/std)."""
-    xs = []
-    for c in colors:
-        x = images_to_float(c[None]).to(device)
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
-        xs.append(x)
-    x = torch.cat(xs)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return (x - m) / s
-
-
-def crop_input(crops: np.ndarray, mean, std, device) -> torch.Tensor:
-    """(B, 3, S, S) normalised crops from (B, S, S, 3) uint8 (already at the model's size)."""
-    x = images_to_float(crops).to(device)
-    return (x - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(std, device=device).view(1, 3, 1, 1)
-
-
-def crop_weights(views: ViewSet, power: float) -> np.ndarray:
-    """(V,) sampling probabilities ~ (views of the crop's class) ** -power."""
-    counts = views.class_counts()
-    w = np.array([counts[n] for n in views.name], np.float64) ** -power
-    return w / w.sum()
-
-
-def sample_frames(views: ViewSet, frames: np.ndarray, rng: np.random.Generator, vocab: dict[str, int],
-                  min_pixels: int, flip: bool) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Decode frames, optionally flip each at random, and cut their GT masks.
-
-    Returns colours [(H, W, 3) uint8], masks (M, H, W) bool, image_index (M,), targets (M,).
-    """
-    colors, masks, index, targets = [], [], [], []
-    for b, f in enumerate(frames):
-        fr = views.frames[int(f)]
-        color, inst = fr.decode()
-        if flip and rng.random() < 0.5:
-            color, inst = np.ascontiguousarray(color[:, ::-1]), np.ascontiguousarray(inst[:, ::-1])
-        _, m, t = frame_masks(inst, views.labels[fr.scene], vocab, min_pixels)
-        colors.append(color)
-        masks.append(m)
-        targets.append(t)
-        index.append(np.full(len(t), b))
-    return (colors, torch.from_numpy(np.concatenate(masks)), torch.from_numpy(np.concatenate(index)),
-            torch.from_numpy(np.concatenate(targets)))
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@dataclass(frozen=True)
-class EvalSet:
-    """A fixed held-out subset: object views and frames of a ViewSet."""
-
-    views: ViewSet
-    view_index: np.ndarray   # (V',) views evaluated (classes outside the vocabulary removed)
-    frame_index: np.ndarray  # (F',) frames for the dense accuracy
-    skipped_views: int       # views whose class is not in the object vocabulary
-
-
-def make_eval_set(views: ViewSet, objects: tuple[str, ...], max_views: int, max_frames: int,
-                  seed: int = 0) -> EvalSet:
-    """Views of known object classes (a seeded subset of at most `max_views`) and evenly spaced frames."""
-    known = np.isin(views.name, list(objects))
-    idx = np.flatnonzero(known)
-    if max_views and len(idx) > max_views:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, max_views, replace=False))
-    frames = np.unique(views.frame[known])
-    if max_frames and len(frames) > max_frames:
-        frames = frames[np.linspace(0, len(frames) - 1, max_frames).round().astype(int)]
-    return EvalSet(views, idx, frames, int((~known).sum()))
-
-
-def _accuracies(pred: np.ndarray, truth: np.ndarray, k: int) -> dict[str, float]:
-    """Micro and class-mean accuracy, chance (1/K) and the majority-class rate."""
-    if len(truth) == 0:
-        return {"acc": float("nan"), "mean_class_acc": float("nan"), "n": 0}
-    classes = np.unique(truth)
-    per_class = [float((pred[truth == c] == c).mean()) for c in classes]
-    return {"acc": float((pred == truth).mean()), "mean_class_acc": float(np.mean(per_class)), "n": int(len(truth)),
-            "classes": int(len(classes)), "chance": 1.0 / k,
-            "majority": float(np.bincount(truth).max() / len(truth))}
-
-
-def evaluate(clip: ClipModel, text: torch.Tensor, objects: tuple[str, ...], data: EvalSet,
-             dense_size: tuple[int, int], min_pixels: int, batch: int = 64) -> dict[str, dict]:
-    """Zero-shot accuracy of held-out object crops and of mask-pooled dense features.
-
-    Args:
-        clip: the model, evaluated through its public ``encode_images`` / ``dense_features``.
-        text: (K_o, D) L2-normalised prompt embeddings of the object vocabulary `objects`.
-        data: the held-out views and frames.
-
-    Returns:
-        {"crop": {...}, "dense": {...}}, each with acc, mean_class_acc, n, classes, chance, majority.
-    """
-    clip.model.eval()
-    classes = {n: i for i, n in enumerate(objects)}
-    k = len(objects)
-    text = text.to(clip.device)
-    views = data.views
-    crop_pred = []
-    for chunk in np.array_split(data.view_index, max(1, math.ceil(len(data.view_index) / batch))):
-        if len(chunk):
-            emb = clip.encode_images(views.crops(chunk))                          # (b, D)
-            crop_pred.append((emb @ text.T).argmax(1).cpu().numpy())
-    crop_truth = np.array([classes[n] for n in views.name[data.view_index]], np.int64)
-    crop_pred = np.concatenate(crop_pred) if crop_pred else np.zeros(0, np.int64)
-
-    dense_pred, dense_truth = [], []
-    for chunk in np.array_split(data.frame_index, max(1, math.ceil(len(data.frame_index) / 8))):
-        if not len(chunk):
-            continue
-        colors, masks, index, targets = sample_frames(views, chunk, np.random.default_rng(0), classes,
-                                                      min_pixels, flip=False)
-        if not len(targets):
-            continue
-        feats = clip.dense_features(np.stack(colors), size=dense_size)           # (b, D, h, w)
-        pooled = F.normalize(pool_mask_features(feats, masks, index), dim=-1)    # (m, D)
-        dense_pred.append((pooled @ text.T).argmax(1).cpu().numpy())
-        dense_truth.append(targets.numpy())
-    dense_pred = np.concatenate(dense_pred) if dense_pred else np.zeros(0, np.int64)
-    dense_truth = np.concatenate(dense_truth) if dense_truth else np.zeros(0, np.int64)
-    crop = {**_accuracies(crop_pred, crop_truth, k), "skipped_unknown_class": data.skipped_views}
-    return {"crop": crop, "dense": _accuracies(dense_pred, dense_truth, k)}
-
-
-def selection_score(metrics: dict[str, dict]) -> float:
-    """Model selection: mean of the crop and dense held-out accuracies."""
-    return 0.5 * (metrics["crop"]["acc"] + metrics["dense"]["acc"])
 
 
 # --------------------------------------------------------------------------- state on disk
