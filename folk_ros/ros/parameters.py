@@ -139,7 +139,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "are dropped as non-physical outliers, with one throttled warning. Clouds far from their frame's "
               "origin (UTM) are recentred first, in float64, and results shifted back.", limits=(1.0, 1e7)),
     ParamSpec("default_color", list(DEFAULT_RGB), T.DOUBLE_ARRAY,
-              "RGB in [0, 1] given to clouds without colour fields (warned about once)."),
+              "RGB in [0, 1] given to clouds without colour fields, warned about once, when the bundle's Mask3D "
+              "reads colour (input xyzrgb); a geometry-only bundle (input xyz, for LiDAR) ignores colour."),
     ParamSpec("qos_reliability", "reliable", T.STRING,
               "Reliability of the cloud_in subscription: reliable or best_effort (matches any publisher).",
               limits=RELIABILITIES),
