@@ -7,7 +7,7 @@
 # -> its post-processing chosen on the validation scenes -> class-agnostic AP on the held-out scenes, next to
 # the colour bundle's on the same scenes with and without their colours -> teacher cache (GT instances; reused
 # when current) -> distillation -> the bundle -> student AP on the held-out scenes (Mask3D proposals).
-# Every step at one torch thread; about 2.5 hours on one core of our CI machine class (Mask3D ~110 min).
+# Every step at one torch thread; about 2.5 hours on one core of our CI machine class (Mask3D about 2 h).
 #
 # Usage: scripts/train_xyz_bundle.sh [OUT_BUNDLE]   (default runs/bundle-xyz; models/ has no room for it:
 # 13.6 MB on top of folk-synth's 44.6 MB would pass the 50 MB budget)
