@@ -20,7 +20,7 @@ import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ from folk_ros.core.mask3d.checkpoint import load_checkpoint, save_checkpoint
 from folk_ros.core.mask3d.config import INPUT_FEATURES, PRESETS, PostprocessConfig, preset
 from folk_ros.core.mask3d.model import Mask3D
 from training.atomic import write_json_atomic
+from training.cli import add_settings, setting, settings_from
 from training.rng import rng_state, set_rng_state
 from training.evaluate.instance_ap import EvalResult
 from training.mask3d.augment import AugmentConfig
@@ -44,29 +45,42 @@ from training.mask3d.matcher import MatcherConfig
 log = logging.getLogger("training.mask3d.train")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    train: list[str] = field(default_factory=list)   # folders of training scenes
-    val: list[str] = field(default_factory=list)     # folders of validation scenes
-    out: str = "runs/mask3d"                         # checkpoints and metrics
-    preset: str = "small"                            # Mask3D preset ("small" for CPU, "scannet200")
-    epochs: int = 30
-    lr: float = 1e-3                                 # one-cycle peak learning rate
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0                           # max gradient norm (0: off)
-    augment: bool = True
-    seed: int = 0
-    resume: bool = False
-    device: str = "cpu"
-    max_val_scenes: int = 0                          # 0: all
-    threads: int = 1                                 # torch CPU threads (0: torch's default); see --threads
-    voxel_size: float = 0.0                          # metres; 0: the preset's (2 cm)
-    bn_scenes: int = 8                               # precise-BN recalibration scenes per epoch (0: off)
-    match_points: int = -1                           # points sampled for the matching costs (-1: all, Mask3D's)
-    init: str = ""                                   # checkpoint whose weights start the run (new schedule)
-    dbscan_eps: float = 0.0                          # validation: DBSCAN split of the proposals (m; 0: off)
-    mask_threshold: float = 0.5                      # validation: proposal mask = mask probability above this
-    input_features: str = "xyzrgb"                   # "xyz": geometry only, for colourless (LiDAR) clouds
+    """One Mask3D training run; every field is a flag of ``python -m training.mask3d.train``."""
+
+    train: tuple[str, ...] = setting((), "folders of training scenes (ScanNet layout)", nargs="+", required=True)
+    val: tuple[str, ...] = setting((), "folders of validation scenes", nargs="*")
+    out: str = setting("runs/mask3d", "folder of the checkpoints (best.pt, last.pt) and metrics.json")
+    preset: str = setting("small", "Mask3D preset: small (for CPU) or scannet200 (the official model)",
+                          choices=PRESETS)
+    epochs: int = setting(30, "passes over the training scenes")
+    lr: float = setting(1e-3, "one-cycle peak learning rate")
+    weight_decay: float = setting(1e-4, "AdamW weight decay")
+    grad_clip: float = setting(1.0, "max gradient norm (0: off)")
+    augment: bool = setting(True, "turn off the training augmentations (rotation about z, scale, flips, jitter, "
+                                  "colour)")
+    seed: int = setting(0, "seed of the data order, augmentations and weights")
+    resume: bool = setting(False, "continue from <out>/last.pt")
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    max_val_scenes: int = setting(0, "validate on at most this many scenes (0: all)")
+    threads: int = setting(1, "torch CPU threads (0: torch's default). One thread is faster than two on a shared "
+                              "2-core machine for the sparse ops (bench/bench_sparse_ops.py)")
+    voxel_size: float = setting(0.0, "voxel edge in metres (0: the preset's 2 cm); saved with the model config")
+    bn_scenes: int = setting(8, "training scenes over which BatchNorm statistics are recomputed after every "
+                                "epoch (precise BN; 0: keep the momentum running averages)")
+    match_points: int = setting(-1, "points sampled (uniformly, per step) for the Hungarian matching costs; -1: "
+                                    "all points (Mask3D's ScanNet setting). The matching costs over all points are "
+                                    "most of a CPU step")
+    init: str = setting("", "start from this checkpoint's weights (e.g. an earlier run's best.pt) with a fresh "
+                            "optimiser and schedule; the preset and voxel size must match")
+    dbscan_eps: float = setting(0.0, "validate (and pick best.pt) with Mask3D's DBSCAN split of every proposal into "
+                                     "parts further apart than this many metres, as deployed (see python -m "
+                                     "training.mask3d.evaluate); 0: no split")
+    mask_threshold: float = setting(0.5, "validate with proposal masks where the mask probability exceeds this "
+                                         "(Mask3D: 0.5)")
+    input_features: str = setting("xyzrgb", "what the model reads per point: xyzrgb (colour) or xyz (geometry only, "
+                                            "LiDAR); saved with the model config", choices=INPUT_FEATURES)
 
 
 def class_agnostic_ap(model: Mask3D, scenes: list[Scene], post: PostprocessConfig | None = None) -> EvalResult:
@@ -194,50 +208,8 @@ def train(cfg: TrainConfig) -> dict:
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m training.mask3d.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = TrainConfig()
-    p.add_argument("--train", nargs="+", required=True, help="folders of training scenes (ScanNet layout)")
-    p.add_argument("--val", nargs="*", default=[], help="folders of validation scenes")
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--preset", default=d.preset, choices=PRESETS)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    p.add_argument("--no-augment", dest="augment", action="store_false")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--max-val-scenes", type=int, default=d.max_val_scenes)
-    p.add_argument("--threads", type=int, default=d.threads,
-                   help="torch CPU threads (0: torch's default). One thread is faster than two on a shared "
-                        "2-core machine for the sparse ops (bench/bench_sparse_ops.py)")
-    p.add_argument("--bn-scenes", type=int, default=d.bn_scenes,
-                   help="training scenes over which BatchNorm statistics are recomputed after every epoch "
-                        "(precise BN; 0: keep the momentum running averages)")
-    p.add_argument("--match-points", type=int, default=d.match_points,
-                   help="points sampled (uniformly, per step) for the Hungarian matching costs; -1: all points "
-                        "(Mask3D's ScanNet setting). The matching costs over all points are most of a CPU step")
-    p.add_argument("--init", default=d.init,
-                   help="start from this checkpoint's weights (e.g. an earlier run's best.pt) with a fresh optimiser "
-                        "and schedule; the preset and voxel size must match")
-    p.add_argument("--dbscan-eps", type=float, default=d.dbscan_eps,
-                   help="validate (and pick best.pt) with Mask3D's DBSCAN split of every proposal into parts "
-                        "further apart than this many metres, as deployed (see python -m training.mask3d.evaluate); "
-                        "0: no split")
-    p.add_argument("--mask-threshold", type=float, default=d.mask_threshold,
-                   help="validate with proposal masks where the mask probability exceeds this (Mask3D: 0.5)")
-    p.add_argument("--voxel-size", type=float, default=d.voxel_size,
-                   help="voxel edge in metres (0: the preset's 2 cm); saved with the model config")
-    p.add_argument("--input-features", default=d.input_features, choices=INPUT_FEATURES,
-                   help="what the model reads per point: xyzrgb (colour) or xyz (geometry only, LiDAR); "
-                        "saved with the model config")
-    a = p.parse_args(argv)
-    return TrainConfig(train=a.train, val=a.val, out=a.out, preset=a.preset, epochs=a.epochs, lr=a.lr,
-                       weight_decay=a.weight_decay, grad_clip=a.grad_clip, augment=a.augment, seed=a.seed,
-                       resume=a.resume, device=a.device, max_val_scenes=a.max_val_scenes, threads=a.threads,
-                       voxel_size=a.voxel_size, bn_scenes=a.bn_scenes,
-                       match_points=a.match_points, init=a.init, dbscan_eps=a.dbscan_eps,
-                       mask_threshold=a.mask_threshold, input_features=a.input_features)
+    add_settings(p, TrainConfig)
+    return settings_from(TrainConfig, p.parse_args(argv))
 
 
 def main(argv=None) -> int:
