@@ -1,16 +1,13 @@
 """The class-agnostic Mask3D trainer end to end: a tiny overfit run on one scene (loss falls, AP50 -> 1),
 checkpoints, resume, and the CLI options."""
 
-import argparse
 import json
-from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 import torch
 
 from folk_ros.core.mask3d.checkpoint import load_checkpoint
-from training.cli import add_settings
 from training.data.scenes import find_scenes, has_mesh_gt
 from training.mask3d.data import load_scene
 from training.mask3d.train import TrainConfig, class_agnostic_ap, parse_args, train
@@ -97,14 +94,3 @@ def test_init_starts_from_a_trained_checkpoint(overfit_run, tmp_path):
         train(TrainConfig(**{**again.__dict__, "voxel_size": 0.05, "out": str(tmp_path / "other")}))
     with pytest.raises(ValueError, match="model config differs"):
         train(TrainConfig(**{**again.__dict__, "input_features": "xyz", "out": str(tmp_path / "xyz")}))
-
-
-def test_every_flag_is_a_config_field_with_help():
-    """The CLI is made from TrainConfig (training.cli): one flag per field, each with its help, and the
-    parsed config equals the dataclass defaults when only the required flags are given."""
-    p = argparse.ArgumentParser()
-    add_settings(p, TrainConfig)
-    flags = [a for a in p._actions if a.dest != "help"]
-    assert {a.dest for a in flags} == {f.name for f in fields(TrainConfig)}
-    assert all(a.help for a in flags)
-    assert parse_args(["--train", "a"]) == replace(TrainConfig(), train=("a",))

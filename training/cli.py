@@ -8,10 +8,10 @@
     add_settings(parser, TrainConfig)          # --epochs N, --train A [B ...], with their defaults and help
     cfg = settings_from(TrainConfig, parser.parse_args(argv))
 
-A field's flag is ``--`` + its name with dashes. A bool that defaults to False is a ``--name`` switch, one
-that defaults to True a ``--no-name`` switch. Extra ``argparse`` keywords (``nargs``, ``choices``,
-``required``, ``type``, ``metavar``) go in the field's metadata next to the help. A list given on the
-command line becomes a tuple, so that frozen configs stay hashable.
+A field's flag is ``--`` + its name with dashes (``flag=`` names another). A bool that defaults to False
+is a ``--name`` switch, one that defaults to True a ``--no-name`` switch. Extra ``argparse`` keywords
+(``nargs``, ``choices``, ``required``, ``type``, ``metavar``) go in the field's metadata next to the help.
+A list given on the command line becomes a tuple, so that frozen configs stay hashable.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ import dataclasses
 from collections.abc import Iterable
 
 HELP = "help"
+FLAG = "flag"
 ARGPARSE = "argparse"
 
 
-def setting(default=dataclasses.MISSING, help: str = "", **argparse_kwargs) -> dataclasses.Field:
-    """A config field with its command-line help (and argparse keywords) in its metadata."""
+def setting(default=dataclasses.MISSING, help: str = "", flag: str | None = None,
+            **argparse_kwargs) -> dataclasses.Field:
+    """A config field with its command-line help (and argparse keywords) in its metadata; ``flag`` replaces
+    the flag made from the field's name."""
     if not help:
         raise ValueError("a setting needs its help text")
-    return dataclasses.field(default=default, metadata={HELP: help, ARGPARSE: argparse_kwargs})
+    return dataclasses.field(default=default, metadata={HELP: help, FLAG: flag, ARGPARSE: argparse_kwargs})
 
 
 def add_settings(parser: argparse.ArgumentParser, cls, skip: Iterable[str] = ()) -> None:
@@ -38,7 +41,7 @@ def add_settings(parser: argparse.ArgumentParser, cls, skip: Iterable[str] = ())
         if f.name in skip or HELP not in f.metadata:
             continue
         kwargs = dict(f.metadata[ARGPARSE])
-        flag = "--" + f.name.replace("_", "-")
+        flag = f.metadata.get(FLAG) or "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             if f.default:
                 flag = "--no-" + f.name.replace("_", "-")
@@ -51,6 +54,11 @@ def add_settings(parser: argparse.ArgumentParser, cls, skip: Iterable[str] = ())
             kwargs["type"] = type(f.default[0])
         default = list(f.default) if isinstance(f.default, tuple) else f.default
         parser.add_argument(flag, dest=f.name, default=default, help=f.metadata[HELP], **kwargs)
+
+
+def help_of(cls, name: str) -> str:
+    """The help text of field ``name`` of ``cls`` (for a flag built by hand, e.g. in an exclusive group)."""
+    return cls.__dataclass_fields__[name].metadata[HELP]
 
 
 def settings_from(cls, args: argparse.Namespace, **extra):

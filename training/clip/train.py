@@ -54,7 +54,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +69,7 @@ from folk_ros.core.clip import DEFAULT_TEMPLATE, ClipModel
 from folk_ros.core.clip_weights import OPEN_CLIP_CONFIG_NAME, WEIGHTS_FILE_NAME
 from folk_ros.core.maskclip import maskclip_dense_features
 from training.atomic import torch_save_atomic, write_json_atomic
+from training.cli import add_settings, setting, settings_from
 from training.rng import rng_state, set_rng_state
 from training.clip.batches import crop_input, crop_weights, dense_input, sample_frames
 from training.clip.dataset import BACKGROUND_CLASSES, CropJitter, ViewConfig, ViewSet, load_views
@@ -85,45 +86,51 @@ MANIFEST = "manifest.json"
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every knob of a run (units in the comments); the CLI maps onto it one to one."""
+    """Every knob of a run; every field is a flag of ``python -m training.clip.train``."""
 
-    scenes: list[str] = field(default_factory=list)       # folders of training scenes (ScanNet layout)
-    val_scenes: list[str] = field(default_factory=list)   # held-out scenes: per-epoch eval, model selection
-    test_scenes: list[str] = field(default_factory=list)  # optional held-out scenes: final report only
-    out: str = "models-work/clip"
-    model: str = "folk-tiny-vit"        # architecture: folk_ros config name, open_clip name or JSON path
-    init: str = ""                      # open_clip folder to start from (warm start; its architecture); "" = random
-    minutes: float = 40.0               # wall-clock budget of training + per-epoch evals (0: none)
-    epochs: int = 0                     # epochs of epoch_steps steps (0: until the time budget)
-    epoch_steps: int = 30               # optimisation steps between evaluations
-    crop_batch: int = 24                # object views per step (objective a)
-    frame_batch: int = 2                # whole frames per step (objective b)
-    crop_weight: float = 1.0
-    dense_weight: float = 1.0
-    lr: float = 1e-3                    # peak learning rate
-    min_lr_ratio: float = 0.05          # final lr = lr * this
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0              # max gradient norm (0: off)
-    template: str = DEFAULT_TEMPLATE
-    dense_size: tuple[int, int] = TeacherConfig().clip_image_size  # (H, W) px of the dense input
-    class_balance: float = 0.5          # crop sampling weight ~ views_per_class ** -this (0: uniform)
-    background: tuple[str, ...] = BACKGROUND_CLASSES
-    scannet200_negatives: bool = False  # ScanNet200 names absent from the training set join the text side
-    every: int = 1                      # training frames: every n-th
-    val_every: int = 3                  # held-out frames: every n-th
-    min_pixels: int = 400               # px; smallest visible mask giving a view / dense mask
-    context: float = 0.15               # crop margin (fraction of the box side) at evaluation
-    max_eval_views: int = 300           # held-out crops per epoch evaluation (fixed seeded subset)
-    max_eval_frames: int = 40           # held-out frames per epoch dense evaluation (evenly spaced)
-    final_eval_views: int = 1000        # the same, for the final evaluation of the saved model
-    final_eval_frames: int = 100
-    seed: int = 0
-    threads: int = 0                    # torch CPU threads (0: torch's default)
-    device: str = "cpu"
-    resume: bool = False
+    scenes: tuple[str, ...] = setting((), "training scene folders (or parents of them)", nargs="+", required=True)
+    val_scenes: tuple[str, ...] = setting((), "held-out scenes: per-epoch eval and model selection", nargs="+",
+                                          required=True)
+    test_scenes: tuple[str, ...] = setting((), "held-out scenes for the final report only", nargs="*")
+    out: str = setting("models-work/clip", "output folder (open_clip folder + manifest.json)")
+    model: str = setting("folk-tiny-vit", "architecture: folk_ros config name, open_clip name or JSON path",
+                         flag="--config")
+    init: str = setting("", "open_clip folder to start from (e.g. an earlier run's --out): continues training its "
+                            "weights on these scenes; empty: random weights")
+    minutes: float = setting(40.0, "wall-clock budget of training + per-epoch evals (0: none)")
+    epochs: int = setting(0, "epochs of --epoch-steps steps (0: until the time budget)")
+    epoch_steps: int = setting(30, "optimisation steps between evaluations")
+    crop_batch: int = setting(24, "object views per step (objective a, the crop contrastive loss)")
+    frame_batch: int = setting(2, "whole frames per step (objective b, the dense mask-pooled loss)")
+    crop_weight: float = setting(1.0, "weight of the crop loss")
+    dense_weight: float = setting(1.0, "weight of the dense loss")
+    lr: float = setting(1e-3, "peak learning rate (AdamW)")
+    min_lr_ratio: float = setting(0.05, "final learning rate = lr x this (cosine decay)")
+    warmup_steps: int = setting(20, "steps of linear warm-up")
+    weight_decay: float = setting(0.1, "AdamW weight decay (not on gains, biases and the temperature)")
+    grad_clip: float = setting(1.0, "max gradient norm (0: off)")
+    template: str = setting(DEFAULT_TEMPLATE, "CLIP prompt of the class names, {} = the name")
+    dense_size: tuple[int, int] = setting(TeacherConfig().clip_image_size, "(H, W) pixels of the dense input",
+                                          nargs=2, metavar=("H", "W"))
+    class_balance: float = setting(0.5, "crop sampling weight ~ views_per_class ** -this (0: uniform)")
+    background: tuple[str, ...] = setting(BACKGROUND_CLASSES, "background classes: text-side negatives, never "
+                                                              "object views", nargs="+")
+    scannet200_negatives: bool = setting(False, "add the ScanNet200 names absent from the training set as text-only "
+                                                "negatives")
+    every: int = setting(1, "training frames: every n-th")
+    val_every: int = setting(3, "held-out frames: every n-th")
+    min_pixels: int = setting(400, "smallest visible mask (pixels) giving a view or a dense mask")
+    context: float = setting(0.15, "crop margin at evaluation, as a fraction of the box side")
+    max_eval_views: int = setting(300, "held-out crops per epoch evaluation (a fixed seeded subset)")
+    max_eval_frames: int = setting(40, "held-out frames per epoch dense evaluation (evenly spaced)")
+    final_eval_views: int = setting(1000, "held-out crops of the final evaluation of the saved model")
+    final_eval_frames: int = setting(100, "held-out frames of the final evaluation of the saved model")
+    seed: int = setting(0, "seed of the weights, the sampling and the evaluation subsets")
+    threads: int = setting(0, "torch CPU threads (0: torch's default)")
+    device: str = setting("cpu", "cpu, cuda or cuda:N")
+    resume: bool = setting(False, "continue from <out>/checkpoints/last.pt")
 
     def __post_init__(self) -> None:
         if not self.scenes or not self.val_scenes:
@@ -135,8 +142,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.crop_weight < 0 or self.dense_weight < 0 or self.crop_weight + self.dense_weight == 0:
             raise ValueError("crop_weight and dense_weight must be >= 0 and not both 0")
-        self.dense_size = tuple(int(v) for v in self.dense_size)
-        self.background = tuple(self.background)
+        object.__setattr__(self, "dense_size", tuple(int(v) for v in self.dense_size))   # frozen: normalised once
+        object.__setattr__(self, "background", tuple(self.background))
 
 
 # --------------------------------------------------------------------------- schedule
@@ -402,55 +409,13 @@ def train(cfg: TrainConfig, argv: list[str] | None = None) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    d = TrainConfig.__dataclass_fields__
     p = argparse.ArgumentParser(prog="python -m training.clip.train", description=__doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenes", nargs="+", required=True, help="training scene folders (or parents of them)")
-    p.add_argument("--val-scenes", nargs="+", required=True, help="held-out scenes: per-epoch eval and selection")
-    p.add_argument("--test-scenes", nargs="*", default=[], help="held-out scenes for the final report only")
-    p.add_argument("--out", default=d["out"].default, help="output folder (open_clip folder + manifest.json)")
-    p.add_argument("--config", dest="model", default=d["model"].default,
-                   help="architecture: folk_ros config name, open_clip name or JSON path")
-    p.add_argument("--minutes", type=float, default=d["minutes"].default,
-                   help="wall-clock budget of training + per-epoch evals (0: none)")
-    p.add_argument("--epochs", type=int, default=d["epochs"].default, help="epochs (0: until the time budget)")
-    p.add_argument("--epoch-steps", type=int, default=d["epoch_steps"].default, help="steps per epoch")
-    p.add_argument("--crop-batch", type=int, default=d["crop_batch"].default)
-    p.add_argument("--frame-batch", type=int, default=d["frame_batch"].default)
-    p.add_argument("--crop-weight", type=float, default=d["crop_weight"].default)
-    p.add_argument("--dense-weight", type=float, default=d["dense_weight"].default)
-    p.add_argument("--lr", type=float, default=d["lr"].default)
-    p.add_argument("--warmup-steps", type=int, default=d["warmup_steps"].default)
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
-    p.add_argument("--dense-size", type=int, nargs=2, metavar=("H", "W"), default=list(TeacherConfig().clip_image_size))
-    p.add_argument("--class-balance", type=float, default=d["class_balance"].default)
-    p.add_argument("--scannet200-negatives", action="store_true",
-                   help="add the ScanNet200 names absent from the training set as text-only negatives")
-    p.add_argument("--every", type=int, default=d["every"].default, help="training frames: every n-th")
-    p.add_argument("--val-every", type=int, default=d["val_every"].default, help="held-out frames: every n-th")
-    p.add_argument("--min-pixels", type=int, default=d["min_pixels"].default)
-    p.add_argument("--max-eval-views", type=int, default=d["max_eval_views"].default)
-    p.add_argument("--max-eval-frames", type=int, default=d["max_eval_frames"].default)
-    p.add_argument("--final-eval-views", type=int, default=d["final_eval_views"].default)
-    p.add_argument("--final-eval-frames", type=int, default=d["final_eval_frames"].default)
-    p.add_argument("--seed", type=int, default=d["seed"].default)
-    p.add_argument("--threads", type=int, default=d["threads"].default, help="torch CPU threads (0: default)")
-    p.add_argument("--device", default=d["device"].default)
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
-    p.add_argument("--init", default="", help="open_clip folder to start from (e.g. an earlier run's --out): "
-                                              "continues training its weights on these scenes")
-    a = p.parse_args(argv)
-    return TrainConfig(scenes=a.scenes, val_scenes=a.val_scenes, test_scenes=a.test_scenes, out=a.out, model=a.model,
-                       init=a.init,
-                       minutes=a.minutes, epochs=a.epochs, epoch_steps=a.epoch_steps, crop_batch=a.crop_batch,
-                       frame_batch=a.frame_batch, crop_weight=a.crop_weight, dense_weight=a.dense_weight, lr=a.lr,
-                       warmup_steps=a.warmup_steps, weight_decay=a.weight_decay, dense_size=tuple(a.dense_size),
-                       class_balance=a.class_balance, scannet200_negatives=a.scannet200_negatives,
-                       every=a.every, val_every=a.val_every,
-                       min_pixels=a.min_pixels, max_eval_views=a.max_eval_views,
-                       max_eval_frames=a.max_eval_frames, final_eval_views=a.final_eval_views,
-                       final_eval_frames=a.final_eval_frames, seed=a.seed, threads=a.threads, device=a.device,
-                       resume=a.resume)
+    add_settings(p, TrainConfig)
+    try:
+        return settings_from(TrainConfig, p.parse_args(argv))
+    except ValueError as e:
+        p.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,7 @@ from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import DEFAULT_TEMPLATE, ClipModel
 from folk_ros.core.student import Student, StudentConfig
 from training.atomic import torch_save_atomic, write_json_atomic
+from training.cli import add_settings, help_of, setting, settings_from
 from training.rng import rng_state, set_rng_state
 from training.data import scannet200
 from training.data.vocabularies import vocabulary
@@ -88,37 +89,38 @@ SELECT_METRICS = ("auto", "gt", "pseudo", "loss")
 RESUMABLE_CHANGES = ("epochs", "out", "threads", "device", "resume", "progress")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a distillation run depends on (CLI flags map one to one)."""
+    """Everything a distillation run depends on; every field is a flag of ``python -m training.distill.train``."""
 
-    cache: list[str] = field(default_factory=list)       # training teacher-cache folders or files
-    val_cache: list[str] = field(default_factory=list)   # validation teacher-cache folders or files
-    mask3d: str = ""                                     # frozen Mask3D checkpoint (point features)
-    out: str = "runs/distill"                            # checkpoints and metrics
-    clip: str | None = None                              # CLIP weights, e.g. local-dir:models/clip
-    clip_config: str | None = None                       # RANDOM-weight CLIP architecture (tests, plumbing)
-    features: str | None = None                          # feature-file folder (default: next to each cache)
-    point_features: str = "backbone"                     # Mask3D features the student pools: backbone | mask
-    vocabulary: str = "scannet200"                       # scannet200 | synthetic | comma-separated names
-    template: str = DEFAULT_TEMPLATE                     # CLIP prompt of the text embeddings
-    lambda1: float = 0.2                                 # Eq. 12 contrastive weight (paper Table 5 best)
-    lambda2: float = 0.8                                 # Eq. 12 label cross-entropy weight
-    tau: float = DistillLossConfig.temperature           # Eq. 11-12 temperature
-    min_views: int = 1                                   # usable teacher views an instance needs (Eq. 9)
-    hidden_dim: int = 512                                # student MLP hidden width
-    dropout: float = 0.1                                 # student dropout probability
-    epochs: int = 100
-    batch_size: int = 256                                # instances per optimiser step (global under DDP)
-    lr: float = 1e-3                                     # peak learning rate (AdamW)
-    weight_decay: float = 0.05
-    warmup: float = 0.05                                 # fraction of all steps with linear warm-up
-    select: str = "auto"                                 # best.pt metric: auto | gt | pseudo | loss
-    seed: int = 0
-    threads: int = 0                                     # torch CPU threads (0: torch's default)
-    device: str = "auto"                                 # auto | cpu | cuda
-    resume: bool = False                                 # continue from <out>/last.pt
-    progress: bool = True                                # tqdm bars
+    cache: tuple[str, ...] = setting((), "training teacher-cache folders or files", nargs="+", required=True)
+    val_cache: tuple[str, ...] = setting((), "validation teacher-cache folders or files", nargs="+", required=True)
+    mask3d: str = setting("", "frozen Mask3D checkpoint (point features)", required=True)
+    out: str = setting("runs/distill", "output folder (best.pt, last.pt, metrics.json)", required=True)
+    clip: str | None = setting(None, "CLIP weights, e.g. local-dir:models/folk-synth/clip")
+    clip_config: str | None = setting(None, "RANDOM-weight CLIP of this architecture (plumbing only)")
+    features: str | None = setting(None, "feature-file folder (default: next to each teacher cache)")
+    point_features: str = setting("backbone", "Mask3D features the student pools: backbone or mask",
+                                  choices=POINT_FEATURE_KINDS)
+    vocabulary: str = setting("scannet200", "scannet200 | synthetic | a,b,c")
+    template: str = setting(DEFAULT_TEMPLATE, "CLIP prompt of the text embeddings, {} = the name")
+    lambda1: float = setting(0.2, "Eq. 12 contrastive weight (paper Table 5 best)")
+    lambda2: float = setting(0.8, "Eq. 12 label cross-entropy weight")
+    tau: float = setting(DistillLossConfig.temperature, "Eq. 11-12 temperature")
+    min_views: int = setting(1, "usable teacher views an instance needs (Eq. 9)")
+    hidden_dim: int = setting(512, "student MLP hidden width (Eq. 7)")
+    dropout: float = setting(0.1, "student dropout probability")
+    epochs: int = setting(100, "passes over the training instances")
+    batch_size: int = setting(256, "instances per optimiser step (global under DDP)")
+    lr: float = setting(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = setting(0.05, "AdamW weight decay")
+    warmup: float = setting(0.05, "fraction of all steps with linear warm-up")
+    select: str = setting("auto", "best.pt metric", choices=SELECT_METRICS)
+    seed: int = setting(0, "seed of the weights and the batch order")
+    threads: int = setting(0, "torch CPU threads (0: torch's default)")
+    device: str = setting("auto", "auto, cpu or cuda")
+    resume: bool = setting(False, "continue from <out>/last.pt")
+    progress: bool = setting(True, "no tqdm progress bars")
 
     def __post_init__(self) -> None:
         if not self.cache or not self.val_cache:
@@ -144,7 +146,8 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The fields a resumed run must share with the run it continues."""
-        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
+        return {k: list(v) if isinstance(v, tuple) else v   # as the runs before frozen configs saved them
+                for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
 
 
 # --------------------------------------------------------------------------- data
@@ -498,39 +501,13 @@ def _run(cfg: TrainConfig, env: DistInfo, clip, on_epoch_end) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    d = TrainConfig.__dataclass_fields__
     p = argparse.ArgumentParser(prog="python -m training.distill.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache", nargs="+", required=True, help="training teacher-cache folders or files")
-    p.add_argument("--val-cache", nargs="+", required=True, help="validation teacher-cache folders or files")
-    p.add_argument("--mask3d", required=True, help="frozen Mask3D checkpoint (point features)")
-    p.add_argument("--out", required=True, help="output folder (best.pt, last.pt, metrics.json)")
+    add_settings(p, TrainConfig, skip=("clip", "clip_config"))
     clip = p.add_mutually_exclusive_group(required=True)
-    clip.add_argument("--clip", help="CLIP weights, e.g. local-dir:models/folk-synth/clip")
-    clip.add_argument("--clip-config", help="RANDOM-weight CLIP of this architecture (plumbing only)")
-    p.add_argument("--features", help="feature-file folder (default: next to each teacher cache)")
-    p.add_argument("--point-features", choices=POINT_FEATURE_KINDS, default=d["point_features"].default)
-    p.add_argument("--vocabulary", default=d["vocabulary"].default, help="scannet200 | synthetic | a,b,c")
-    p.add_argument("--template", default=DEFAULT_TEMPLATE, help="CLIP prompt, {} = the name")
-    p.add_argument("--lambda1", type=float, default=d["lambda1"].default, help="Eq. 12 contrastive weight")
-    p.add_argument("--lambda2", type=float, default=d["lambda2"].default, help="Eq. 12 cross-entropy weight")
-    p.add_argument("--tau", type=float, default=d["tau"].default, help="Eq. 11-12 temperature")
-    p.add_argument("--min-views", type=int, default=d["min_views"].default)
-    p.add_argument("--hidden-dim", type=int, default=d["hidden_dim"].default)
-    p.add_argument("--dropout", type=float, default=d["dropout"].default)
-    p.add_argument("--epochs", type=int, default=d["epochs"].default)
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="instances per step (global)")
-    p.add_argument("--lr", type=float, default=d["lr"].default)
-    p.add_argument("--weight-decay", type=float, default=d["weight_decay"].default)
-    p.add_argument("--warmup", type=float, default=d["warmup"].default, help="warm-up fraction of the steps")
-    p.add_argument("--select", choices=SELECT_METRICS, default=d["select"].default, help="best.pt metric")
-    p.add_argument("--seed", type=int, default=d["seed"].default)
-    p.add_argument("--threads", type=int, default=d["threads"].default, help="torch CPU threads (0: default)")
-    p.add_argument("--device", default=d["device"].default, help="auto, cpu or cuda")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    args = p.parse_args(argv)
+    for name in ("clip", "clip_config"):
+        clip.add_argument("--" + name.replace("_", "-"), help=help_of(TrainConfig, name))
     try:
-        return TrainConfig(**vars(args))
+        return settings_from(TrainConfig, p.parse_args(argv))
     except ValueError as e:
         p.error(str(e))
 
