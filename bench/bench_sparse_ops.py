@@ -319,7 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def run(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     if args.serve:
         serve(args.serve, args.threads, args.seed)
@@ -355,5 +355,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     return result
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line: :func:`run`; 0 when the run completed (errors raise)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -64,7 +64,7 @@ def _table(rows: dict[str, dict[str, float]], stages: list[str]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns (and writes) the JSON report."""
     args = parse_args(argv)
     if args.threads > 0:
@@ -130,5 +130,11 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line: :func:`run`; 0 when the run completed (errors raise)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -18,7 +18,7 @@ import torch
 from folk_ros.core.segmenter import Segmenter
 from test.fixtures import VOCABULARY, box_room_cloud, make_untrained_bundle
 from training.data.synthetic import SynthConfig, run_scene
-from training.evaluate.__main__ import main
+from training.evaluate.__main__ import main, run_cli
 from training.evaluate.benchmark import evaluate_dirs
 from training.evaluate.harness import label_student, make_proposals, matching_counts
 from training.evaluate.instance_ap import EvalConfig, GTScene
@@ -89,8 +89,8 @@ def _check_report(report, source):
 
 def test_cli_gt_proposals(bundle, scene_root, tmp_path):
     out = tmp_path / "eval_gt"
-    report = main(["--method", *METHODS, "--scenes", str(scene_root), "--bundle", str(bundle), "--proposals", "gt",
-                   "--warmup", "0", "--out", str(out), *FAST])
+    report = run_cli(["--method", *METHODS, "--scenes", str(scene_root), "--bundle", str(bundle),
+                      "--proposals", "gt", "--warmup", "0", "--out", str(out), *FAST])
     scenes = sorted(p.name for p in scene_root.iterdir() if p.is_dir())
     _check_outputs(out, report, scenes)
     _check_report(report, "gt")

@@ -11,7 +11,7 @@ from training.data import scannet200
 from training.data.synth_layout import (MAX_OBJECTS, MIN_OBJECTS, THEMES, footprints_overlap, sample_layout)
 from training.data.synth_objects import CATALOGUE, category_names, make_object, validate_catalogue
 from training.data.synth_render import (build_scene_mesh, fused_clouds, mesh_box, mesh_cylinder, mesh_ellipsoid)
-from training.data.synthetic import (SynthConfig, broadcast, generate_scene, main, scene_name, scene_seed,
+from training.data.synthetic import (SynthConfig, broadcast, generate_scene, main, run, scene_name, scene_seed,
                                      write_scene)
 
 FRAMES = 10
@@ -308,7 +308,7 @@ def test_write_scene_roundtrip_and_cli_skips_complete_scenes(tmp_path):
 
     out = tmp_path / "run"
     argv = ["--scenes", "2", "--seed", "0", "--out", str(out), "--frames", "2", "--no-bag"]
-    summary = main(argv)
+    summary = run(argv)
     assert summary["scenes"] == ["synth0000_00", "synth0001_00"] and summary["frames"] == 4
     assert summary["instances_per_class"]["wall"] == 8
     ply = out / "synth0000_00" / "synth0000_00_vh_clean_2.ply"

@@ -12,7 +12,7 @@ from training.data.synth_apartment import (ROOM_GAP, Apartment, grid_shape, merg
 from training.data.synth_layout import THEMES
 from training.data.synth_render import fused_clouds
 from training.data.synthetic import (SynthConfig, apartment_config, generate_apartment, generate_scene, main,
-                                     scene_name, scene_seed)
+                                     run, scene_name, scene_seed)
 
 SEED = 5
 FRAMES = 8                      # 4 per room
@@ -183,8 +183,8 @@ def test_cli_writes_the_apartment_and_its_bag_and_rooms_1_is_unchanged(tmp_path)
     from training.data.scannet import read_scene_mesh
 
     out = tmp_path / "apt"
-    summary = main(["--scenes", "1", "--rooms", "2", "--frames", "4", "--seed", "0", "--out", str(out),
-                    "--cloud-every", "2"])
+    summary = run(["--scenes", "1", "--rooms", "2", "--frames", "4", "--seed", "0", "--out", str(out),
+                   "--cloud-every", "2"])
     sid = scene_name(0, rooms=2)
     assert sid == "apt0000_00" and summary["scenes"] == [sid] and summary["frames"] == 4
     meta = json.loads((out / sid / "synth_meta.json").read_text())

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from folk_ros.core.clip import ClipModel
-from training.build_teacher_cache import build_cache, main as build_main
+from training.build_teacher_cache import build_cache, run as build_run
 from training.data.synthetic import SynthConfig, generate_scene, run_scene
 from training.data.vocabularies import label_ids_of
 from training.evaluate.instance_ap import GTScene, evaluate
@@ -262,7 +262,7 @@ def test_cache_under_torchrun_equals_one_process(scene_root, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # the ranks run with torchrun's OMP_NUM_THREADS=1
     try:
-        one = build_main([*args, "--out", str(tmp_path / "one")])
+        one = build_run([*args, "--out", str(tmp_path / "one")])
     finally:
         torch.set_num_threads(threads)
     job = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
@@ -280,7 +279,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the summary it prints (also ``<out>/build_summary.json``)."""
     args = parse_args(argv)
     scenes = find_scenes(args.scenes)
@@ -297,6 +296,11 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line: :func:`run`; exit code 1 when a scene failed."""
+    return 1 if run(argv)["failed"] else 0
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(1 if main()["failed"] else 0)
+    raise SystemExit(main())

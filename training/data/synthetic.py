@@ -362,7 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     """CLI entry point; returns the summary it writes."""
     args = parse_args(argv)
     settings = dict(num_frames=args.frames, theme=args.theme, rooms=args.rooms, cloud_every=args.cloud_every)
@@ -389,5 +389,11 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line: :func:`run`; 0 when the run completed (errors raise)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -226,7 +226,7 @@ class FeatureCache:
         return {**counts, "seconds": time.perf_counter() - t0}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     """CLI: precompute the feature files of teacher caches (the trainer also does it on demand)."""
     p = argparse.ArgumentParser(prog="python -m training.distill.features", description=__doc__.split("\n\n")[0])
     p.add_argument("--cache", nargs="+", required=True, help="teacher-cache folders or files")
@@ -245,6 +245,12 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line: :func:`run`; 0 when the run completed (errors raise)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()
+    raise SystemExit(main())

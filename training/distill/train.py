@@ -512,7 +512,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         p.error(str(e))
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     summary = train(parse_args(argv))
     if int(os.environ.get("RANK", "0")) == 0:
         b = summary["best"]
@@ -521,6 +521,12 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line: :func:`run`; 0 when the run completed (errors raise)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main()
+    raise SystemExit(main())

@@ -301,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run_cli(argv: list[str] | None = None) -> dict:
     """CLI entry point: run, write the report files, print the markdown summary; returns the report."""
     args = parse_args(argv)
     if args.threads > 0:
@@ -324,5 +324,11 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line: :func:`run_cli`; 0 when the run completed (errors raise)."""
+    run_cli(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

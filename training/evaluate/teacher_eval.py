@@ -174,7 +174,7 @@ def clip_from_args(args: argparse.Namespace):
     return ClipModel.from_config(args.clip_config, device=args.device, seed=0)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     """CLI entry point; prints the table, writes the JSON report if asked, returns the report."""
     args = parse_args(argv)
     if args.threads > 0:
@@ -187,5 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The command line: :func:`run`; 0 when the run completed (errors raise)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
