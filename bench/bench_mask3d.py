@@ -241,12 +241,12 @@ def format_report(rows: list[dict], summary: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--points", type=int, nargs="+", default=[50_000, 100_000, 200_000])
+    p.add_argument("--points", type=int, nargs="+", default=[50_000, 100_000, 200_000], help="cloud sizes (points)")
     p.add_argument("--backends", nargs="+", default=["torch", "minkowski"], choices=["torch", "minkowski"],
                    help="minkowski is skipped (with a note) when MinkowskiEngine does not import")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median), after 1 warm-up")
     p.add_argument("--threads", type=int, default=2, help="torch / OpenMP / OpenBLAS threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic rooms and the random weights")
     p.add_argument("--max-load", type=float, default=None, help="wait for a 1-min load average below this")
     p.add_argument("--wait-s", type=float, default=600.0, help="longest wait for --max-load")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result path")

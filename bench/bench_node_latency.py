@@ -111,10 +111,10 @@ def time_cloud(segmenter: Segmenter, msg, settings: params.NodeSettings) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 100_000, 200_000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 100_000, 200_000], help="cloud sizes (points)")
     parser.add_argument("--repeats", type=int, default=3, help="timed clouds per size (after one warm-up)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--device", default="cpu", choices=params.DEVICES)
+    parser.add_argument("--device", default="cpu", choices=params.DEVICES, help="auto, cpu or cuda")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--bundle", type=Path, default=None, help="model bundle (default: an untrained one of --size)")
     model.add_argument("--size", choices=sorted(SIZES), default="small",
@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocabulary", choices=("bench", "bundle"), default="bench",
                         help=f"bench: the {len(BENCH_VOCABULARY)} names {BENCH_VOCABULARY[:3]}...; "
                              "bundle: the bundle's own vocabulary (200 names for --size real)")
-    parser.add_argument("--max-points", type=int, default=params.SPECS["max_points"].default)
+    parser.add_argument("--max-points", type=int, default=params.SPECS["max_points"].default,
+                        help="the node's max_points (voxel-downsampling budget)")
     parser.add_argument("--out", type=Path, default=Path("out/bench/node_latency.json"), help="JSON result path")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -63,10 +63,10 @@ def trial(bundle: str, gap_s: float, module: str = "folk_ros.ros.node", timeout:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_node_lifecycle", description=__doc__.split("\n\n")[0])
-    p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--trials", type=int, default=20, help="start / Ctrl-C cycles")
     p.add_argument("--gap", type=float, default=0.05, help="seconds between the two SIGINTs")
-    p.add_argument("--bundle", default="models/folk-synth")
-    p.add_argument("--out", type=Path, default=Path("out/bench/node_lifecycle.json"))
+    p.add_argument("--bundle", default="models/folk-synth", help="model bundle")
+    p.add_argument("--out", type=Path, default=Path("out/bench/node_lifecycle.json"), help="JSON result path")
     args = p.parse_args(argv)
     rows = []
     for k in range(args.trials):

@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_node_soak", description=__doc__.split("\n\n")[0])
     p.add_argument("--names", type=int, default=1000, help="vocabulary size to switch to")
     p.add_argument("--clouds", type=int, default=1000, help="clouds for the memory measurement (0: skip it)")
-    p.add_argument("--bundle", default="models/folk-synth")
+    p.add_argument("--bundle", default="models/folk-synth", help="model bundle")
     p.add_argument("--threads", type=int, default=2, help="the node's num_threads")
-    p.add_argument("--out", type=Path, default=Path("out/bench/node_soak.json"))
+    p.add_argument("--out", type=Path, default=Path("out/bench/node_soak.json"), help="JSON result path")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         node = NodeProcess([*NODE_ARGS, "-p", f"model_bundle:={args.bundle}", "-p", f"num_threads:={args.threads}",

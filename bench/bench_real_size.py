@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", default="40", help="frames of the teacher's scene walk")
     p.add_argument("--every", default="10", help="frame stride of the teacher")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--out", type=Path, default=Path("out/bench"))
+    p.add_argument("--out", type=Path, default=Path("out/bench"),
+                   help="folder of real_size.json and the two benchmarks' JSON and logs")
     args = p.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -306,12 +306,12 @@ def format_report(summary: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES, help="which operations to time")
     p.add_argument("--repeats", type=int, default=3, help="measurements per case and version (after a warm-up)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic inputs")
     p.add_argument("--before-rev", default=DEFAULT_BEFORE, help="git revision of the 'before' folk_ros")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result path")
     p.add_argument("--serve", metavar="TREE", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:

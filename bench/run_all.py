@@ -143,10 +143,12 @@ def run(bench: Bench, out: Path, threads: int, bundle: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run_all", description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--bundle", default="models/folk-synth")
-    p.add_argument("--out", type=Path, default=Path("out/bench"))
-    p.add_argument("--only", nargs="+", choices=[b.name for b in BENCHES], default=None)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads of every benchmark")
+    p.add_argument("--bundle", default="models/folk-synth", help="model bundle of the node benchmarks")
+    p.add_argument("--out", type=Path, default=Path("out/bench"),
+                   help="folder of summary.json and every benchmark's JSON and log")
+    p.add_argument("--only", nargs="+", choices=[b.name for b in BENCHES], default=None,
+                   help="run only these benchmarks")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     machine = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),

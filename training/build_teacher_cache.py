@@ -268,7 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--transfer-distance", type=float, default=0.05, help="metres, --bag GT label transfer")
     p.add_argument("--views", choices=("multi", "topk"), default="multi", help="Eq. 1 or plain top-k_pre")
     p.add_argument("--mask", choices=("completed", "sparse"), default="completed", help="mask completion on/off")
-    p.add_argument("--embedding", choices=("mask_pool", "bbox_crop"), default="mask_pool")
+    p.add_argument("--embedding", choices=("mask_pool", "bbox_crop"), default="mask_pool",
+                   help="per-view embedding: mask-pooled dense features (Eq. 6) or a box crop's CLIP embedding")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--force", action="store_true", help="rebuild scenes that are up to date")
     args = p.parse_args(argv)

@@ -232,7 +232,8 @@ def run(argv: list[str] | None = None) -> dict:
     p.add_argument("--cache", nargs="+", required=True, help="teacher-cache folders or files")
     p.add_argument("--mask3d", required=True, help="frozen Mask3D checkpoint")
     p.add_argument("--out", help="folder for the feature files (default: next to each teacher cache)")
-    p.add_argument("--point-features", choices=POINT_FEATURE_KINDS, default="backbone")
+    p.add_argument("--point-features", choices=POINT_FEATURE_KINDS, default="backbone",
+                   help="Mask3D features pooled per proposal: backbone or mask")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)

@@ -155,10 +155,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     clip = p.add_mutually_exclusive_group(required=True)
     clip.add_argument("--clip", help="CLIP weights, e.g. local-dir:models/clip")
     clip.add_argument("--clip-config", help="RANDOM-weight CLIP (plumbing only: labels mean nothing)")
-    p.add_argument("--methods", nargs="+", default=["teacher", "baseline"], choices=sorted(METHODS))
+    p.add_argument("--methods", nargs="+", default=["teacher", "baseline"], choices=sorted(METHODS),
+                   help="what to evaluate: the FOLK teacher and/or the OpenMask3D-style baseline")
     p.add_argument("--vocabulary", default="synthetic", help="synthetic, scannet200 or comma-separated names")
     p.add_argument("--every", type=int, default=TeacherConfig.frame_stride, help="frame stride")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--out", type=Path, default=None, help="report JSON path")
     args = p.parse_args(argv)

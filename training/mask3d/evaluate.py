@@ -91,7 +91,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nms-iou", type=float, nargs="+", default=[0.9], help="mask NMS IoUs")
     p.add_argument("--max-scenes", type=int, default=0, help="0: all")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--colourless", action="store_true",
                    help="give the model the scenes without their colours (every point the node's default grey), "
                         "as a LiDAR cloud reaches it")
