@@ -42,8 +42,9 @@ def test_bundle_round_trip(sources, tmp_path):
                  str(sources / "student_best.pt"), "--out", str(out), "--dbscan-eps", "0.1", "--nms-iou", "0.7",
                  "--mask-threshold", "0.2", "--provenance", f"evaluation={sources / 'eval.json'}"]) == 0
     manifest = read_manifest(out)
-    assert manifest.vocabulary == ("chair", "table", "box") and manifest.temperature == 0.05
-    assert (manifest.dbscan_eps, manifest.nms_iou, manifest.mask_threshold) == (0.1, 0.7, 0.2)
+    assert manifest.vocabulary == ("chair", "table", "box") and manifest.segmenter.temperature == 0.05
+    cfg = manifest.segmenter
+    assert (cfg.dbscan_eps, cfg.nms_iou, cfg.mask_threshold) == (0.1, 0.7, 0.2)
     assert manifest.provenance["evaluation"] == {"student": {"ap50": 0.1}}
     assert manifest.provenance["mask3d_training"]["history"][0]["val_ap50"] == 0.5
     assert "optimizer" not in torch.load(out / "mask3d.pt", weights_only=False)

@@ -11,7 +11,7 @@ from folk_ros.core.mask3d.config import PostprocessConfig, preset
 from folk_ros.core.mask3d.checkpoint import save_checkpoint
 from folk_ros.core.mask3d.model import Mask3D
 from folk_ros.core.mask3d.postprocess import class_agnostic_proposals
-from folk_ros.core.segmenter import SegmenterConfig
+from folk_ros.core.segmenter_config import SegmenterConfig
 from training.mask3d.data import load_scene
 from training.mask3d.evaluate import class_agnostic_results, main, recall_at
 from training.mask3d.train import class_agnostic_ap

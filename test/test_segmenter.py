@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from folk_ros.core.bundle import BundleError, read_manifest
+from folk_ros.core.bundle import BundleError, read_manifest, write_manifest
 from folk_ros.core.cloud import PointCloud
 from folk_ros.core.mask3d.config import Mask3DConfig, preset
 from folk_ros.core.segmenter import Segmenter, mask_geometry
+from folk_ros.core.segmenter_config import SegmenterConfig
 from folk_ros.core.vocabulary import validate_vocabulary
 from test.fixtures import VOCABULARY, box_room_cloud, make_untrained_bundle
 
@@ -104,8 +105,12 @@ def test_corrupted_or_mismatched_bundle_is_one_clear_error(bundle, tmp_path):
 
 @pytest.mark.parametrize("field, value, expect", [
     ("vocabulary", "chair", "'vocabulary' must be a list of strings"),
-    ("temperature", "0.07", "'temperature' must be a number"),
-    ("nms_iou", True, "'nms_iou' must be a number"),
+    ("segmenter", {"temperature": "0.07"}, "segmenter field 'temperature' must be a number"),
+    ("segmenter", {"nms_iou": True}, "segmenter field 'nms_iou' must be a number"),
+    ("segmenter", {"max_instances": 2.5}, "segmenter field 'max_instances' must be an integer"),
+    ("segmenter", {"tau": 0.07}, "segmenter has unknown fields ['tau']"),
+    ("segmenter", {"nms_iou": 1.5}, "segmenter nms_iou must be in [0, 1]"),
+    ("segmenter", [], "segmenter must be an object"),
     ("mask3d", ["mask3d.pt"], "'mask3d' must be a string"),
     ("sha256", [1, 2], "'sha256' must be an object"),
     ("provenance", [], "'provenance' must be an object"),
@@ -123,6 +128,22 @@ def test_manifest_with_wrong_types_names_the_field(bundle, tmp_path, field, valu
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=re.escape(expect)):
         read_manifest(broken, verify=False)
+
+
+def test_the_segmenter_settings_are_stored_whole_and_version_1_manifests_still_read(bundle, tmp_path):
+    import shutil
+    cfg = SegmenterConfig(temperature=0.2, nms_iou=0.5, dbscan_eps=0.12, mask_threshold=0.01, min_points=7)
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    write_manifest(replace(read_manifest(copy), segmenter=cfg))
+    data = json.loads((copy / "manifest.json").read_text())
+    assert data["version"] == 2 and data["segmenter"] == cfg.to_dict()
+    assert read_manifest(copy).segmenter == cfg and Segmenter.from_bundle(copy, device="cpu").cfg == cfg
+    v1 = {k: v for k, v in data.items() if k != "segmenter"}     # version 1: some settings at the top level
+    v1.update(version=1, prompt_template=cfg.prompt_template, temperature=0.2, point_features="backbone",
+              mask_threshold=0.01, dbscan_eps=0.12, nms_iou=0.5)
+    (copy / "manifest.json").write_text(json.dumps(v1))
+    assert read_manifest(copy).segmenter == replace(cfg, min_points=SegmenterConfig.min_points)
 
 
 def test_sparse_backend_choice(bundle):

@@ -36,6 +36,7 @@ from folk_ros.core.bundle import BundleManifest, file_sha256, write_manifest
 from folk_ros.core.mask3d.checkpoint import FORMAT as MASK3D_FORMAT
 from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.segmenter import Segmenter
+from folk_ros.core.segmenter_config import SegmenterConfig
 from folk_ros.core.student import Student
 
 CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "manifest.json")
@@ -90,8 +91,8 @@ def folder_mb(path: Path) -> float:
 
 
 def make_bundle(mask3d: Path, clip: Path, student: Path, out: Path, provenance: dict[str, Path],
-                command: str, dbscan_eps: float = 0.0, nms_iou: float = 0.9,
-                mask_threshold: float = 0.5, allow_unsafe: bool = False) -> BundleManifest:
+                command: str, dbscan_eps: float = SegmenterConfig.dbscan_eps, nms_iou: float = SegmenterConfig.nms_iou,
+                mask_threshold: float = SegmenterConfig.mask_threshold, allow_unsafe: bool = False) -> BundleManifest:
     """Write the bundle into ``out`` (replacing what is there) and load it back; returns its manifest."""
     if out.exists():
         shutil.rmtree(out)
@@ -109,10 +110,11 @@ def make_bundle(mask3d: Path, clip: Path, student: Path, out: Path, provenance: 
             "student_training": {k: student_obj[k] for k in ("metrics", "train_config", "epoch") if k in student_obj}}
     for key, path in provenance.items():
         prov[key] = json.loads(Path(path).read_text())
-    manifest = BundleManifest(root=out, vocabulary=tuple(student_obj["vocabulary"]),
-                              prompt_template=student_obj["prompt_template"], temperature=float(student_obj["tau"]),
-                              point_features=student_obj["point_features"], dbscan_eps=float(dbscan_eps),
-                              nms_iou=float(nms_iou), mask_threshold=float(mask_threshold), provenance=prov)
+    segmenter = SegmenterConfig(prompt_template=student_obj["prompt_template"], temperature=float(student_obj["tau"]),
+                                point_features=student_obj["point_features"], dbscan_eps=float(dbscan_eps),
+                                nms_iou=float(nms_iou), mask_threshold=float(mask_threshold))
+    manifest = BundleManifest(root=out, vocabulary=tuple(student_obj["vocabulary"]), segmenter=segmenter,
+                              provenance=prov)
     write_manifest(manifest)
     Segmenter.from_bundle(out, device="cpu")          # loads, checks every sha256
     return manifest
@@ -125,12 +127,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--clip", type=Path, required=True, help="open_clip folder from training.clip.train")
     p.add_argument("--student", type=Path, required=True, help="distillation checkpoint (best.pt)")
     p.add_argument("--out", type=Path, required=True, help="bundle folder (replaced)")
-    p.add_argument("--dbscan-eps", type=float, default=0.0,
+    p.add_argument("--dbscan-eps", type=float, default=SegmenterConfig.dbscan_eps,
                    help="split every Mask3D proposal into parts further apart than this many metres (Mask3D's "
                         "DBSCAN; choose it on validation scenes with python -m training.mask3d.evaluate); 0: no split")
-    p.add_argument("--mask-threshold", type=float, default=0.5,
+    p.add_argument("--mask-threshold", type=float, default=SegmenterConfig.mask_threshold,
                    help="a proposal's mask: the points whose Mask3D mask probability exceeds this (Mask3D: 0.5)")
-    p.add_argument("--nms-iou", type=float, default=0.9,
+    p.add_argument("--nms-iou", type=float, default=SegmenterConfig.nms_iou,
                    help="class-agnostic mask NMS IoU of the proposals (FOLK's paper: 0.9)")
     p.add_argument("--provenance", nargs="*", default=[], metavar="KEY=FILE.json",
                    help="JSON files recorded in the manifest's provenance under KEY")
@@ -164,8 +166,7 @@ def main(argv=None) -> int:
         return 2
     size = folder_mb(args.out)
     print(f"bundle {args.out}: {size:.1f} MB, vocabulary of {len(manifest.vocabulary)} names, "
-          f"temperature {manifest.temperature}, point features {manifest.point_features!r}, "
-          f"mask threshold {manifest.mask_threshold}, DBSCAN split {manifest.dbscan_eps} m, NMS IoU {manifest.nms_iou}")
+          f"segmenter settings {manifest.segmenter.to_dict()}")
     if size > SIZE_BUDGET_MB:
         print(f"warning: over the {SIZE_BUDGET_MB:.0f} MB the repository allows for models/", file=sys.stderr)
     return 0

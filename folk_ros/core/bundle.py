@@ -2,15 +2,19 @@
 
 Layout (paths in the manifest are relative to the folder)::
 
-    manifest.json   {"format": "folk_ros.bundle", "version": 1,
+    manifest.json   {"format": "folk_ros.bundle", "version": 2,
                      "mask3d": "mask3d.pt", "clip": "clip", "student": "student.pt",
-                     "vocabulary": [...], "prompt_template": "a {} in the scene",
-                     "temperature": 0.07, "point_features": "backbone",
-                     "mask_threshold": 0.01, "dbscan_eps": 0.12, "nms_iou": 0.5,
+                     "vocabulary": [...],
+                     "segmenter": {"prompt_template": "a {} in the scene", "temperature": 0.07,
+                                   "point_features": "backbone", "mask_threshold": 0.01,
+                                   "dbscan_eps": 0.12, "nms_iou": 0.5, ...},
                      "sha256": {"mask3d.pt": "...", ...}, "provenance": {...}}
     mask3d.pt       folk_ros.core.mask3d checkpoint (carries its config)
     clip/           open_clip folder (open_clip_config.json + open_clip_model.safetensors)
     student.pt      folk_ros.core.student checkpoint (carries its config)
+
+``segmenter`` is the whole :class:`folk_ros.core.segmenter_config.SegmenterConfig`, stored and read back
+whole. Version 1 manifests (the same settings as top-level fields) are still read.
 
 ``provenance`` records how our own pipeline produced the files (commands, seeds, data
 seeds, metrics). Loading verifies every listed sha256, so a truncated or swapped file is
@@ -26,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from folk_ros.core.atomic import write_text_atomic
+from folk_ros.core.segmenter_config import SegmenterConfig
 
 FORMAT = "folk_ros.bundle"
-VERSION = 1
+VERSION = 2
+# version 1 kept these SegmenterConfig fields at the top level
+V1_SEGMENTER_FIELDS = ("prompt_template", "temperature", "point_features", "mask_threshold", "dbscan_eps", "nms_iou")
 MANIFEST = "manifest.json"
 
 
@@ -45,12 +52,7 @@ class BundleManifest:
     clip: str = "clip"
     student: str = "student.pt"
     vocabulary: tuple[str, ...] = ()
-    prompt_template: str = "a {} in the scene"
-    temperature: float = 0.07          # softmax temperature of the student's similarity logits (training's tau)
-    point_features: str = "backbone"   # which Mask3D point features the student pools ("backbone" | "mask")
-    mask_threshold: float = 0.5        # Mask3D proposal mask = mask probability above this (0.5: Mask3D's)
-    dbscan_eps: float = 0.0            # Mask3D proposals split into parts further apart (m); 0 = no split
-    nms_iou: float = 0.9               # class-agnostic mask NMS IoU (all three chosen on validation scenes)
+    segmenter: SegmenterConfig = SegmenterConfig()   # tau from distillation, proposals chosen on validation
     sha256: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
 
@@ -60,10 +62,7 @@ class BundleManifest:
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "mask3d": self.mask3d, "clip": self.clip,
                 "student": self.student, "vocabulary": list(self.vocabulary),
-                "prompt_template": self.prompt_template, "temperature": self.temperature,
-                "point_features": self.point_features, "mask_threshold": self.mask_threshold,
-                "dbscan_eps": self.dbscan_eps, "nms_iou": self.nms_iou,
-                "sha256": self.sha256,
+                "segmenter": self.segmenter.to_dict(), "sha256": self.sha256,
                 "provenance": self.provenance}
 
 
@@ -92,16 +91,22 @@ def read_manifest(root: str | os.PathLike, verify: bool = True) -> BundleManifes
         raise BundleError(f"{path} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a JSON object, got a {type(data).__name__}")
-    if data.get("format") != FORMAT or data.get("version") != VERSION:
-        raise BundleError(f"{path}: expected format {FORMAT!r} version {VERSION}, "
+    if data.get("format") != FORMAT or data.get("version") not in (1, VERSION):
+        raise BundleError(f"{path}: expected format {FORMAT!r} version 1 or {VERSION}, "
                           f"got {data.get('format')!r} version {data.get('version')!r}")
-    known = set(BundleManifest.__dataclass_fields__) - {"root"}
+    known = set(BundleManifest.__dataclass_fields__) - {"root", "segmenter"}
     fields = {k: v for k, v in data.items() if k in known}
     for name, value in fields.items():
         problem = _type_problem(name, value)
         if problem:
             raise BundleError(f"{path}: field {name!r} {problem}")
     fields["vocabulary"] = tuple(fields.get("vocabulary", ()))
+    stored = data.get("segmenter", {}) if data["version"] == VERSION else \
+        {k: data[k] for k in V1_SEGMENTER_FIELDS if k in data}
+    try:
+        fields["segmenter"] = SegmenterConfig.from_dict(stored)
+    except ValueError as e:
+        raise BundleError(f"{path}: segmenter {e}") from e
     manifest = BundleManifest(root=root, **fields)
     for name in ("mask3d", "clip", "student"):
         if not manifest.path(name).exists():
@@ -123,14 +128,11 @@ def write_manifest(manifest: BundleManifest) -> Path:
     return write_text_atomic(manifest.root / MANIFEST, json.dumps(data, indent=2) + "\n")
 
 
-_NUMBERS = ("temperature", "mask_threshold", "dbscan_eps", "nms_iou")
-_STRINGS = ("mask3d", "clip", "student", "prompt_template", "point_features")
+_STRINGS = ("mask3d", "clip", "student")
 
 
 def _type_problem(name: str, value) -> str | None:
     """What is wrong with the type of manifest field ``name``, or None."""
-    if name in _NUMBERS and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        return f"must be a number, got {type(value).__name__} {value!r}"
     if name in _STRINGS and not isinstance(value, str):
         return f"must be a string, got {type(value).__name__} {value!r}"
     if name == "vocabulary" and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):

@@ -26,42 +26,12 @@ from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import ClipModel, resolve_device
 from folk_ros.core.cloud import PointCloud
 from folk_ros.core.mask3d.checkpoint import load_checkpoint
-from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.mask3d.model import Mask3D
+from folk_ros.core.segmenter_config import SegmenterConfig
 from folk_ros.core.sparse.minkowski import set_sparse_backend
 from folk_ros.core.student import Student, classify  # noqa: F401  (classify: re-exported)
 from folk_ros.core.vocabulary import validate_vocabulary
 from folk_ros.core.voxel_masks import VoxelMasks
-
-
-@dataclass(frozen=True)
-class SegmenterConfig:
-    prompt_template: str = "a {} in the scene"   # CLIP text prompt; {} is the class name
-    temperature: float = 0.07                    # tau of the label softmax (from distillation)
-    score_threshold: float = 0.05                # drop instances whose confidence is below
-    max_instances: int = 100                     # keep at most this many, best first
-    min_points: int = 20                         # drop proposals with fewer points
-    point_features: str = "backbone"             # Mask3D features the student pools: backbone | mask
-    nms_iou: float = 0.9                         # class-agnostic mask NMS of the proposals (FOLK)
-    dbscan_eps: float = 0.0                      # split proposals into parts further apart (m); 0 = no split
-    mask_threshold: float = 0.5                  # proposal mask = Mask3D mask probability above this
-
-    def __post_init__(self):
-        if "{}" not in self.prompt_template:
-            raise ValueError(f"prompt_template must contain '{{}}', got {self.prompt_template!r}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.max_instances < 1 or self.min_points < 1:
-            raise ValueError("max_instances and min_points must be >= 1")
-        if self.point_features not in ("backbone", "mask"):
-            raise ValueError(f"point_features must be 'backbone' or 'mask', got {self.point_features!r}")
-        self.proposal_postprocess()  # checks dbscan_eps and mask_threshold
-
-    def proposal_postprocess(self) -> PostprocessConfig:
-        """The Mask3D post-processing of the proposals: masks where the mask probability exceeds
-        ``mask_threshold``, DBSCAN split (Mask3D's ``use_dbscan``, at ``dbscan_eps``; off at 0),
-        proposals under ``min_points`` dropped, then class-agnostic mask NMS at ``nms_iou``."""
-        return PostprocessConfig.class_agnostic(self.dbscan_eps, self.nms_iou, self.min_points, self.mask_threshold)
 
 
 @dataclass
@@ -208,11 +178,9 @@ class Segmenter:
         student = Student.from_checkpoint(student_obj)
         clip_spec = str(files.get("clip") or manifest.path("clip"))
         clip = ClipModel(f"local-dir:{clip_spec}" if Path(clip_spec).is_dir() else clip_spec, device=dev)
-        temperature = float(student_obj.get("tau", manifest.temperature)) if "student" in files \
-            else manifest.temperature
-        cfg = SegmenterConfig(prompt_template=manifest.prompt_template, temperature=temperature,
-                              point_features=manifest.point_features, dbscan_eps=manifest.dbscan_eps,
-                              nms_iou=manifest.nms_iou, mask_threshold=manifest.mask_threshold)
+        cfg = manifest.segmenter                           # stored whole by training.make_bundle
+        if "student" in files:                             # another student brings its own temperature
+            cfg = replace(cfg, temperature=float(student_obj.get("tau", cfg.temperature)))
         return cls(mask3d, student, clip, replace(cfg, **overrides), device=dev)
 
     def text_embeddings(self, vocabulary: Sequence[str]) -> torch.Tensor:

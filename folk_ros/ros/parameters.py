@@ -25,6 +25,7 @@ from rclpy.parameter import Parameter
 
 from folk_ros.core.cloud import DEFAULT_RGB
 from folk_ros.core.map_config import MapConfig
+from folk_ros.core.segmenter_config import SegmenterConfig
 from folk_ros.core.vocabulary import validate_vocabulary
 
 PACKAGE = "folk_ros"
@@ -78,7 +79,7 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("prompt_template", "", T.STRING,
               "CLIP prompt with '{}' for the name, e.g. 'a {} in the scene'; '' = the template the "
               "bundle was trained with. Live.", read_only=False),
-    ParamSpec("score_threshold", 0.05, T.DOUBLE,
+    ParamSpec("score_threshold", SegmenterConfig.score_threshold, T.DOUBLE,
               "Drop instances whose confidence (proposal score x label probability) is below. Live.",
               read_only=False, limits=(0.0, 1.0)),
     ParamSpec("max_vocabulary", 2000, T.INTEGER,
@@ -110,9 +111,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "minkowski (MinkowskiEngine 0.5.4, when installed: scripts/build_minkowski.sh) or auto "
               "(minkowski when it imports).", limits=SPARSE_BACKENDS),
     ParamSpec("num_threads", 0, T.INTEGER, "CPU threads for torch; 0 = torch's default.", limits=(0, 256)),
-    ParamSpec("max_instances", 100, T.INTEGER, "Keep at most this many instances per cloud, best first.",
-              limits=(1, 1000)),
-    ParamSpec("min_points", 20, T.INTEGER,
+    ParamSpec("max_instances", SegmenterConfig.max_instances, T.INTEGER,
+              "Keep at most this many instances per cloud, best first.", limits=(1, 1000)),
+    ParamSpec("min_points", SegmenterConfig.min_points, T.INTEGER,
               "Drop proposals with fewer points (counted after downsampling).", limits=(1, 1_000_000)),
     ParamSpec("nms_iou", -1.0, T.DOUBLE,
               "Class-agnostic mask NMS IoU of the Mask3D proposals (FOLK's paper: 0.9); -1 = the bundle's value.",
