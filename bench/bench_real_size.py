@@ -27,6 +27,7 @@ from pathlib import Path
 
 from bench.run_all import Bench, run
 from training.atomic import write_json_atomic
+from training.make_bundle import folder_mb
 from training.untrained_bundle import make_untrained_bundle
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         bundle = make_untrained_bundle(Path(tmp) / "bundle", size="real")
         build_s = time.perf_counter() - t0
-        size_mb = sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) / 2**20
+        size_mb = folder_mb(bundle)
         print(f"[bench] real-size bundle ({size_mb:,.0f} MB) built in {build_s:.0f} s", flush=True)
         rows = []
         for bench in benches:

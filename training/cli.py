@@ -61,8 +61,8 @@ def help_of(cls, name: str) -> str:
     return cls.__dataclass_fields__[name].metadata[HELP]
 
 
-def settings_from(cls, args: argparse.Namespace, **extra):
-    """``cls`` built from the parsed flags of its fields (lists made tuples) and ``extra``."""
+def settings_from(cls, args: argparse.Namespace):
+    """``cls`` built from the parsed flags of its fields (lists made tuples)."""
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items() if k in names}
-    return cls(**{**values, **extra})
+    return cls(**values)

@@ -87,6 +87,7 @@ def copy_clip(src: Path, dst: Path) -> None:
 
 
 def folder_mb(path: Path) -> float:
+    """Size of the files under ``path`` in MB (10^6 bytes, as the models/ budget counts)."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
 

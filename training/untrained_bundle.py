@@ -26,6 +26,7 @@ from folk_ros.core.mask3d.config import INPUT_FEATURES, preset
 from folk_ros.core.mask3d.model import Mask3D
 from folk_ros.core.student import Student, StudentConfig
 from training.data import scannet200
+from training.make_bundle import folder_mb
 
 SMALL_VOCABULARY = ("chair", "table", "lamp", "box")
 # size -> (Mask3D preset, open_clip architecture, student hidden width)
@@ -62,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     make_untrained_bundle(args.out, args.seed, args.input_features, args.size)
-    size_mb = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file()) / 2**20
-    print(f"wrote the untrained {args.size}-size bundle {args.out} ({size_mb:,.0f} MB) in "
+    print(f"wrote the untrained {args.size}-size bundle {args.out} ({folder_mb(args.out):,.0f} MB) in "
           f"{time.perf_counter() - t0:.1f} s")
     return 0
 
