@@ -1,7 +1,8 @@
 """Latency of the folk_segmenter node per cloud, by stage, at 50k / 100k / 200k points (CPU by default).
 
-Runs exactly what the node's subscription callback and worker run for one cloud, in process, on a
-worker thread as the node does, and without a ROS graph: PointCloud2 -> ``cloud_from_msg`` (convert)
+Runs exactly what the node's subscription callback and worker run for one cloud, in process, on one
+worker thread after loading the model on a thread of its own, as the node does
+(:mod:`folk_ros.core.torch_threads`), and without a ROS graph: PointCloud2 -> ``cloud_from_msg`` (convert)
 -> ``fit_point_budget`` (downsample, only above max_points) -> ``Segmenter.segment`` (text, proposals,
 student, classify) ->
 ``label_points`` + ``build_outputs`` (messages) -> ``serialize_message`` of the three outputs
@@ -28,17 +29,17 @@ from __future__ import annotations
 import argparse
 import resource
 import tempfile
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from rclpy.serialization import serialize_message
 from std_msgs.msg import Header
 from tqdm import tqdm
 
+from folk_ros.core import torch_threads
 from folk_ros.core.bundle import read_manifest
 from folk_ros.core.cloud import fit_point_budget
 from folk_ros.core.segmenter import Segmenter
@@ -72,18 +73,6 @@ def room_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     st = rng.random((n, 2))
     xyz = origin[which] + st[:, :1] * u[which] + st[:, 1:] * v[which] + rng.normal(0, 0.002, (n, 3))
     return xyz.astype(np.float32), colors[which].astype(np.uint8)
-
-
-def on_worker_thread(fn, *args):
-    """``fn(*args)`` on a new thread, as the node's worker thread segments (torch's CPU kernels do not run
-    equally fast on the main thread and on others: see folk_ros.core.sparse.functional.resolve_method)."""
-    result = []
-    worker = threading.Thread(target=lambda: result.append(fn(*args)))
-    worker.start()
-    worker.join()
-    if not result:
-        raise RuntimeError("the worker thread failed (its traceback is above)")
-    return result[0]
 
 
 def time_cloud(segmenter: Segmenter, msg, settings: params.NodeSettings) -> dict[str, float]:
@@ -126,25 +115,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="the node's max_points (voxel-downsampling budget)")
     parser.add_argument("--out", type=Path, default=Path("out/bench/node_latency.json"), help="JSON result path")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        bundle = args.bundle or make_untrained_bundle(Path(tmp) / "bundle", size=args.size)
+    # the node's threads: the model loads on a thread of its own, one worker segments (torch_threads)
+    with tempfile.TemporaryDirectory() as tmp, \
+            ThreadPoolExecutor(1, initializer=torch_threads.use_threads, initargs=(args.threads,)) as worker:
+        bundle = args.bundle or torch_threads.on_own_thread(make_untrained_bundle, Path(tmp) / "bundle",
+                                                            size=args.size, threads=args.threads)
         defaults = {p.name: p.default for p in params.PARAMETERS}
         settings = replace(params.read_settings(defaults), max_points=args.max_points, score_threshold=0.0)
         t0 = time.perf_counter()
-        segmenter = Segmenter.from_bundle(bundle, device=args.device, **params.segmenter_overrides(settings))
+        segmenter = torch_threads.on_own_thread(Segmenter.from_bundle, bundle, device=args.device,
+                                                threads=args.threads, **params.segmenter_overrides(settings))
         load_s = time.perf_counter() - t0
         vocabulary = BENCH_VOCABULARY if args.vocabulary == "bench" else tuple(read_manifest(bundle).vocabulary)
         settings = replace(settings, vocabulary=vocabulary)
         t0 = time.perf_counter()
-        on_worker_thread(segmenter.text_embeddings, vocabulary)
+        worker.submit(segmenter.text_embeddings, vocabulary).result()
         text_s = time.perf_counter() - t0
         rows = []
         for n in tqdm(args.sizes, desc="sizes"):
             xyz, rgb = room_cloud(n)
             msg = cloud_to_msg(xyz, rgb, Header(frame_id="map"))
-            runs = [on_worker_thread(time_cloud, segmenter, msg, settings)
+            runs = [worker.submit(time_cloud, segmenter, msg, settings).result()
                     for _ in tqdm(range(args.repeats + 1), desc=f"{n:,}", leave=False)][1:]
             rows.append((n, {k: float(np.median([r[k] for r in runs])) for k in runs[0]}))
 

@@ -28,7 +28,10 @@ outside the map lock and holds it only to fold the result in (:meth:`LiveMap.com
 publishes, so a query waits tens of milliseconds at most. Live parameters (``vocabulary``,
 ``prompt_template``, ``score_threshold``) are validated in the on-set callback; the text is encoded by
 the worker (never on the executor), which reads the committed
-:class:`~folk_ros.ros.parameters.LiveSettings` before every cloud.
+:class:`~folk_ros.ros.parameters.LiveSettings` before every cloud. The worker is the only thread that runs
+torch on ``num_threads`` threads: the model loads on a thread of its own and the map services' torch work
+on the executor runs serially, because a second OpenMP team made Mask3D about twice as slow
+(:mod:`folk_ros.core.torch_threads`).
 
 Clouds above ``max_points`` are voxel-downsampled before Mask3D (:func:`fit_point_budget`), and the
 masks are mapped back to every input point through the voxel inverse map (:func:`label_points`).

@@ -28,6 +28,7 @@ from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from folk_ros.core import torch_threads
 from folk_ros.core.cloud import fit_point_budget
 from folk_ros.core.map_file import MapFileError
 from folk_ros.core.live_map import LiveMap
@@ -62,20 +63,16 @@ class SegmenterRuntime:
         """Read the parameters (declared by the node), load the model (and the map), create the outputs and
         the map services; StartupError with one line when anything is wrong."""
         self.settings = self._read_settings()
-        self.segmenter = self._load_segmenter(self.settings)
-        self._bundle_template = self.segmenter.cfg.prompt_template  # from the manifest (see segmenter_overrides)
-        self._live = params.initial_live(self.settings, self._bundle_template)
-        try:
-            self._encode_text(self._live)      # before "ready": the first cloud finds the text encoded
-        except (ValueError, RuntimeError) as err:
-            raise StartupError(f"cannot encode the vocabulary: {err}") from err
+        self._threads = self.settings.num_threads or torch.get_num_threads()
+        # torch work at start-up runs on a thread of its own, so the worker's is the only OpenMP team
+        # that lives on (folk_ros.core.torch_threads)
+        torch_threads.on_own_thread(self._load, threads=self._threads)
         self._live_lock = threading.Lock()
         self._throttle = Throttle(self.settings.log_throttle_s)
         self._warned_no_color = False
         self._warned_frames: set[str] = set()
         self._errors_traced: set[str] = set()
         self._stats = NodeStats()
-        self.live_map = self._load_map(self.settings) if self.settings.mode == "map" else None
         self._map_lock = threading.Lock()      # the worker updates the map, services read it
         self._last_map_job: Job | None = None  # the last cloud folded into the map (republished on relabel)
         self._published_ids: set[int] = set()
@@ -174,11 +171,20 @@ class SegmenterRuntime:
         except Exception as err:
             raise StartupError(f"bad parameter: {err}") from err
 
+    def _load(self) -> None:
+        """The model, the vocabulary's text and (map mode) the map; StartupError with one line."""
+        self.segmenter = self._load_segmenter(self.settings)
+        self._bundle_template = self.segmenter.cfg.prompt_template  # from the manifest (see segmenter_overrides)
+        self._live = params.initial_live(self.settings, self._bundle_template)
+        try:
+            self._encode_text(self._live)      # before "ready": the first cloud finds the text encoded
+        except (ValueError, RuntimeError) as err:
+            raise StartupError(f"cannot encode the vocabulary: {err}") from err
+        self.live_map = self._load_map(self.settings) if self.settings.mode == "map" else None
+
     def _load_segmenter(self, settings: params.NodeSettings) -> Segmenter:
         try:
             self._bundle_path = params.resolve_bundle(settings.model_bundle)
-            if settings.num_threads > 0:
-                torch.set_num_threads(settings.num_threads)
             return Segmenter.from_bundle(self._bundle_path, device=settings.device,
                                          sparse_backend=settings.sparse_backend,
                                          files=params.checkpoint_overrides(settings),
@@ -293,6 +299,7 @@ class SegmenterRuntime:
     # ---------------------------------------------------------------- worker thread
 
     def _work(self) -> None:
+        torch_threads.use_threads(self._threads)   # the one thread that runs torch in parallel
         while True:
             work = self._slot.take()
             if work is None:
@@ -429,10 +436,15 @@ class SegmenterRuntime:
         if path is None:
             return
         try:
-            with self._map_lock:
-                self.live_map.save(path)
+            self._write_map(path)
         except OSError as err:
             self._error_once(f"cannot save the map to {path}: {err}")
+
+    def _write_map(self, path: Path) -> int:
+        """Save the map to ``path`` (after any update in progress); the number of instances saved."""
+        with torch_threads.serial(), self._map_lock:   # also called on the executor (services, cleanup)
+            self.live_map.save(path)
+            return len(self.live_map.map)
 
     # ---------------------------------------------------------------- map services (service group thread)
 
@@ -445,19 +457,20 @@ class SegmenterRuntime:
         try:
             with self._live_lock:
                 live = self._live
-            text = self.live_map.encode_phrases(phrases)     # outside the map lock (CLIP has its own)
-            reference = self.live_map.vocabulary_text(live.vocabulary, live.prompt_template)
-            with self._map_lock:
-                k, min_score = int(request.max_results), float(request.min_score)
-                tau = self.segmenter.cfg.temperature
-                rows, scores, phrase = self.live_map.map.query(text, k, min_score, reference, tau)
-                labels = self.live_map.label(live.vocabulary, live.prompt_template)
-                view = map_view(self.live_map, labels, live.vocabulary, rows)
-                if self.live_map.map.frame_origin is not None:
-                    view = view.shifted(self.live_map.map.frame_origin)
-                total = len(self.live_map.map)
-                last = self._last_map_job
-                header = last.header if last is not None else Header(frame_id=self.settings.map_frame)
+            with torch_threads.serial():   # on the executor: no second OpenMP team beside the worker's
+                text = self.live_map.encode_phrases(phrases)     # outside the map lock (CLIP has its own)
+                reference = self.live_map.vocabulary_text(live.vocabulary, live.prompt_template)
+                with self._map_lock:
+                    k, min_score = int(request.max_results), float(request.min_score)
+                    tau = self.segmenter.cfg.temperature
+                    rows, scores, phrase = self.live_map.map.query(text, k, min_score, reference, tau)
+                    labels = self.live_map.label(live.vocabulary, live.prompt_template)
+                    view = map_view(self.live_map, labels, live.vocabulary, rows)
+                    if self.live_map.map.frame_origin is not None:
+                        view = view.shifted(self.live_map.map.frame_origin)
+                    total = len(self.live_map.map)
+                    last = self._last_map_job
+            header = last.header if last is not None else Header(frame_id=self.settings.map_frame)
         except Exception as err:  # never crash the executor on a request
             response.success, response.message = False, f"query failed: {type(err).__name__}: {err}"
             return response
@@ -469,7 +482,7 @@ class SegmenterRuntime:
         return response
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        with self._map_lock:
+        with torch_threads.serial(), self._map_lock:
             removed = len(self.live_map.map)
             self.live_map.reset()
         self._slot.request("republish")
@@ -484,9 +497,7 @@ class SegmenterRuntime:
             return response
         try:
             path = save_path(params.map_directory(self.settings), name)
-            with self._map_lock:
-                self.live_map.save(path)
-                count = len(self.live_map.map)
+            count = self._write_map(path)
         except (ValueError, OSError) as err:
             response.success, response.message = False, f"map not saved: {err}"
             return response

@@ -9,7 +9,7 @@
   per convolution, which also keeps it fast when the cores are shared.
 * ``"pairs"``: per offset gather -> matmul -> ``index_add_`` (the reference form).
 
-``"auto"`` (the default) picks one by device and thread count (:func:`resolve_method`).
+``"auto"`` (the default) picks one by device (:func:`resolve_method`).
 
 :class:`SparseConvFunction` has a hand-written backward for both (plain autograd
 through the gathers stores every gathered block and is several times slower).
@@ -27,22 +27,20 @@ METHODS = ("auto", "gather", "pairs")
 
 
 def resolve_method(method: str, device: torch.device) -> str:
-    """``"auto"``: the pair form on CPU with one intra-op thread, else the gather form.
+    """``"auto"``: the pair form on CPU, the gather form on CUDA.
 
-    Measured (bench/bench_sparse_ops.py, Res16UNet34C shapes at 50k voxels, fwd + bwd, an older torch):
-    with 2 threads the gather form was ~9x faster; with 1 thread the pair form's per-offset blocks stay
-    in cache and it was ~1.6x faster. Both give the same floating-point result (same summation order).
-
-    Rechecked with torch 2.14 on 2 cores (models/folk-synth's backbone, a 100k-point room): called from
-    the process's main thread the pair form is faster at 2 threads too (forward 0.72-0.93 s vs 1.30-1.46 s,
-    forward + backward 1.4 vs 2.3 s), but called from another thread, as the node's worker calls it, it is
-    slower (node process, 100k points: proposals 1.91 s vs 1.45 s; 6k points: 0.60 s vs 0.20 s). The
-    rule stays the one that serves the node; why a worker thread slows the pair form is not known yet.
+    Measured on 2 cores with torch 2.14 (models/folk-synth's Mask3D, a 100k-point room, 2 threads, the
+    network and its post-processing on the thread that also loaded the model): pairs 0.75-0.96 s, gather
+    1.54-1.73 s; with 1 thread the pair form was already ~1.6x faster (bench/bench_sparse_ops.py, an older
+    torch). An earlier rule chose the gather form for 2+ threads because the pair form looked slower on
+    a worker thread; that was a second OpenMP team in the process (see :mod:`folk_ros.core.torch_threads`),
+    which slows every kernel and the pair form's many small ones most. Both forms give the same
+    floating-point result (same summation order).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if method == "auto":
-        return "pairs" if device.type == "cpu" and torch.get_num_threads() == 1 else "gather"
+        return "pairs" if device.type == "cpu" else "gather"
     return method
 
 
