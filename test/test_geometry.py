@@ -49,3 +49,48 @@ def test_degenerate_footprints_and_several_instances():
     np.testing.assert_allclose(boxes.size[1, 0], np.sqrt(8), atol=1e-9)
     with pytest.raises(ValueError, match="no points"):
         oriented_boxes(xyz, [np.zeros(0, np.int64)])
+
+
+def reference_box(pts: np.ndarray) -> tuple[float, float]:
+    """(area, yaw mod pi/2) of the least-area footprint rectangle: every hull edge of all the points tried."""
+    from scipy.spatial import ConvexHull, QhullError
+    try:
+        hull = pts[ConvexHull(pts[:, :2]).vertices, :2]
+    except QhullError:                        # a flat footprint: a segment, or a point
+        return 0.0, 0.0
+    best = (np.inf, 0.0)
+    for a, b in zip(hull, np.roll(hull, -1, axis=0)):
+        yaw = np.arctan2(b[1] - a[1], b[0] - a[0])
+        c, s = np.cos(yaw), np.sin(yaw)
+        u, v = c * hull[:, 0] + s * hull[:, 1], -s * hull[:, 0] + c * hull[:, 1]
+        best = min(best, (np.ptp(u) * np.ptp(v), np.mod(yaw, np.pi / 2)))
+    return best
+
+
+def test_many_instances_match_a_rectangle_search_over_every_hull_edge():
+    rng = np.random.default_rng(3)
+    clouds = []
+    for i in range(80):         # boxes, blobs, thin sticks and voxel grids (repeated footprints), big and small
+        n = int(rng.integers(3, 4000))
+        if i % 4 == 0:
+            pts = box_surface(rng.uniform(-5, 5, 3), rng.uniform(0.05, 2, 3), rng.uniform(-np.pi, np.pi), n, seed=i)
+        elif i % 4 == 1:
+            pts = rng.normal(rng.uniform(-5, 5, 3), rng.uniform(0.01, 1, 3), (n, 3))
+        elif i % 4 == 2:
+            cells = np.stack(np.meshgrid(*(np.arange(k) for k in rng.integers(1, 12, 3)), indexing="ij"), -1)
+            pts = (cells.reshape(-1, 3) + 0.5) * 0.05 + rng.uniform(-5, 5, 3)
+        else:
+            t = rng.uniform(0, 1, n)
+            pts = np.outer(t, rng.normal(size=3)) + rng.normal(0, 1e-3, (n, 3))
+        clouds.append(pts)
+    xyz = np.concatenate(clouds)
+    sets = np.split(np.arange(len(xyz)), np.cumsum([len(c) for c in clouds])[:-1])
+    boxes = oriented_boxes(xyz, sets)
+    for i, pts in enumerate(clouds):
+        area, _ = reference_box(pts)
+        np.testing.assert_allclose(boxes.size[i, 0] * boxes.size[i, 1], area, rtol=1e-9, atol=1e-12)
+        assert boxes.size[i, 0] >= boxes.size[i, 1] and -np.pi / 2 < boxes.yaw[i] <= np.pi / 2
+        c, s = np.cos(-boxes.yaw[i]), np.sin(-boxes.yaw[i])     # every point inside its box
+        local = pts - boxes.center[i]
+        local = np.stack([c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1], local[:, 2]], 1)
+        assert (np.abs(local) <= boxes.size[i] / 2 + 1e-9).all()

@@ -3,8 +3,12 @@
 The yaw comes from the minimum-area rectangle of the instance's footprint (its points projected on the
 floor plane): the rectangle of least area around a convex polygon has a side on one of its edges, so
 the convex hull's edge directions are the only candidates (rotating calipers). Height comes from the
-points' z range. One scipy ConvexHull per instance (M instances, not points); degenerate footprints
-(fewer than 3 distinct points, or collinear) fall back to their principal direction.
+points' z range. A flat footprint (collinear points) gets its line's direction, a single point yaw 0.
+
+All instances are computed at once, with no loop over instances: their points are thinned (Akl-Toussaint:
+a point strictly inside the octagon of its instance's extreme points in 8 directions is no hull vertex),
+the hulls of what is left found by monotone chains pruned in vectorised passes, and the rectangles of
+every candidate edge direction compared in one array operation.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial import ConvexHull, QhullError
 
 
 @dataclass(frozen=True)
@@ -50,58 +53,134 @@ def oriented_boxes(xyz: np.ndarray, point_sets: Sequence[np.ndarray]) -> Oriente
     """
     xyz = np.asarray(xyz, np.float64)
     m = len(point_sets)
-    center, size, yaw = np.zeros((m, 3)), np.zeros((m, 3)), np.zeros(m)
-    for i, ids in enumerate(point_sets):
-        pts = xyz[np.asarray(ids, np.int64)]
-        if len(pts) == 0:
-            raise ValueError(f"instance {i} has no points")
-        angle, (lo, hi) = _min_area_rectangle(pts[:, :2])
-        c, s = np.cos(angle), np.sin(angle)
-        mid = (lo + hi) / 2.0                                                    # in the rotated frame
-        center[i, :2] = (c * mid[0] - s * mid[1], s * mid[0] + c * mid[1])
-        z0, z1 = pts[:, 2].min(), pts[:, 2].max()
-        center[i, 2] = (z0 + z1) / 2.0
-        size[i] = (hi[0] - lo[0], hi[1] - lo[1], z1 - z0)
-        yaw[i] = angle
-    return OrientedBoxes(center, size, yaw)
+    if m == 0:
+        return OrientedBoxes(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0))
+    sizes = np.array([len(ids) for ids in point_sets])
+    if (sizes == 0).any():
+        raise ValueError(f"instance {int(np.argmax(sizes == 0))} has no points")
+    pts = xyz[np.concatenate([np.asarray(ids, np.int64) for ids in point_sets])]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    owner = np.repeat(np.arange(m), sizes)
+    keep = ~_inside_extreme_octagon(pts[:, :2], owner, starts)
+    edges, vertices = _hull_chains(pts[keep, :2], owner[keep])
+    angle, lo, hi = _min_area_rectangles(np.mod(np.arctan2(edges[0][:, 1], edges[0][:, 0]), np.pi / 2), edges[1],
+                                         vertices[0], vertices[1], m)
+    c, s = np.cos(angle), np.sin(angle)
+    mid = (lo + hi) / 2.0                                                        # in the rotated frames
+    z0, z1 = np.minimum.reduceat(pts[:, 2], starts), np.maximum.reduceat(pts[:, 2], starts)
+    center = np.stack([c * mid[:, 0] - s * mid[:, 1], s * mid[:, 0] + c * mid[:, 1], (z0 + z1) / 2.0], axis=1)
+    size = np.concatenate([hi - lo, (z1 - z0)[:, None]], axis=1)
+    return OrientedBoxes(center, size, angle)
 
 
-def _min_area_rectangle(xy: np.ndarray) -> tuple[float, tuple[np.ndarray, np.ndarray]]:
-    """(yaw, (min, max) corners in the frame rotated by yaw) of the least-area rectangle around ``xy``,
-    its longer side along the rotated x axis and yaw in (-pi/2, pi/2]."""
-    candidates, xy = _edge_angles(xy)          # the rectangle only depends on the hull's vertices
-    c, s = np.cos(candidates), np.sin(candidates)
-    # points in each candidate frame (rotation by -angle): (A, N, 2)
-    rot = np.stack([c[:, None] * xy[None, :, 0] + s[:, None] * xy[None, :, 1],
-                    -s[:, None] * xy[None, :, 0] + c[:, None] * xy[None, :, 1]], axis=-1)
-    lo, hi = rot.min(axis=1), rot.max(axis=1)
+def _inside_extreme_octagon(xy: np.ndarray, owner: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """(T,) True for points strictly inside the convex octagon spanned by their instance's extreme points
+    in 8 directions (so not vertices of its hull; a margin keeps points near an edge). ``xy`` (T, 2)
+    sorted by ``owner`` (T,), instance i starting at ``starts[i]``. Instances whose octagon has no area
+    keep every point."""
+    angles = np.arange(8) * (np.pi / 4)
+    proj = xy @ np.stack([np.cos(angles), np.sin(angles)])                       # (T, 8)
+    best = np.maximum.reduceat(proj, starts, axis=0)                             # (M, 8)
+    m = len(starts)
+    vertex = np.zeros((m, 8, 2))                                                 # extreme points, CCW
+    for j in range(8):
+        rows = np.flatnonzero(proj[:, j] == best[owner, j])
+        first = rows[np.unique(owner[rows], return_index=True)[1]]               # one per instance
+        vertex[:, j] = xy[first]
+    nxt = np.roll(vertex, -1, axis=1)
+    edge = nxt - vertex                                                          # (M, 8, 2)
+    length = np.hypot(edge[..., 0], edge[..., 1])
+    scale = np.ptp(vertex.reshape(m, -1), axis=1)
+    area = 0.5 * (vertex[..., 0] * nxt[..., 1] - nxt[..., 0] * vertex[..., 1]).sum(1)       # shoelace
+    # strictly left of edge j from vertex v along e: e x p > e x v + margin, one (T,) pass per edge;
+    # a repeated vertex (no edge) passes every point
+    a = edge[..., 0] * vertex[..., 1] - edge[..., 1] * vertex[..., 0]            # (M, 8)
+    margin = 1e-9 * (1.0 + scale)[:, None] * length
+    limit = np.where(length > 0, a + margin, -np.inf)
+    inside = (area > 1e-12 * (1.0 + scale) ** 2)[owner]
+    for j in range(8):
+        inside &= edge[owner, j, 0] * xy[:, 1] - edge[owner, j, 1] * xy[:, 0] > limit[owner, j]
+    return inside
+
+
+Chains = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def _hull_chains(xy: np.ndarray, owner: np.ndarray) -> Chains:
+    """The convex hull of each instance's points, all instances at once (Andrew's monotone chains).
+
+    ``xy`` (T, 2) with ``owner`` (T,). The points of an instance sorted by (x, y) form its lower and its
+    upper chain. Every pass drops, everywhere at once, each inner point of a chain that does not make a
+    strict turn (left on the lower chain, right on the upper) with its neighbours: it lies on or beyond
+    the segment between two points of its set, so it is no hull vertex, whatever else is dropped. The
+    passes end when both chains turn strictly everywhere: they are then the hull.
+
+    Returns ``((edge vectors (E, 2), their owners (E,)), (vertices (H, 2), their owners (H,)))``; a
+    flat footprint gets its segment, a single point no edge.
+    """
+    order = np.lexsort((xy[:, 1], xy[:, 0], owner))
+    xy, owner = xy[order], owner[order]
+    fresh = np.ones(len(xy), bool)             # repeated points go: the argument needs distinct ones
+    fresh[1:] = (owner[1:] != owner[:-1]) | (xy[1:] != xy[:-1]).any(axis=1)
+    xy, owner = xy[fresh], owner[fresh]
+    edges, edge_owner, vertices, vertex_owner = [], [], [], []
+    for sign in (1.0, -1.0):                     # lower chain: left turns, upper chain: right turns
+        idx = np.arange(len(xy))
+        while len(idx) > 2:
+            a, b, c = xy[idx[:-2]], xy[idx[1:-1]], xy[idx[2:]]
+            inner = (owner[idx[:-2]] == owner[idx[1:-1]]) & (owner[idx[2:]] == owner[idx[1:-1]])
+            turn = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+            drop = inner & (sign * turn <= 0)
+            if not drop.any():
+                break
+            idx = idx[np.concatenate([[True], ~drop, [True]])]
+        same = owner[idx[:-1]] == owner[idx[1:]]
+        edges.append((xy[idx[1:]] - xy[idx[:-1]])[same])
+        edge_owner.append(owner[idx[:-1]][same])
+        vertices.append(xy[idx])
+        vertex_owner.append(owner[idx])
+    return ((np.concatenate(edges), np.concatenate(edge_owner)),
+            (np.concatenate(vertices), np.concatenate(vertex_owner)))
+
+
+def _padded(values: np.ndarray, owner: np.ndarray, m: int, fill: np.ndarray) -> np.ndarray:
+    """(M, L, ...) rows of ``values`` per owner (any order), each padded with its own first value (an
+    owner with none: ``fill``)."""
+    order = np.argsort(owner, kind="stable")
+    values, owner = values[order], owner[order]
+    counts = np.bincount(owner, minlength=m)
+    starts = np.cumsum(counts) - counts
+    out = np.broadcast_to(fill, (m, max(int(counts.max(initial=0)), 1)) + fill.shape).copy()
+    first = np.flatnonzero(counts)
+    out[first] = values[starts[first]][:, None]
+    out[owner, np.arange(len(owner)) - starts[owner]] = values
+    return out
+
+
+def _min_area_rectangles(yaws: np.ndarray, yaw_owner: np.ndarray, xy: np.ndarray, xy_owner: np.ndarray,
+                         m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The least-area rectangle of each of ``m`` instances, all at once: candidate yaws (hull edge
+    directions folded into [0, pi/2); none: 0) and the bounding points (hull vertices), with their
+    owners. Returns yaw (M,) and the (M, 2) min / max corners in the frame rotated by yaw, the longer
+    side along the rotated x axis and yaw in (-pi/2, pi/2]."""
+    yaws = _padded(yaws, yaw_owner, m, np.zeros(()))                             # (M, A)
+    xy = _padded(xy, xy_owner, m, np.zeros(2))                                   # (M, H, 2)
+    c, s = np.cos(yaws)[..., None], np.sin(yaws)[..., None]                      # (M, A, 1)
+    x, y = xy[:, None, :, 0], xy[:, None, :, 1]                                   # (M, 1, H)
+    u, v = c * x + s * y, -s * x + c * y                                          # rotation by -yaw: (M, A, H)
+    lo = np.stack([u.min(2), v.min(2)], axis=-1)                                  # (M, A, 2)
+    hi = np.stack([u.max(2), v.max(2)], axis=-1)
     extent = hi - lo
-    best = int(np.argmin(extent[:, 0] * extent[:, 1] + 1e-12 * np.abs(candidates)))   # ties: the smaller angle
-    angle, lo_b, hi_b = float(candidates[best]), lo[best], hi[best]
-    if extent[best, 1] > extent[best, 0]:        # make x the longer side: turn the frame by 90 degrees
-        angle += np.pi / 2
-        lo_b, hi_b = np.array([lo_b[1], -hi_b[0]]), np.array([hi_b[1], -lo_b[0]])
-    if angle > np.pi / 2 + 1e-12:                # keep yaw in (-pi/2, pi/2]: a box turned by pi is the same box
-        angle -= np.pi
-        lo_b, hi_b = -hi_b, -lo_b
-    elif angle <= -np.pi / 2 + 1e-12:
-        angle += np.pi
-        lo_b, hi_b = -hi_b, -lo_b
-    return angle, (lo_b, hi_b)
-
-
-def _edge_angles(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate yaws (the footprint's convex hull edge directions, folded into [0, pi/2)) and the points
-    that bound the footprint (the hull's vertices, or all distinct points when it is flat)."""
-    try:                                         # straight on the points: a sort of them costs more than qhull
-        hull = xy[ConvexHull(xy).vertices]
-        edges = np.roll(hull, -1, axis=0) - hull
-        return np.unique(np.mod(np.arctan2(edges[:, 1], edges[:, 0]), np.pi / 2)), hull
-    except (QhullError, ValueError):   # < 3 points, all equal, collinear: the principal direction below
-        pass
-    unique = np.unique(np.round(xy, 6), axis=0)
-    if len(unique) < 2:
-        return np.zeros(1), unique
-    d = unique - unique.mean(axis=0)
-    direction = np.linalg.svd(d, full_matrices=False)[2][0]
-    return np.array([np.mod(np.arctan2(direction[1], direction[0]), np.pi / 2)]), unique
+    best = np.argmin(extent[..., 0] * extent[..., 1] + 1e-12 * np.abs(yaws), axis=1)   # ties: the smaller yaw
+    rows = np.arange(m)
+    angle, lo, hi = yaws[rows, best], lo[rows, best], hi[rows, best]
+    turn = extent[rows, best, 1] > extent[rows, best, 0]        # make x the longer side: turn by 90 degrees
+    angle = np.where(turn, angle + np.pi / 2, angle)
+    lo, hi = (np.where(turn[:, None], np.stack([lo[:, 1], -hi[:, 0]], 1), lo),
+              np.where(turn[:, None], np.stack([hi[:, 1], -lo[:, 0]], 1), hi))
+    # keep yaw in (-pi/2, pi/2]: a box turned by pi is the same box
+    flip = (angle > np.pi / 2 + 1e-12) | (angle <= -np.pi / 2 + 1e-12)
+    angle = np.where(angle > np.pi / 2 + 1e-12, angle - np.pi, np.where(angle <= -np.pi / 2 + 1e-12,
+                                                                        angle + np.pi, angle))
+    lo, hi = np.where(flip[:, None], -hi, lo), np.where(flip[:, None], -lo, hi)
+    return angle, lo, hi
