@@ -88,7 +88,7 @@ def time_cloud(segmenter: Segmenter, msg, settings: params.NodeSettings) -> dict
     timings.update({k: v for k, v in instances.timings.items() if k != "total"})
     t0 = time.perf_counter()
     outputs = build_outputs(msg.header, conv, msg.width * msg.height, instances,
-                            label_points(instances, inverse), settings)
+                            label_points(instances, inverse, conv.cloud.xyz), settings)
     t1 = time.perf_counter()
     for out in (outputs.instances, outputs.markers, outputs.labeled_cloud):
         serialize_message(out)

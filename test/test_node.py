@@ -98,16 +98,23 @@ def test_fit_point_budget_and_mapping_back():
                      label_probs=np.ones(3, np.float32), proposal_scores=np.ones(3, np.float32),
                      embeddings=np.zeros((3, 4), np.float32), boxes=np.zeros((3, 2, 3), np.float32),
                      centroids=np.zeros((3, 3), np.float32), vocabulary=("a", "b", "c"))
-    labels = label_points(inst, inverse)
+    labels = label_points(inst, inverse, cloud.xyz)
     for i in range(3):   # an input point belongs to an instance iff its voxel's point does
         np.testing.assert_array_equal(labels.point_ids[i], np.flatnonzero(masks[i][inverse]))
     assert labels.instance_id.shape == (len(cloud),)
     first = labels.instance_id == 0    # instance 0 has the best score: it wins every overlap
     np.testing.assert_array_equal(first, masks[0][inverse])
     assert (labels.label_index[first] == 2).all() and np.allclose(labels.score[first], 0.9)
-    direct = label_points(inst, None)                 # not downsampled: masks are over the input points
+    for i in range(3):   # boxes and centroids over every input point of the instance
+        points = cloud.xyz[labels.point_ids[i]]
+        np.testing.assert_allclose(labels.centroids[i], points.mean(0), atol=1e-5)
+        np.testing.assert_array_equal(labels.boxes_min[i], points.min(0))
+        np.testing.assert_array_equal(labels.boxes_max[i], points.max(0))
+    direct = label_points(inst, None, sub.xyz)        # not downsampled: masks are over the input points
     np.testing.assert_array_equal(direct.point_ids[1], np.flatnonzero(masks[1]))
     assert direct.instance_id.shape == (len(sub),)
+    np.testing.assert_array_equal(direct.centroids, inst.centroids)   # the Segmenter's own geometry
+    np.testing.assert_array_equal(direct.boxes_min, inst.boxes[:, 0])
 
 
 # ---------------------------------------------------------------------------------------------

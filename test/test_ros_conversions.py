@@ -14,7 +14,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from folk_ros.core.pointcloud2 import CloudFormatError  # noqa: E402
 from folk_ros.ros.conversions import (  # noqa: E402
-    UNLABELED_COLOR, cloud_from_msg, cloud_to_msg, instance_geometry, instances_to_msg,
+    UNLABELED_COLOR, cloud_from_msg, cloud_to_msg, instances_to_msg,
     label_colors, markers_from_instances, point_labels)
 
 _DATATYPE = {np.dtype(code): datatype for datatype, code in
@@ -223,19 +223,12 @@ def test_large_cloud_conversion(n):
     np.testing.assert_array_equal(out.cloud.xyz[:5], xyz[1:6])
 
 
-def test_mask_helpers_geometry_and_point_labels():
-    xyz = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 4], [9, 9, 9]], np.float32)
+def test_point_labels():
     masks = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 0]], bool)
-    cen, bmin, bmax = instance_geometry(xyz, [np.flatnonzero(m) for m in masks])
-    np.testing.assert_allclose(cen, [[1 / 3, 2 / 3, 0], [0, 1, 2]])
-    np.testing.assert_allclose(bmin, [[0, 0, 0], [0, 0, 0]])
-    np.testing.assert_allclose(bmax, [[1, 2, 0], [0, 2, 4]])
     inst, label, score = point_labels(masks, np.array([4, -1]), np.array([0.5, 0.9]))
     assert inst.tolist() == [0, 0, 1, 1, -1]  # point 2 is in both: the higher score (instance 1) wins
     assert label.tolist() == [4, 4, -1, -1, -1]
     np.testing.assert_allclose(score, [0.5, 0.5, 0.9, 0.9, 0.0])
-    with pytest.raises(ValueError, match="instance 1 has no points"):
-        instance_geometry(xyz, [np.array([0]), np.array([], np.int64)])
     # no instance at all (every proposal under the score threshold): every point unlabeled
     inst, label, score = point_labels(np.zeros((0, 5), bool), np.zeros(0, int), np.zeros(0, np.float32))
     assert inst.tolist() == label.tolist() == [-1] * 5 and score.tolist() == [0.0] * 5

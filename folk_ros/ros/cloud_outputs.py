@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from folk_ros_interfaces.msg import InstanceArray
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
@@ -15,10 +16,11 @@ from visualization_msgs.msg import MarkerArray
 
 from folk_ros.core.geometry import oriented_boxes
 from folk_ros.core.pointcloud2 import CloudConversion
-from folk_ros.core.segmenter import Instances
+from folk_ros.core.segmenter import Instances, mask_geometry
+from folk_ros.core.voxel_masks import VoxelMasks
 from folk_ros.ros import parameters as params
-from folk_ros.ros.conversions import (cloud_to_msg, instance_geometry, instances_to_msg,
-                                      label_colors, markers_from_instances, point_labels)
+from folk_ros.ros.conversions import (cloud_to_msg, instances_to_msg, label_colors, markers_from_instances,
+                                      point_labels)
 
 
 @dataclass(frozen=True)
@@ -29,25 +31,38 @@ class PointLabels:
         point_ids: M arrays of (K_i,) int64 indices into the kept points, one per instance.
         instance_id, label_index: (K,) int32 (-1: none); score: (K,) float32 (0: none); where instances
             overlap the higher score wins (:func:`point_labels`).
+        centroids, boxes_min, boxes_max: (M, 3) float64 mean and axis-aligned box of each instance's
+            kept points.
     """
 
     point_ids: list[np.ndarray]
     instance_id: np.ndarray
     label_index: np.ndarray
     score: np.ndarray
+    centroids: np.ndarray
+    boxes_min: np.ndarray
+    boxes_max: np.ndarray
 
 
-def label_points(instances: Instances, inverse: np.ndarray | None) -> PointLabels:
-    """Map masks over V segmented points back to K input points through ``inverse`` (K,) (None: V = K)."""
+def label_points(instances: Instances, inverse: np.ndarray | None, xyz: np.ndarray) -> PointLabels:
+    """Map masks over V segmented points back to the K kept input points ``xyz`` (K, 3) through
+    ``inverse`` (K,) (None: V = K, the cloud was not downsampled)."""
     masks = instances.masks
-    if inverse is None:
+    if inverse is None:   # the same points: the Segmenter's geometry
         ids = [np.flatnonzero(m) for m in masks]
-    else:
+        centroids, boxes = instances.centroids, instances.boxes
+    else:                 # every kept point of an instance, also those its voxel's point stands for
         ids = [np.flatnonzero(m[inverse]) for m in masks]  # one (K,) gather per instance, no (M, K) copy
+        boxes, centroids = (t.numpy() for t in mask_geometry(
+            torch.from_numpy(np.asarray(xyz)), VoxelMasks.from_dense(torch.from_numpy(masks)),
+            torch.from_numpy(inverse)))
     iid, lab, score = point_labels(masks, instances.label_indices, instances.scores)
     if inverse is not None:
         iid, lab, score = iid[inverse], lab[inverse], score[inverse]
-    return PointLabels(point_ids=ids, instance_id=iid, label_index=lab, score=score)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 2, 3)
+    return PointLabels(point_ids=ids, instance_id=iid, label_index=lab, score=score,
+                       centroids=np.asarray(centroids, np.float64).reshape(-1, 3), boxes_min=boxes[:, 0],
+                       boxes_max=boxes[:, 1])
 
 
 @dataclass
@@ -65,7 +80,7 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
     points to it, so instance point indices and labeled-cloud points are in input row-major order.
     """
     xyz, origin = conv.cloud.xyz, conv.origin   # geometry in the cloud's recentred frame, published in the input's
-    centroids, bmin, bmax = (a + origin for a in instance_geometry(xyz, labels.point_ids))
+    centroids, bmin, bmax = (a + origin for a in (labels.centroids, labels.boxes_min, labels.boxes_max))
     obb = oriented_boxes(xyz, labels.point_ids).shifted(origin)
     msg_ids = [conv.indices[ids] for ids in labels.point_ids]
     inst_msg = instances_to_msg(header, instances.vocabulary, msg_ids, instances.label_indices,

@@ -10,7 +10,7 @@ spinning anything (DESIGN.md, "Callbacks convert and enqueue").
 - ``instances_to_msg``: instance arrays -> folk_ros_interfaces/InstanceArray.
 - ``markers_from_instances``: boxes, text labels and optional points -> visualization_msgs/MarkerArray.
 - Helpers between the Segmenter's masks and those messages:
-  ``instance_geometry``, ``point_labels``, ``label_colors``.
+  ``point_labels``, ``label_colors``.
 """
 
 from __future__ import annotations
@@ -124,31 +124,6 @@ def _pack_rgb(rgb: np.ndarray, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # Segmenter output -> per-point and per-instance arrays
-
-
-def instance_geometry(xyz: np.ndarray, point_indices_per_instance: Sequence[np.ndarray]
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Centroid and axis-aligned box of each instance's points.
-
-    Args:
-        xyz: (N, 3) positions.
-        point_indices_per_instance: M arrays of (K_i,) int indices into ``xyz``, each non-empty.
-
-    Returns:
-        centroids (M, 3), boxes_min (M, 3), boxes_max (M, 3), float64.
-    """
-    xyz = np.asarray(xyz, np.float64)
-    m = len(point_indices_per_instance)
-    if m == 0:
-        empty = np.zeros((0, 3))
-        return empty, empty.copy(), empty.copy()
-    sizes = np.array([len(p) for p in point_indices_per_instance])
-    if (sizes == 0).any():
-        raise ValueError(f"instance {int(np.argmax(sizes == 0))} has no points")
-    pts = xyz[np.concatenate([np.asarray(p, np.int64) for p in point_indices_per_instance])]
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    centroids = np.add.reduceat(pts, starts, axis=0) / sizes[:, None]
-    return centroids, np.minimum.reduceat(pts, starts, axis=0), np.maximum.reduceat(pts, starts, axis=0)
 
 
 def point_labels(masks: np.ndarray, label_indices: np.ndarray, scores: np.ndarray

@@ -387,7 +387,7 @@ class SegmenterRuntime:
         instances = self.segmenter.segment(cloud, live.vocabulary)
         timings.update({k: v for k, v in instances.timings.items() if k != "total"})
         t0 = time.perf_counter()
-        labels = label_points(instances, inverse)
+        labels = label_points(instances, inverse, job.conv.cloud.xyz)
         outputs = build_outputs(job.header, job.conv, job.n_input, instances, labels, self.settings)
         timings["messages"] = (time.perf_counter() - t0) * 1e3
         return outputs, CloudReport(n_input=job.n_input, n_nonfinite=job.conv.dropped_nonfinite,
