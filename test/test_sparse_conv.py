@@ -64,7 +64,10 @@ def test_kernel_offsets_order():
 
 @pytest.mark.parametrize("ks", [3, 5])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_submanifold_matches_reference(ks, stride):
+@pytest.mark.parametrize("lookup", ["grid", "keys"])
+def test_submanifold_matches_reference(ks, stride, lookup, monkeypatch):
+    if lookup == "keys":   # no dense table: every neighbour found by a sorted-key search
+        monkeypatch.setattr("folk_ros.core.sparse.coords.GRID_LOOKUP_CELLS", 0)
     torch.manual_seed(0)
     coords = random_coords(60, 4, stride=stride)
     feats = torch.randn(coords.shape[0], 3, dtype=torch.float64)

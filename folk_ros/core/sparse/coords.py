@@ -5,7 +5,9 @@ multiples of the tensor stride (MinkowskiEngine's convention).  Each row is
 packed into one int64 key; lookups sort the keys once and use
 ``torch.searchsorted``.  Because the packing is linear, the key of
 ``c + offset`` is ``key(c) + key_delta(offset)``, so a whole kernel offset is
-looked up with one addition and one ``searchsorted``.
+looked up with one addition and one ``searchsorted``.  Submanifold maps over a
+bounding box of up to :data:`GRID_LOOKUP_CELLS` cells use a dense table of row
+numbers instead (one gather per offset; a room at 4 cm, every level).
 
 Kernel-offset order follows MinkowskiEngine (``[K, Cin, Cout]`` kernels):
 index ``k = i + S*j + S*S*l`` (x fastest), offset
@@ -223,17 +225,15 @@ class CoordinateManager:
         cs = self.sets[stride]
         n = cs.coords.shape[0]
         offsets = kernel_offsets(kernel_size, stride * dilation, device=cs.coords.device)
-        keys = pack_keys(cs.coords)
         rows = torch.arange(n, device=cs.coords.device)
         volume = offsets.shape[0]
         ins: list = [None] * volume
         outs: list = [None] * volume
-        deltas = key_delta(offsets).tolist()
         identity_k = volume // 2                      # the centre offset (0, 0, 0)
         ins[identity_k] = outs[identity_k] = rows
-        for k in range(volume // 2):
-            # offsets are point-symmetric (offset[K-1-k] = -offset[k]): one lookup serves both
-            found, src = _lookup(cs, keys + deltas[k])
+        # offsets are point-symmetric (offset[K-1-k] = -offset[k]): one lookup serves both
+        lookup = _grid_lookup(cs, offsets[: volume // 2], stride) or _key_lookup(cs, offsets[: volume // 2])
+        for k, (found, src) in enumerate(lookup):
             ins[k], outs[k] = src[found], rows[found]
             ins[volume - 1 - k], outs[volume - 1 - k] = outs[k], ins[k]
         ptr = [0]
@@ -241,6 +241,42 @@ class CoordinateManager:
             ptr.append(ptr[-1] + i.numel())
         self.maps[key] = KernelMap(torch.cat(ins), torch.cat(outs), tuple(ptr), n, n, identity_k)
         return self.maps[key]
+
+
+GRID_LOOKUP_CELLS = 1 << 23
+"""Largest dense table (cells, int32: 32 MB) :func:`_grid_lookup` builds; beyond it keys are searched."""
+
+
+def _key_lookup(cs: _CoordSet, offsets: torch.Tensor):
+    """Per offset ``(found (V,) bool, row (V,) int64)`` of ``coords + offset``: a sorted-key search each."""
+    keys = pack_keys(cs.coords)
+    for delta in key_delta(offsets).tolist():
+        yield _lookup(cs, keys + delta)
+
+
+def _grid_lookup(cs: _CoordSet, offsets: torch.Tensor, stride: int) -> list | None:
+    """:func:`_key_lookup` through a dense table of row numbers over the coordinates' bounding box
+    (padded by the largest offset), one gather per offset instead of a binary search; None when that
+    table would exceed :data:`GRID_LOOKUP_CELLS`."""
+    c = cs.coords
+    if c.shape[0] == 0:
+        return None
+    pad = int(offsets.abs().max()) // stride if offsets.numel() else 0
+    cell = torch.cat([c[:, :1], torch.div(c[:, 1:], stride, rounding_mode="floor")], dim=1)
+    cell = cell - cell.min(0).values + torch.tensor([0, pad, pad, pad], device=c.device)
+    dims = (cell.max(0).values + torch.tensor([1, pad + 1, pad + 1, pad + 1], device=c.device)).tolist()
+    if dims[0] * dims[1] * dims[2] * dims[3] > GRID_LOOKUP_CELLS:
+        return None
+    steps = torch.tensor([dims[1] * dims[2] * dims[3], dims[2] * dims[3], dims[3], 1], device=c.device)
+    flat = cell @ steps
+    table = torch.full((dims[0] * dims[1] * dims[2] * dims[3],), -1, dtype=torch.int32, device=c.device)
+    table[flat] = torch.arange(c.shape[0], dtype=torch.int32, device=c.device)
+    out = []
+    for delta in (torch.div(offsets, stride, rounding_mode="floor") @ steps[1:]).tolist():
+        row = table[flat + delta].to(torch.int64)
+        found = row >= 0
+        out.append((found, row.clamp_(min=0)))
+    return out
 
 
 def _grouped_map(in_idx, out_idx, k, kernel_volume, n_in, n_out) -> KernelMap:
