@@ -11,7 +11,8 @@ Reads top to bottom:
 
 1. Text: the training vocabulary (``--vocabulary``, :func:`training.data.vocabularies.vocabulary`)
    through CLIP with the prompt ``"a {} in the scene"`` -> (K, C) unit-norm text embeddings.
-2. Instances of every teacher-cache scene (:mod:`training.teacher.cache`): the student's
+2. Instances of every teacher-cache scene (:mod:`training.teacher.cache`,
+   :func:`training.distill.instances.load_instances`): the student's
    fixed input (the pooled frozen-Mask3D features of the proposal, Eq. 7, cached per scene by
    :class:`training.distill.features.FeatureCache`), the pseudo-label and target from the
    teacher's views (Eq. 8-10, :func:`training.teacher.pseudo_labels.pseudo_labels`) and, where the cache has
@@ -21,7 +22,7 @@ Reads top to bottom:
    shuffled batches of instances drawn from all training scenes together, loss Eq. 11-12
    (:class:`training.distill.DistillLoss`), AdamW with linear warm-up and cosine decay
    (:func:`lr_at`).
-4. After each epoch: agreement of the student's label (argmax of cosine to the text
+4. After each epoch (:mod:`training.distill.evaluation`): agreement of the student's label (argmax of cosine to the text
    embeddings) with the pseudo-label on the training and validation instances, and with the GT
    label on validation instances that have one (plus the teacher's own GT agreement for
    reference); ``best.pt`` when the selection metric improves (``--select``: the GT agreement
@@ -59,7 +60,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -73,13 +73,13 @@ from folk_ros.core.student import Student, StudentConfig
 from training.atomic import torch_save_atomic, write_json_atomic
 from training.cli import add_settings, help_of, setting, settings_from
 from training.rng import rng_state, set_rng_state
-from training.data import scannet200
 from training.data.vocabularies import vocabulary
 from training.distributed import DistInfo, distributed
+from training.distill.evaluation import better, evaluate, select_metric
 from training.distill.features import POINT_FEATURE_KINDS, FeatureCache, find_teacher_caches
+from training.distill.instances import InstanceSet, load_instances
 from training.distill.losses import DistillLoss, DistillLossConfig
-from training.teacher.cache import BuildConfig, clip_identity, load_teacher_cache
-from training.teacher.pseudo_labels import pseudo_labels
+from training.teacher.cache import BuildConfig, clip_identity
 
 log = logging.getLogger("training.distill.train")
 
@@ -150,111 +150,6 @@ class TrainConfig:
                 for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
 
 
-# --------------------------------------------------------------------------- data
-
-
-@dataclass
-class InstanceSet:
-    """The distillation instances of a set of scenes, rows aligned.
-
-    features: (I, D) float32 pooled point features (the student's input, Eq. 7).
-    targets: (I, C) float32 unit-norm teacher targets (Eq. 10).
-    labels: (I,) int64 pseudo-labels in [0, K) (Eq. 9).
-    gt: (I,) int64 vocabulary index of the GT label, -1 where unknown or not in the vocabulary.
-    scene: (I,) int64 index into ``scene_ids``.
-    stats: counts (scenes, proposals, instances, skipped_no_views, skipped_no_points, ...).
-    """
-
-    features: torch.Tensor
-    targets: torch.Tensor
-    labels: torch.Tensor
-    gt: torch.Tensor
-    scene: torch.Tensor
-    scene_ids: list[str]
-    stats: dict
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def to(self, device: torch.device) -> "InstanceSet":
-        return InstanceSet(self.features.to(device), self.targets.to(device), self.labels.to(device),
-                           self.gt.to(device), self.scene.to(device), self.scene_ids, self.stats)
-
-
-def gt_lookup(vocab: tuple[str, ...]) -> np.ndarray:
-    """Table from ScanNet200 label id to vocabulary index (-1: not in the vocabulary)."""
-    ids = scannet200.class_ids()
-    lut = np.full(max(ids) + 1, -1, np.int64)
-    table = scannet200.name_to_id()
-    for i, name in enumerate(vocab):
-        if name in table:
-            lut[table[name]] = i
-    return lut
-
-
-def load_instances(paths: list[Path], text: torch.Tensor, vocab: tuple[str, ...], features: FeatureCache,
-                   min_views: int = 1, compute: bool = True, clip_id: str | None = None,
-                   progress: bool = True, desc: str = "scenes") -> InstanceSet:
-    """Pseudo-labelled instances of the teacher-cache files ``paths`` (Eq. 8-10 per scene).
-
-    Args:
-        paths: teacher-cache files.
-        text: (K, C) text embeddings of ``vocab``.
-        features: where the pooled features come from (computed when missing if ``compute``).
-        min_views: usable views an instance needs (:func:`pseudo_labels`).
-        clip_id: identity of the CLIP that made ``text``; scenes whose teacher used another are logged.
-
-    Raises:
-        ValueError: a cache whose embedding size differs from the text embeddings'.
-    """
-    text = text.detach().float().cpu()
-    lut = gt_lookup(vocab)
-    rows: dict[str, list] = {k: [] for k in ("features", "targets", "labels", "gt", "scene")}
-    stats = {"scenes": 0, "proposals": 0, "instances": 0, "skipped_no_views": 0, "skipped_no_points": 0,
-             "unusable_views": 0, "features_computed": 0, "features_reused": 0, "gt_instances": 0}
-    scene_ids, other_clip, agreement = [], [], []
-    for si, path in enumerate(tqdm(paths, desc=desc, unit="scene", disable=not progress)):
-        cache = load_teacher_cache(path)
-        if cache.view_embeddings.shape[1] != text.shape[1]:
-            raise ValueError(f"{path}: teacher embeddings are {cache.view_embeddings.shape[1]}-d but the CLIP "
-                             f"text embeddings are {text.shape[1]}-d: the cache was built with another CLIP")
-        if clip_id is not None and cache.meta.get("config", {}).get("clip") not in (None, clip_id):
-            other_clip.append(cache.scene_id)
-        feats, status = features.get(cache, path, compute=compute)
-        stats[f"features_{status}"] += 1
-        pl = pseudo_labels(torch.from_numpy(cache.view_embeddings), torch.from_numpy(cache.view_instance), text,
-                           cache.num_instances, min_views=min_views)
-        inst = pl.instances.numpy()
-        ok = feats.has_points[inst]
-        keep = inst[ok]
-        label_ids = np.asarray(cache.proposal_label_ids, np.int64)[keep]
-        in_range = (label_ids >= 0) & (label_ids < len(lut))
-        gt = np.where(in_range, lut[np.clip(label_ids, 0, len(lut) - 1)], -1)
-        rows["features"].append(torch.from_numpy(np.asarray(feats.pooled[keep], np.float32)))
-        rows["targets"].append(pl.targets[torch.from_numpy(ok)].float())
-        rows["labels"].append(pl.labels[torch.from_numpy(ok)])
-        rows["gt"].append(torch.from_numpy(gt))
-        rows["scene"].append(torch.full((len(keep),), si, dtype=torch.long))
-        agreement.append(pl.agreement[torch.from_numpy(ok)])
-        scene_ids.append(cache.scene_id)
-        stats["scenes"] += 1
-        stats["proposals"] += cache.num_instances
-        stats["instances"] += len(keep)
-        stats["skipped_no_views"] += pl.num_skipped
-        stats["skipped_no_points"] += int((~ok).sum())
-        stats["unusable_views"] += pl.num_unusable_views
-        stats["gt_instances"] += int((gt >= 0).sum())
-    if other_clip:
-        log.warning("%d scenes' teacher caches were built with another CLIP than the text embeddings "
-                    "(e.g. %s): pseudo-labels compare embeddings of two models", len(other_clip), other_clip[0])
-    dims = {r.shape[1] for r in rows["features"]}
-    if len(dims) > 1:
-        raise ValueError(f"feature files of different widths {sorted(dims)}")
-    cat = {k: torch.cat(v) for k, v in rows.items()}
-    stats["mean_view_agreement"] = float(torch.cat(agreement).mean()) if stats["instances"] else None
-    return InstanceSet(scene_ids=scene_ids, stats=stats, **cat)
-
-
 def encode_vocabulary(cfg: TrainConfig, clip=None) -> tuple[tuple[str, ...], torch.Tensor, str]:
     """(vocabulary, (K, C) CPU text embeddings, CLIP identity) of the run."""
     vocab = vocabulary(cfg.vocabulary)   # validated: distinct non-empty names
@@ -295,49 +190,6 @@ def lr_at(step: int, total: int, peak: float, warmup: float, floor: float = 0.05
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """Seed of the dropout stream of one epoch on one rank (resume reproduces it)."""
     return (seed * 1_000_003 + epoch * 7919 + rank) % (2 ** 63)
-
-
-@torch.no_grad()
-def evaluate(student: Student, data: InstanceSet, text: torch.Tensor, loss_fn: DistillLoss,
-             batch_size: int) -> dict:
-    """Agreement of the student's labels with the pseudo-labels and GT labels, and the loss (eval mode).
-
-    Returns pseudo_acc, gt_acc (None without GT), teacher_gt_acc (pseudo-label vs GT), gt_instances, loss.
-    """
-    was_training = student.training
-    student.eval()
-    try:
-        emb = torch.cat([student.project(x) for x in data.features.split(4096)])      # (I, C)
-        pred = (emb @ text.T).argmax(dim=1)                                          # (I,)
-        losses = [(loss_fn(emb[i], data.targets[i], text, data.labels[i])["loss"], len(i))
-                  for i in torch.arange(len(data), device=emb.device).split(batch_size)]
-    finally:
-        student.train(was_training)
-    has_gt = data.gt >= 0
-    n_gt = int(has_gt.sum())
-    return {"pseudo_acc": float((pred == data.labels).float().mean()),
-            "gt_acc": float((pred[has_gt] == data.gt[has_gt]).float().mean()) if n_gt else None,
-            "teacher_gt_acc": float((data.labels[has_gt] == data.gt[has_gt]).float().mean()) if n_gt else None,
-            "gt_instances": n_gt,
-            "loss": float(sum(float(v) * n for v, n in losses) / len(data))}
-
-
-def select_metric(cfg: TrainConfig, val: InstanceSet) -> tuple[str, bool]:
-    """(metric key in the epoch record, higher is better) that picks best.pt."""
-    choice = cfg.select
-    if choice == "auto":
-        choice = "gt" if int((val.gt >= 0).sum()) else "pseudo"
-    if choice == "gt" and not int((val.gt >= 0).sum()):
-        raise ValueError("--select gt: the validation caches hold no GT labels in the vocabulary")
-    return {"gt": ("val_gt_acc", True), "pseudo": ("val_pseudo_acc", True), "loss": ("val_loss", False)}[choice]
-
-
-def better(rec: dict, best: dict, higher: bool) -> bool:
-    """Whether epoch record ``rec`` beats ``best`` on the selection metric; equal values go to the lower val loss."""
-    value, ref = rec[best["metric"]], best["value"]
-    if value != ref:
-        return value > ref if higher else value < ref
-    return rec["val_loss"] < best["val_loss"]
 
 
 def load_last(path: Path, cfg: TrainConfig) -> dict:
@@ -434,7 +286,7 @@ def _run(cfg: TrainConfig, env: DistInfo, clip, on_epoch_end) -> dict:
     if env.enabled:
         model = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     loss_fn = DistillLoss(cfg.loss_config())
-    metric, higher = select_metric(cfg, val_set)
+    metric, higher = select_metric(cfg.select, val_set)
     sampler = DistributedSampler(range(len(train_set)), num_replicas=env.world_size, rank=env.rank,
                                  shuffle=True, seed=cfg.seed)
     local_batch = math.ceil(cfg.batch_size / env.world_size)
