@@ -40,7 +40,7 @@ import numpy as np
 
 from demo.node_process import NodeProcess, node_arguments, point_fields, wait_for_report
 from demo.preview import write_preview
-from training.data import rosbag_io, scannet, synthetic
+from training.data import bag_reader, rosbag_io, scannet, synthetic
 from training.data.types import BAG_TOPICS
 
 NODE_NAME = "folk_segmenter"
@@ -101,7 +101,7 @@ def summarise_scene(scene_dir: Path, bag: Path) -> dict:
     classes = Counter(mesh.instance_labels[i] for i in np.unique(mesh.instance_ids) if i > 0)
     clouds = []
     if bag.exists():
-        clouds = [len(xyz) for _, xyz, _ in rosbag_io.read_bag_clouds(bag, BAG_TOPICS["cloud"])]
+        clouds = [len(xyz) for _, xyz, _ in bag_reader.read_bag_clouds(bag, BAG_TOPICS["cloud"])]
     return {
         "scene": mesh.scene_id,
         "vertices": mesh.num_vertices,

@@ -14,7 +14,7 @@ import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from scipy.spatial.transform import Rotation
 
-from training.data import rosbag_io, scannet
+from training.data import bag_reader, rosbag_io, scannet
 from training.data.ply import read_ply, write_ply
 from training.data.types import BAG_TOPICS, Frame, SceneMesh
 
@@ -338,20 +338,20 @@ def test_bag_round_trip(tmp_path):
     clouds = make_clouds([100.05, 100.25])  # interleaved with the frames in time
     bag = tmp_path / "bag"
     rosbag_io.write_bag(bag, iter(frames), iter(clouds))
-    assert rosbag_io.bag_topics(bag) == {
+    assert bag_reader.bag_topics(bag) == {
         BAG_TOPICS["color"]: "sensor_msgs/msg/Image", BAG_TOPICS["depth"]: "sensor_msgs/msg/Image",
         BAG_TOPICS["camera_info"]: "sensor_msgs/msg/CameraInfo",
         BAG_TOPICS["pose"]: "geometry_msgs/msg/PoseStamped",
         BAG_TOPICS["cloud"]: "sensor_msgs/msg/PointCloud2"}
 
-    got = list(rosbag_io.read_bag_frames(bag))
+    got = list(bag_reader.read_bag_frames(bag))
     assert len(got) == 3
     for g, r in zip(got, frames):
         assert_frame_close(g, r, color_tol=None)
         assert g.stamp == pytest.approx(r.stamp, abs=1e-9)
-    assert [f.index for f in rosbag_io.read_bag_frames(bag, every=2)] == [0, 2]
+    assert [f.index for f in bag_reader.read_bag_frames(bag, every=2)] == [0, 2]
 
-    got_clouds = list(rosbag_io.read_bag_clouds(bag))
+    got_clouds = list(bag_reader.read_bag_clouds(bag))
     assert len(got_clouds) == 2
     for (s, xyz, rgb), (s0, xyz0, rgb0) in zip(got_clouds, clouds):
         assert s == pytest.approx(s0, abs=1e-9)
@@ -366,7 +366,7 @@ def test_bag_depth_32fc1(tmp_path):
     frames = [make_frame(i, stamp=1.0 + i, with_instance=False) for i in range(2)]
     bag = tmp_path / "bag32"
     rosbag_io.write_bag(bag, frames, [], depth_encoding="32FC1")
-    got = list(rosbag_io.read_bag_frames(bag))
+    got = list(bag_reader.read_bag_frames(bag))
     for g, r in zip(got, frames):
         np.testing.assert_array_equal(g.depth, r.depth)  # exact in float metres
     with pytest.raises(ValueError, match="depth_encoding"):
@@ -396,13 +396,13 @@ def test_bag_pairing_tolerances_and_encodings(tmp_path):
                 put("pose", rosbag_io.pose_msg(f.pose, ns - 3_000_000, "map"))
             if f.index == 0:
                 put("camera_info", rosbag_io.camera_info_msg(f.intrinsics, W, H, ns, "camera"))
-    got = list(rosbag_io.read_bag_frames(bag))
+    got = list(bag_reader.read_bag_frames(bag))
     assert [g.index for g in got] == [0, 2, 4]
     for g in got:
         assert_frame_close(g, frames[g.index], color_tol=None)
-    assert list(rosbag_io.read_bag_frames(bag, tolerance=0.004)) == []  # depth is 5 ms off
+    assert list(bag_reader.read_bag_frames(bag, tolerance=0.004)) == []  # depth is 5 ms off
     with pytest.raises(ValueError, match="/camera/depth/image_raw"):  # the error lists the bag's topics
-        next(rosbag_io.read_bag_frames(bag, topics={**BAG_TOPICS, "color": "/nope"}))
+        next(bag_reader.read_bag_frames(bag, topics={**BAG_TOPICS, "color": "/nope"}))
     with pytest.raises(ValueError, match="8UC1"):
         rosbag_io.decode_depth(rosbag_io.image_msg(np.zeros((2, 2), np.uint8), "8UC1", 0, "c"))
     with pytest.raises(ValueError, match="mono8"):
@@ -426,7 +426,7 @@ def test_bag_colour_larger_than_depth(tmp_path):
         for role, msg in msgs.items():
             conn = w.add_connection(BAG_TOPICS[role], rosbag_io.ROLE_TYPES[role], typestore=store)
             w.write(conn, ns, store.serialize_cdr(msg, msg.__msgtype__))
-    (got,) = rosbag_io.read_bag_frames(tmp_path / "b")
+    (got,) = bag_reader.read_bag_frames(tmp_path / "b")
     assert got.color.shape == (H, W, 3)
     np.testing.assert_allclose(got.intrinsics, K)
     assert np.abs(got.color.astype(int) - frame.color.astype(int)).mean() < 3

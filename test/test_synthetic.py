@@ -291,7 +291,7 @@ def test_broadcast_feeds_every_consumer_and_reraises():
 
 
 def test_write_scene_roundtrip_and_cli_skips_complete_scenes(tmp_path):
-    from training.data.rosbag_io import read_bag_clouds, read_bag_frames
+    from training.data.bag_reader import read_bag_clouds, read_bag_frames
     from training.data.scannet import read_frames, read_scene_mesh
 
     mesh, walk, clouds = generate_scene(scene_seed(0, 0), scene_name(0), 3,

@@ -179,7 +179,7 @@ def test_apartment_config_is_denser():
 
 
 def test_cli_writes_the_apartment_and_its_bag_and_rooms_1_is_unchanged(tmp_path):
-    from training.data.rosbag_io import read_bag_clouds, read_bag_frames
+    from training.data.bag_reader import read_bag_clouds, read_bag_frames
     from training.data.scannet import read_scene_mesh
 
     out = tmp_path / "apt"

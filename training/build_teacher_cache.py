@@ -50,7 +50,7 @@ from tqdm import tqdm
 from folk_ros.core.clip import ClipModel
 from folk_ros.core.mask3d.checkpoint import load_checkpoint
 from training.atomic import write_json_atomic
-from training.data.rosbag_io import read_bag_clouds, read_bag_frames
+from training.data.bag_reader import read_bag_clouds, read_bag_frames
 from training.data.scannet import read_frames, read_scene_mesh, scene_id_of
 from training.data.scenes import find_scenes, scene_bag
 from training.distributed import DistInfo, distributed
