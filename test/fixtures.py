@@ -37,7 +37,7 @@ def box_room_cloud(seed: int = 0, points_per_box: int = 1500) -> tuple[PointClou
 def box_room_scene(root: Path, seed: int = 0) -> Path:
     """The fixtures' box room (floor + three boxes) written as a ScanNet-layout scene without frames."""
     from training.data import scannet200
-    from training.data.scannet import write_scannet_scene
+    from training.data.scannet_writer import write_scannet_scene
     from training.data.types import SceneMesh
     cloud, inst = box_room_cloud(seed=seed, points_per_box=1200)
     semantic = np.where(inst > 0, scannet200.label_id("box"), scannet200.label_id("floor"))

@@ -14,7 +14,7 @@ import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from scipy.spatial.transform import Rotation
 
-from training.data import bag_reader, rosbag_io, scannet
+from training.data import bag_reader, rosbag_io, scannet, scannet_writer
 from training.data.ply import read_ply, write_ply
 from training.data.types import BAG_TOPICS, Frame, SceneMesh
 
@@ -164,7 +164,7 @@ def test_scannet_round_trip(tmp_path):
     mesh = make_mesh()
     frames = [make_frame(i) for i in range(3)]
     d = tmp_path / mesh.scene_id
-    scannet.write_scannet_scene(d, mesh, iter(frames))
+    scannet_writer.write_scannet_scene(d, mesh, iter(frames))
     assert scannet.is_complete(d)
     for name in ("scene0042_00_vh_clean_2.ply", "scene0042_00_vh_clean_2.0.010000.segs.json",
                  "scene0042_00.aggregation.json", "scene0042_00.txt", "color/2.jpg", "depth/2.png",
@@ -205,7 +205,7 @@ def test_scannet_round_trip(tmp_path):
 
 def test_benchmark_gt(tmp_path):
     mesh = make_mesh()
-    scannet.write_benchmark_gt(tmp_path / "gt.txt", mesh)
+    scannet_writer.write_benchmark_gt(tmp_path / "gt.txt", mesh)
     gt = np.loadtxt(tmp_path / "gt.txt", dtype=np.int64)
     assert gt.shape == (30,)
     # chair instance 1, table instance 2, instance 3 with semantic 0, no instance
@@ -225,7 +225,7 @@ def test_numeric_order_every_and_bad_poses(tmp_path, caplog):
             yield f
 
     d = tmp_path / "s"
-    scannet.write_scannet_scene(d, mesh, frames())
+    scannet_writer.write_scannet_scene(d, mesh, frames())
     assert scannet.frame_ids(d) == ids  # numeric, not '10' < '5'
     with caplog.at_level("INFO"):
         got = [f.index for f in scannet.read_frames(d, every=1)]
@@ -242,7 +242,7 @@ def test_colour_depth_resolution_mismatch(tmp_path):
     mesh = make_mesh()
     frame = make_frame(0, with_instance=False)
     d = tmp_path / "s"
-    scannet.write_scannet_scene(d, mesh, [frame])
+    scannet_writer.write_scannet_scene(d, mesh, [frame])
     big = cv2.resize(frame.color, (2 * W + 8, 2 * H + 6), interpolation=cv2.INTER_LINEAR)
     cv2.imwrite(str(d / "color/0.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
     k_color = np.eye(4)
@@ -257,7 +257,7 @@ def test_colour_depth_resolution_mismatch(tmp_path):
 def test_old_aggregation_name_label_map_and_alignment(tmp_path):
     mesh = make_mesh()
     d = tmp_path / mesh.scene_id
-    scannet.write_scannet_scene(d, mesh, [make_frame(0, with_instance=False)])
+    scannet_writer.write_scannet_scene(d, mesh, [make_frame(0, with_instance=False)])
     agg_path = d / f"{mesh.scene_id}.aggregation.json"
     agg = json.loads(agg_path.read_text())
     agg["segGroups"][0]["label"] = "swivel chair"  # a raw ScanNet category
@@ -295,11 +295,11 @@ def test_write_validation_and_incomplete_marker(tmp_path):
     shared.segments = shared.segments.copy()
     shared.segments[10] = shared.segments[0]  # a table vertex in a chair segment
     with pytest.raises(ValueError, match="segments spanning"):
-        scannet.write_scannet_scene(tmp_path / "a", shared, [])
+        scannet_writer.write_scannet_scene(tmp_path / "a", shared, [])
     wrong = make_mesh()
     wrong.instance_labels = {1: "table"}
     with pytest.raises(ValueError, match="instance 1"):
-        scannet.write_scannet_scene(tmp_path / "b", wrong, [])
+        scannet_writer.write_scannet_scene(tmp_path / "b", wrong, [])
 
     def crashing():
         yield make_frame(0)
@@ -307,17 +307,17 @@ def test_write_validation_and_incomplete_marker(tmp_path):
 
     d = tmp_path / "c"
     with pytest.raises(RuntimeError):
-        scannet.write_scannet_scene(d, mesh, crashing())
+        scannet_writer.write_scannet_scene(d, mesh, crashing())
     assert not scannet.is_complete(d)
     with pytest.raises(FileExistsError):
-        scannet.write_scannet_scene(d, mesh, [make_frame(0)])
-    scannet.write_scannet_scene(d, mesh, [make_frame(0)], overwrite=True)
+        scannet_writer.write_scannet_scene(d, mesh, [make_frame(0)])
+    scannet_writer.write_scannet_scene(d, mesh, [make_frame(0)], overwrite=True)
     assert scannet.is_complete(d)
     bigger = make_frame(1)
     bigger.intrinsics = K * 2
     bigger.intrinsics[2, 2] = 1
     with pytest.raises(ValueError, match="one camera"):
-        scannet.write_scannet_scene(tmp_path / "e", mesh, [make_frame(0), bigger])
+        scannet_writer.write_scannet_scene(tmp_path / "e", mesh, [make_frame(0), bigger])
 
 
 # --------------------------------------------------------------------------- ROS 2 bags

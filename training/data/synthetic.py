@@ -8,7 +8,7 @@ independent and the same (S, i) always gives the same scene. With ``--rooms R`` 
 is the apartment ``apt{i:04d}_00`` (:func:`generate_apartment`): R rooms side by side walked room
 by room, its first room being the room of ``synth{i:04d}_00``; with 8 rooms and 400 frames its
 fused map grows past 1M points in 8 clouds (``--cloud-every 50``). Each scene goes to
-``DIR/<scene_id>/`` in ScanNet's layout (:func:`training.data.scannet.write_scannet_scene`, with
+``DIR/<scene_id>/`` in ScanNet's layout (:func:`training.data.scannet_writer.write_scannet_scene`, with
 per-pixel GT ``instance/<i>.png``) plus ``synth_meta.json`` (seed, theme, counts, per-stage
 timings), written last: a folder holding it is complete and is skipped on a re-run. Unless
 ``--no-bag``, the frames and the fused clouds also go to a ROS 2 bag ``DIR/bags/<scene_id>``
@@ -41,7 +41,7 @@ from training.data.synth_apartment import (APARTMENT_MAX_VERTICES, APARTMENT_SPA
 from training.data.synth_layout import THEMES, sample_layout
 from training.data.synth_render import (FPS, HEIGHT, INTRINSICS, MAX_VERTICES, OBJECT_SPACING, STRUCTURE_SPACING,
                                         WIDTH, RenderedWalk, build_scene_mesh, camera_path, fused_clouds)
-from training.data.scannet import write_scannet_scene
+from training.data.scannet_writer import write_scannet_scene
 from training.data.types import Frame, SceneMesh
 
 META_FILE = "synth_meta.json"
