@@ -25,10 +25,8 @@ from training.evaluate.instance_ap import (
     average_precision,
     evaluate,
     match_scene,
-    read_gt_txt,
-    read_pred_txt,
-    write_pred_txt,
 )
+from training.evaluate.benchmark_files import read_gt_txt, read_pred_txt, write_pred_txt
 
 N = 1000  # vertices per toy scene
 CHAIR, TABLE, CUSHION = (scannet200.label_id(n) for n in ("chair", "table", "cushion"))  # head, head, common

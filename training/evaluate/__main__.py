@@ -41,7 +41,8 @@ from training.data.scenes import find_scenes
 from training.data.vocabularies import label_ids_of, vocabulary
 from training.evaluate.harness import (ALL_METHODS, PROPOSAL_SOURCES, STUDENT, HarnessConfig, Labellers,
                                        SceneOutput, evaluate_scene, uses_mask3d)
-from training.evaluate.instance_ap import EvalConfig, EvalResult, summarize, write_pred_txt
+from training.evaluate.benchmark_files import write_pred_txt
+from training.evaluate.instance_ap import EvalConfig, EvalResult, summarize
 from training.teacher.config import TeacherConfig
 
 PRED_DIR = "predictions"

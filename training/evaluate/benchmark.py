@@ -23,17 +23,16 @@ from training.evaluate.instance_ap import (
     EvalConfig,
     EvalResult,
     match_scene,
-    read_gt_txt,
-    read_pred_txt,
     summarize,
 )
+from training.evaluate.benchmark_files import read_gt_txt, read_pred_txt
 
 
 def evaluate_dirs(gt_dir: Path, pred_dir: Path, config: EvalConfig, progress: bool = True) -> EvalResult:
     """Evaluate every GT file of ``gt_dir`` against the same-named prediction file of ``pred_dir``.
 
     ValueError if ``gt_dir`` holds no ``.txt`` file, a scene has no prediction file, or a
-    prediction file or mask is malformed (see :func:`read_pred_txt`).
+    prediction file or mask is malformed (see :func:`training.evaluate.benchmark_files.read_pred_txt`).
     """
     gt_dir, pred_dir = Path(gt_dir), Path(pred_dir)
     if not gt_dir.is_dir():
