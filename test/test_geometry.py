@@ -67,7 +67,7 @@ def reference_box(pts: np.ndarray) -> tuple[float, float]:
     return best
 
 
-def test_many_instances_match_a_rectangle_search_over_every_hull_edge():
+def test_many_instances_match_a_rectangle_search_over_every_hull_edge(monkeypatch):
     rng = np.random.default_rng(3)
     clouds = []
     for i in range(80):         # boxes, blobs, thin sticks and voxel grids (repeated footprints), big and small
@@ -94,3 +94,7 @@ def test_many_instances_match_a_rectangle_search_over_every_hull_edge():
         local = pts - boxes.center[i]
         local = np.stack([c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1], local[:, 2]], 1)
         assert (np.abs(local) <= boxes.size[i] / 2 + 1e-9).all()
+    monkeypatch.setattr("folk_ros.core.geometry.RECTANGLE_BLOCK", 1)   # one instance per block: the same boxes
+    one_by_one = oriented_boxes(xyz, sets)
+    for name in ("center", "size", "yaw"):
+        np.testing.assert_array_equal(getattr(one_by_one, name), getattr(boxes, name))

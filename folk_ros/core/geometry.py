@@ -144,10 +144,8 @@ def _hull_chains(xy: np.ndarray, owner: np.ndarray) -> Chains:
 
 
 def _padded(values: np.ndarray, owner: np.ndarray, m: int, fill: np.ndarray) -> np.ndarray:
-    """(M, L, ...) rows of ``values`` per owner (any order), each padded with its own first value (an
-    owner with none: ``fill``)."""
-    order = np.argsort(owner, kind="stable")
-    values, owner = values[order], owner[order]
+    """(M, L, ...) rows of ``values`` per owner (sorted by owner, in [0, M)), each padded with its own first
+    value (an owner with none: ``fill``)."""
     counts = np.bincount(owner, minlength=m)
     starts = np.cumsum(counts) - counts
     out = np.broadcast_to(fill, (m, max(int(counts.max(initial=0)), 1)) + fill.shape).copy()
@@ -157,14 +155,38 @@ def _padded(values: np.ndarray, owner: np.ndarray, m: int, fill: np.ndarray) -> 
     return out
 
 
+RECTANGLE_BLOCK = 1 << 22
+"""Most (instance, candidate yaw, hull vertex) triples compared in one array operation (32 MB of float64)."""
+
+
 def _min_area_rectangles(yaws: np.ndarray, yaw_owner: np.ndarray, xy: np.ndarray, xy_owner: np.ndarray,
                          m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The least-area rectangle of each of ``m`` instances, all at once: candidate yaws (hull edge
-    directions folded into [0, pi/2); none: 0) and the bounding points (hull vertices), with their
-    owners. Returns yaw (M,) and the (M, 2) min / max corners in the frame rotated by yaw, the longer
-    side along the rotated x axis and yaw in (-pi/2, pi/2]."""
-    yaws = _padded(yaws, yaw_owner, m, np.zeros(()))                             # (M, A)
-    xy = _padded(xy, xy_owner, m, np.zeros(2))                                   # (M, H, 2)
+    """The least-area rectangle of each of ``m`` instances: candidate yaws (hull edge directions folded
+    into [0, pi/2); none: 0) and the bounding points (hull vertices), with their owners. Returns yaw (M,)
+    and the (M, 2) min / max corners in the frame rotated by yaw, the longer side along the rotated x
+    axis and yaw in (-pi/2, pi/2]. Instances go in blocks of at most :data:`RECTANGLE_BLOCK` triples."""
+    by_yaw, by_xy = np.argsort(yaw_owner, kind="stable"), np.argsort(xy_owner, kind="stable")
+    yaws, yaw_owner, xy, xy_owner = yaws[by_yaw], yaw_owner[by_yaw], xy[by_xy], xy_owner[by_xy]
+    a_n = np.maximum(np.bincount(yaw_owner, minlength=m), 1)
+    h_n = np.bincount(xy_owner, minlength=m)
+    angle, lo, hi = np.zeros(m), np.zeros((m, 2)), np.zeros((m, 2))
+    first = 0
+    while first < m:
+        last, a_max, h_max = first + 1, a_n[first], h_n[first]
+        while last < m and (last - first + 1) * max(a_max, a_n[last]) * max(h_max, h_n[last]) <= RECTANGLE_BLOCK:
+            a_max, h_max, last = max(a_max, a_n[last]), max(h_max, h_n[last]), last + 1
+        ys = slice(*np.searchsorted(yaw_owner, [first, last]))
+        xs = slice(*np.searchsorted(xy_owner, [first, last]))
+        angle[first:last], lo[first:last], hi[first:last] = _rectangles(
+            _padded(yaws[ys], yaw_owner[ys] - first, last - first, np.zeros(())),
+            _padded(xy[xs], xy_owner[xs] - first, last - first, np.zeros(2)))
+        first = last
+    return angle, lo, hi
+
+
+def _rectangles(yaws: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_min_area_rectangles` of padded blocks: candidate yaws (M, A), points (M, H, 2)."""
+    m = len(yaws)
     c, s = np.cos(yaws)[..., None], np.sin(yaws)[..., None]                      # (M, A, 1)
     x, y = xy[:, None, :, 0], xy[:, None, :, 1]                                   # (M, 1, H)
     u, v = c * x + s * y, -s * x + c * y                                          # rotation by -yaw: (M, A, H)
