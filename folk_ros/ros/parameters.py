@@ -110,7 +110,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Sparse convolution backend of the Mask3D backbone: torch (pure PyTorch, always there), "
               "minkowski (MinkowskiEngine 0.5.4, when installed: scripts/build_minkowski.sh) or auto "
               "(minkowski when it imports).", limits=SPARSE_BACKENDS),
-    ParamSpec("num_threads", 0, T.INTEGER, "CPU threads for torch; 0 = torch's default.", limits=(0, 256)),
+    ParamSpec("num_threads", 0, T.INTEGER, "CPU threads of the worker's torch work (Mask3D, the student, text "
+              "encoding; the model loads with as many); 0 = torch's default.", limits=(0, 256)),
     ParamSpec("max_instances", SegmenterConfig.max_instances, T.INTEGER,
               "Keep at most this many instances per cloud, best first.", limits=(1, 1000)),
     ParamSpec("min_points", SegmenterConfig.min_points, T.INTEGER,
