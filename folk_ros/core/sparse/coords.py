@@ -232,7 +232,9 @@ class CoordinateManager:
         identity_k = volume // 2                      # the centre offset (0, 0, 0)
         ins[identity_k] = outs[identity_k] = rows
         # offsets are point-symmetric (offset[K-1-k] = -offset[k]): one lookup serves both
-        lookup = _grid_lookup(cs, offsets[: volume // 2], stride) or _key_lookup(cs, offsets[: volume // 2])
+        lookup = _grid_lookup(cs, offsets[: volume // 2], stride)
+        if lookup is None:                            # the table would be too large: search the keys
+            lookup = _key_lookup(cs, offsets[: volume // 2])
         for k, (found, src) in enumerate(lookup):
             ins[k], outs[k] = src[found], rows[found]
             ins[volume - 1 - k], outs[volume - 1 - k] = outs[k], ins[k]
