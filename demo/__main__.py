@@ -297,8 +297,7 @@ def play_into_node(args: argparse.Namespace, bundle: Path, bag: Path) -> int:
         raise
     sent = node.stop()
     write_results(args, bundle, bag, records, change)
-    how = "SIGINT" if sent == ["SIGINT"] else " then ".join(sent) or "already exited"
-    print(f"node stopped ({how}), exit code {node.proc.returncode}")
+    print(f"node stopped ({node.how_stopped(sent)}), exit code {node.proc.returncode}")
     return 0
 
 

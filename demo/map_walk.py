@@ -154,12 +154,17 @@ def play_map_mode(args, bundle: Path, clouds) -> int:
     except BaseException:
         node.stop()
         raise
-    node.stop()
+    sent = node.stop()
     stable = _stable_ids(records)
     (args.out / "map_instances.json").write_text(json.dumps({"clouds": records, "stable_ids": stable}, indent=1))
+    saved = (map_dir / "demo.map").exists()
     print(f"map mode: {len(seen)} ids over {len(records)} clouds; {stable['kept']} of the first cloud's "
-          f"{stable['first']} ids still in the last map; map file saved on shutdown: "
-          f"{(map_dir / 'demo.map').exists()} ({map_dir / 'demo.map'})")
+          f"{stable['first']} ids still in the last map; map file saved on shutdown: {saved} "
+          f"({map_dir / 'demo.map'})")
+    print(f"map-mode node stopped ({node.how_stopped(sent)}), exit code {node.proc.returncode}")
+    if not saved:
+        tail = "\n".join(node.log().splitlines()[-15:])
+        print(f"--- last lines of {node.log_path} ---\n{tail}")
     print(f"map instances: {args.out / 'map_instances.json'}")
     return 0
 

@@ -68,6 +68,11 @@ class NodeProcess:
         self._log.close()
         return sent
 
+    @staticmethod
+    def how_stopped(sent: list[str]) -> str:
+        """``sent`` (what :meth:`stop` returned) in words: 'SIGINT', 'SIGINT then SIGTERM', 'already exited'."""
+        return " then ".join(sent) or "already exited"
+
 
 def node_arguments(args: argparse.Namespace, bundle: Path) -> list[str]:
     """The node's --ros-args: the documented yaml, then the demo's overrides (later ones win)."""

@@ -210,10 +210,14 @@ def _check_map_mode(out: Path, stdout: str, num_clouds: int) -> None:
         assert rec["round_trip_ms"] > 0 and {"change", "associate"} <= set(rec["node_ms"])
         assert Path(rec["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"map cloud {rec['position']}/{num_clouds}:" in stdout
-    assert "~/save_map: saved" in stdout and "map file saved on shutdown: True" in stdout
-    assert (out / "maps" / "walk.map").is_file() and (out / "maps" / "demo.map").is_file()
     node_log = (out / "node_map.log").read_text()
-    assert "mode map" in node_log and "shut down" in node_log and "Traceback" not in node_log
+    ending = stdout[stdout.find("~/save_map:"):] + "\n--- node_map.log ---\n" + node_log[-3000:]
+    assert "~/save_map: saved" in stdout and (out / "maps" / "walk.map").is_file(), ending
+    assert "map-mode node stopped (SIGINT), exit code 0" in stdout, ending
+    assert "map file saved on shutdown: True" in stdout and (out / "maps" / "demo.map").is_file(), ending
+    assert "mode map" in node_log and "shut down" in node_log and "Traceback" not in node_log, ending
+    saved = re.search(r"~/save_map: saved (\d+) instances", stdout).group(1)   # the map did not change since
+    assert f"map saved on clean-up: {saved} instances to {out / 'maps' / 'demo.map'}" in node_log, ending
 
 
 @pytest.mark.ros

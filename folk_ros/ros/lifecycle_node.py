@@ -80,11 +80,14 @@ class ManagedSegmenterNode(SegmenterRuntime, LifecycleNode):
         self.destroy_lifecycle_publisher(publisher)
 
     def destroy_node(self) -> None:
-        """Leave cleanly from any state: stop the worker and save map_file when configured."""
-        self._deactivate()
-        if self._configured:
-            self._cleanup()
-            self._configured = False
+        """Leave cleanly from any state: stop the worker and save map_file when configured (even when
+        stopping the worker raised)."""
+        try:
+            self._deactivate()
+        finally:
+            if self._configured:
+                self._cleanup()
+                self._configured = False
         super().destroy_node()
 
 

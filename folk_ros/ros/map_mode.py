@@ -69,14 +69,19 @@ class MapMode:
             view = self._map_view(live, job)
         return self._map_outputs(job, view)
 
-    def _save_map_file(self) -> None:
+    def _save_map_file(self, when: str = "") -> None:
+        """Save map_file (periodically, and on shutdown with ``when``, which is then logged); a failure is
+        logged, never raised, so the rest of a shutdown still runs."""
         path = self._map_file_path()
         if path is None:
             return
         try:
-            self._write_map(path)
-        except OSError as err:
-            self._error_once(f"cannot save the map to {path}: {err}")
+            count = self._write_map(path)
+        except Exception as err:   # a full disk or a bad map must not skip the rest of the clean-up
+            self._error_once(f"cannot save the map to {path}: {type(err).__name__}: {err}")
+            return
+        if when:
+            self.get_logger().info(f"map saved {when}: {count} instances to {path}")
 
     def _write_map(self, path: Path) -> int:
         """Save the map to ``path`` (after any update in progress); the number of instances saved."""

@@ -81,9 +81,11 @@ class SegmenterNode(SegmenterRuntime, Node):
 
     def destroy_node(self) -> None:
         """Stop the worker, save map_file, free the model, destroy the node; safe on a node whose start-up
-        failed half way."""
-        self._deactivate()
-        self._cleanup()
+        failed half way (map_file is saved even when stopping the worker raised)."""
+        try:
+            self._deactivate()
+        finally:
+            self._cleanup()
         super().destroy_node()
 
 

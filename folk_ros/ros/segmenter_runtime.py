@@ -132,7 +132,7 @@ class SegmenterRuntime(MapMode):
         """Save map_file (under the map lock, after any update in progress), then drop the publishers, the
         services, the parameter callbacks and the model (the CUDA cache is emptied)."""
         if getattr(self, "live_map", None) is not None and self.settings.map_file:
-            self._save_map_file()
+            self._save_map_file(when="on clean-up")
         for name in ("_pub_instances", "_pub_markers", "_pub_cloud", "_pub_diagnostics"):
             pub = getattr(self, name, None)
             if pub is not None:
