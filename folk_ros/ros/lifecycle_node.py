@@ -44,7 +44,7 @@ class ManagedSegmenterNode(SegmenterRuntime, LifecycleNode):
             self._configure()
         except StartupError as err:
             self.get_logger().error(f"configure failed: {err}")
-            self._cleanup()                     # whatever was created before the error goes again
+            self._cleanup(save=False)           # whatever was created before the error goes again
             return TransitionCallbackReturn.FAILURE
         self._configured = True
         self.get_logger().info(f"configured: bundle {self._bundle_path}, device {self.segmenter.device}, "
@@ -67,10 +67,8 @@ class ManagedSegmenterNode(SegmenterRuntime, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._deactivate()
-        if self._configured:
-            self._cleanup()
-            self._configured = False
+        self._shut_down()
+        self._configured = False
         return TransitionCallbackReturn.SUCCESS
 
     def _output_publisher(self, msg_type, topic: str, qos):
@@ -80,14 +78,9 @@ class ManagedSegmenterNode(SegmenterRuntime, LifecycleNode):
         self.destroy_lifecycle_publisher(publisher)
 
     def destroy_node(self) -> None:
-        """Leave cleanly from any state: stop the worker and save map_file when configured (even when
-        stopping the worker raised)."""
-        try:
-            self._deactivate()
-        finally:
-            if self._configured:
-                self._cleanup()
-                self._configured = False
+        """Leave cleanly from any state: stop the worker and save map_file when configured."""
+        self._shut_down()
+        self._configured = False
         super().destroy_node()
 
 

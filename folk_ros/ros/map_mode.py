@@ -71,7 +71,10 @@ class MapMode:
 
     def _save_map_file(self, when: str = "") -> None:
         """Save map_file (periodically, and on shutdown with ``when``, which is then logged); a failure is
-        logged, never raised, so the rest of a shutdown still runs."""
+        logged, never raised, so the rest of a shutdown still runs. Nothing without a map (per-cloud mode, a
+        start-up that failed before the map was loaded) or without map_file."""
+        if getattr(self, "live_map", None) is None:
+            return
         path = self._map_file_path()
         if path is None:
             return

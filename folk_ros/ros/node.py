@@ -80,12 +80,8 @@ class SegmenterNode(SegmenterRuntime, Node):
         self._activate()
 
     def destroy_node(self) -> None:
-        """Stop the worker, save map_file, free the model, destroy the node; safe on a node whose start-up
-        failed half way (map_file is saved even when stopping the worker raised)."""
-        try:
-            self._deactivate()
-        finally:
-            self._cleanup()
+        """Stop the worker, save map_file, free the model, destroy the node (see ``_shut_down``)."""
+        self._shut_down()
         super().destroy_node()
 
 

@@ -114,24 +114,28 @@ class SegmenterRuntime(MapMode):
             f"{params.describe_vocabulary(self._live.vocabulary)}, subscribed to {self.resolve_topic_name(TOPIC_IN)}")
 
     def _deactivate(self) -> None:
-        """Unsubscribe and stop the worker: waited for 0.5 s, so a cloud still being segmented then is
-        dropped (its outputs are not published) and shutting down never waits for Mask3D."""
+        """Stop the worker, then unsubscribe (the executor runs no callback meanwhile)."""
+        self._stop_worker()
         if getattr(self, "_subscription", None) is not None:
             self.destroy_subscription(self._subscription)
             self._subscription = None
         if getattr(self, "_diag_timer", None) is not None:
             self.destroy_timer(self._diag_timer)
             self._diag_timer = None
+
+    def _stop_worker(self) -> None:
+        """Close the work slot and wait 0.5 s for the worker, so a cloud still being segmented then is dropped
+        (its outputs are not published) and shutting down never waits for Mask3D."""
         slot, worker = getattr(self, "_slot", None), getattr(self, "_worker", None)
         if slot is not None:
             slot.close()
         if worker is not None and worker.is_alive():
             worker.join(timeout=0.5)
 
-    def _cleanup(self) -> None:
-        """Save map_file (under the map lock, after any update in progress), then drop the publishers, the
-        services, the parameter callbacks and the model (the CUDA cache is emptied)."""
-        if getattr(self, "live_map", None) is not None and self.settings.map_file:
+    def _cleanup(self, save: bool = True) -> None:
+        """Save map_file (with ``save``; under the map lock, after any update in progress), then drop the
+        publishers, the services, the parameter callbacks and the model (the CUDA cache is emptied)."""
+        if save:
             self._save_map_file(when="on clean-up")
         for name in ("_pub_instances", "_pub_markers", "_pub_cloud", "_pub_diagnostics"):
             pub = getattr(self, name, None)
@@ -148,6 +152,17 @@ class SegmenterRuntime(MapMode):
         self.segmenter = self.live_map = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def _shut_down(self) -> None:
+        """Leave for good from any state, even a start-up that failed half way: stop the worker and save
+        map_file before any middleware call (a middleware that blocks, and is then killed, cannot lose the
+        map), then deactivate and clean up."""
+        try:
+            self._stop_worker()
+            self._save_map_file(when="on shutdown")
+        finally:
+            self._deactivate()
+            self._cleanup(save=False)
 
     def _output_publisher(self, msg_type, topic: str, qos):
         """An output publisher (the managed node makes lifecycle publishers)."""
