@@ -251,33 +251,46 @@ class QueryDecoder(nn.Module):
 
     def mask_module(self, queries: torch.Tensor, mask_features: SparseTensor,
                     mask_segments: list[torch.Tensor] | None, point2segment: list[torch.Tensor] | None,
-                    num_pooling_steps: int, ret_attn_mask: bool = True):
-        """Class logits (B, Q, C), per-item mask logits, and the blocked-attention mask.
+                    attn_features: SparseTensor | None = None, masks: bool = True):
+        """Class logits (B, Q, C), per-item mask logits (``masks``; else None), and the blocked-attention mask.
 
-        Masks per item are (V_b, Q) voxel logits, or (S_b, Q) segment logits when
-        segments are used.  The attention mask is a SparseTensor at stride
-        ``2**num_pooling_steps`` with (V_level, Q) bool features (True = blocked):
-        voxel logits average-pooled level by level, ``sigmoid < 0.5``.
+        Masks per item are (V_b, Q) voxel logits, or (S_b, Q) segment logits when segments are used.
+        The attention mask (``attn_features`` given; else None) is a SparseTensor on ``attn_features``'
+        coordinates with (V_level, Q) bool features (True = blocked): ``sigmoid(logit) < 0.5`` of the
+        voxel logits average-pooled level by level. Pooling is a mean, so it commutes with the dot product
+        with the mask embedding: ``attn_features`` are the voxels' mask features (or their segments')
+        pooled to the level once per cloud (:meth:`attention_features`), and only the level's V_level rows
+        are multiplied, not all V voxels per layer (the official code's order of operations; the same
+        logits up to float rounding).
         """
         q = self.decoder_norm(queries)
         mask_embed = self.mask_embed_head(q)
         outputs_class = self.class_embed_head(q)
-        slices = mask_features.batch_slices()
-        preds, voxel_logits = [], []
-        for b, sl in enumerate(slices):
-            if mask_segments is not None:
-                seg = mask_segments[b] @ mask_embed[b].T
-                preds.append(seg)
-                voxel_logits.append(seg[point2segment[b]])
-            else:
-                preds.append(mask_features.F[sl] @ mask_embed[b].T)
-                voxel_logits.append(preds[-1])
-        if not ret_attn_mask:
+        preds = None
+        if masks:
+            slices = mask_features.batch_slices()
+            preds = [mask_segments[b] @ mask_embed[b].T if mask_segments is not None
+                     else mask_features.F[sl] @ mask_embed[b].T for b, sl in enumerate(slices)]
+        if attn_features is None:
             return outputs_class, preds, None
-        attn = mask_features.replace(torch.cat(voxel_logits).detach().float())
-        for _ in range(num_pooling_steps):
-            attn = self.pooling(attn)
-        return outputs_class, preds, attn.replace(attn.F.sigmoid() < 0.5)
+        embed = mask_embed.detach().float()
+        logits = torch.cat([attn_features.F[sl] @ embed[b].T for b, sl in enumerate(attn_features.batch_slices())])
+        return outputs_class, preds, attn_features.replace(logits.sigmoid() < 0.5)
+
+    def attention_features(self, mask_features: SparseTensor, mask_segments: list[torch.Tensor] | None,
+                           point2segment: list[torch.Tensor] | None, steps: set[int]) -> dict[int, SparseTensor]:
+        """Per pooling step in ``steps``: the voxels' mask features (each voxel its segment's, with
+        segments) average-pooled that many times, for :meth:`mask_module`'s attention masks."""
+        feats = mask_features.F
+        if mask_segments is not None:
+            feats = torch.cat([mask_segments[b][point2segment[b]] for b in range(len(mask_segments))])
+        pooled, out = mask_features.replace(feats.detach().float()), {}
+        for step in range(max(steps) + 1):
+            if step:
+                pooled = self.pooling(pooled)
+            if step in steps:
+                out[step] = pooled
+        return out
 
     def initial_queries(self, x_coords: torch.Tensor, raw_xyz: torch.Tensor, slices: list[slice]):
         """FPS on integer voxel coordinates per item -> (fps_idx list, sampled xyz (B, Q, 3), query_pos (B, d, Q))."""
@@ -311,7 +324,8 @@ class QueryDecoder(nn.Module):
 
         Returns dict: ``pred_logits`` (B, Q, C); ``pred_masks`` list of (V_b, Q) or
         (S_b, Q) logits; ``aux_outputs`` list (num_decoders * len(hlevels)) of
-        dicts with the same keys, made before each layer; ``sampled_coords``
+        dicts with the same keys, made before each layer (their ``pred_masks`` only
+        for training, ``not is_eval``; None otherwise); ``sampled_coords``
         (B, Q, 3); ``fps_idx`` list of (Q,); ``query_pos`` (B, Q, d);
         ``mask_features`` (V, d); ``backbone_features`` (V, planes[7]);
         ``level_xyz`` / ``level_posenc`` per hlevel (rows in level order).
@@ -330,13 +344,16 @@ class QueryDecoder(nn.Module):
         queries = torch.zeros_like(query_pos).permute(0, 2, 1)        # (B, Q, d)
         query_pos_qbd = query_pos.permute(2, 0, 1)                     # (Q, B, d)
         p2s = point2segment if use_segments else None
+        attn_features = self.attention_features(mask_features, mask_segments, p2s,
+                                                {n_maps - h - 1 for h in cfg.hlevels})
 
         pred_class, pred_mask = [], []
         for dec in range(cfg.num_decoders):
             shared = 0 if cfg.shared_decoder else dec
             for i, hlevel in enumerate(cfg.hlevels):
                 output_class, output_mask, attn = self.mask_module(
-                    queries, mask_features, mask_segments, p2s, n_maps - hlevel - 1)
+                    queries, mask_features, mask_segments, p2s, attn_features[n_maps - hlevel - 1],
+                    masks=not is_eval)
                 level = feature_maps[hlevel]
                 src, attn_b, pos_b = self._gather_level(level, attn, pos_encs[hlevel], hlevel, is_eval)
                 src = self.lin_squeeze[shared][i](src.permute(1, 0, 2))
@@ -351,8 +368,7 @@ class QueryDecoder(nn.Module):
                 queries = self.ffn_attention[shared][i](out).permute(1, 0, 2)
                 pred_class.append(output_class)
                 pred_mask.append(output_mask)
-        output_class, output_mask, _ = self.mask_module(queries, mask_features, mask_segments, p2s, 0,
-                                                        ret_attn_mask=False)
+        output_class, output_mask, _ = self.mask_module(queries, mask_features, mask_segments, p2s)
         return {
             "pred_logits": output_class,
             "pred_masks": output_mask,
