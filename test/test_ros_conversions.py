@@ -272,10 +272,14 @@ def test_markers_from_instances(box_style, box_type):
     msg = markers_from_instances(_header("map", 8, 1), ["chair", ""], np.array([0.873, 0.5]), bmin, bmax,
                                  label_colors(np.array([0, -1])), 1.5, namespace="ns", point_sets=point_sets,
                                  box_style=box_style, max_marker_points=1000)
+    built = msg.markers[1:]   # made from one template: no two share a part that is set per marker
+    for part in ("pose", "scale", "color", "points", "colors"):
+        assert len({id(getattr(m, part)) for m in built}) == len(built), part
     back = rclpy_serialization.deserialize_message(rclpy_serialization.serialize_message(msg), MarkerArray)
     markers = back.markers
     assert markers[0].action == Marker.DELETEALL
     assert len(markers) == 1 + 2 * 3
+    assert all(m.pose.orientation.w == 1.0 for m in markers[1:] if m.type != Marker.CUBE)   # identity pose
     keys = [(m.ns, m.id) for m in markers]
     assert len(set(keys)) == len(keys)
     assert all(m.header.frame_id == "map" and (m.header.stamp.sec, m.header.stamp.nanosec) == (8, 1)
