@@ -25,12 +25,31 @@ from .config import PostprocessConfig
 
 # ------------------------------------------------------------- DBSCAN -------
 
+# The sorts below run in torch: on the calling thread's torch threads, and about twice as fast as
+# numpy's single-threaded argsort on one thread (1.8M int64 keys: 38-49 against 101 ms on 2 cores).
+
+def _sort_order(keys: np.ndarray) -> np.ndarray:
+    """The stable ascending order of (K,) int64 ``keys`` (numpy's ``argsort(kind="stable")``)."""
+    return torch.sort(torch.from_numpy(np.ascontiguousarray(keys, np.int64)), stable=True).indices.numpy()
+
+
+def _inverse_of_unique(keys: np.ndarray) -> np.ndarray:
+    """(K,) index of each key among the sorted distinct keys (numpy's ``unique(return_inverse=True)[1]``);
+    integer keys, or the row views :func:`cell_keys` falls back to (then in numpy)."""
+    if not np.issubdtype(keys.dtype, np.integer):
+        return np.unique(keys, return_inverse=True)[1].reshape(-1)
+    return torch.unique(torch.from_numpy(np.ascontiguousarray(keys, np.int64)), return_inverse=True)[1].numpy()
+
+
 def _first_occurrence_labels(labels: np.ndarray) -> np.ndarray:
     """Renumber labels 0..K-1 in order of their first occurrence (sklearn's DBSCAN order)."""
-    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.empty(first.size, dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
-    return rank[inv.reshape(-1)]
+    inv = torch.from_numpy(_inverse_of_unique(labels))
+    k = int(inv.max()) + 1 if inv.numel() else 0
+    first = torch.full((k,), inv.numel(), dtype=torch.int64).scatter_reduce_(
+        0, inv, torch.arange(inv.numel()), reduce="amin")
+    rank = torch.empty(k, dtype=torch.int64)
+    rank[torch.argsort(first)] = torch.arange(k)          # first positions are distinct: no ties
+    return rank[inv].numpy()
 
 
 def eps_components(xyz: np.ndarray, eps: float) -> np.ndarray:
@@ -157,11 +176,9 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     active = np.flatnonzero(positive.any(1))
     pos = positive[active]                                                     # (A, Q)
     side = eps / np.sqrt(3.0) * (1.0 - 1e-9)                                   # cell diagonal < eps
-    _, point_cell = np.unique(cell_keys(np.floor((xyz[active] - xyz[active].min(0)) / side).astype(np.int64)),
-                              return_inverse=True)
-    point_cell = point_cell.reshape(-1)
+    point_cell = _inverse_of_unique(cell_keys(np.floor((xyz[active] - xyz[active].min(0)) / side).astype(np.int64)))
     n_cells = int(point_cell.max()) + 1
-    by_cell = np.argsort(point_cell, kind="stable")             # points sorted by cell: a pair i < j has
+    by_cell = _sort_order(point_cell)                           # points sorted by cell: a pair i < j has
     cell = point_cell[by_cell]                                  # cell[i] <= cell[j]
     tree = cKDTree(xyz[active[by_cell]])
     if _estimated_pairs(tree, eps) > MAX_SPLIT_PAIRS:
@@ -175,7 +192,7 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     both = words[pairs[cross, 0]] & words[pairs[cross, 1]]
     linked = both.any(1)
     key = ci[cross][linked] * n_cells + cj[cross][linked]
-    order = np.argsort(key)
+    order = _sort_order(key)
     key, both = key[order], both[linked][order]
     firsts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]]) if key.size else np.zeros(0, np.int64)
     edge_words = np.bitwise_or.reduceat(both, firsts, axis=0) if key.size else both
