@@ -349,6 +349,21 @@ def test_voxelize_packed_keys_equal_row_unique():
     assert cell_keys((rs.randn(10, 3) * 1e17).astype(np.int64)).dtype.kind == "V"
 
 
+def test_first_occurrence_numbers_keys_in_order_of_appearance():
+    import numpy as np
+
+    from folk_ros.core.voxelize import cell_keys, first_occurrence
+    labels, first = first_occurrence(np.array([7, 3, 7, -2, 3, 9], np.int64))
+    assert labels.tolist() == [0, 1, 0, 2, 1, 3] and first.tolist() == [0, 1, 3, 5]
+    rows = np.array([[2 ** 40, 0, 0], [0, 0, 0], [2 ** 40, 0, 0], [0, 2 ** 41, 2 ** 41]], np.int64)
+    keys = cell_keys(rows)                     # the void fallback goes through numpy: the same numbering
+    assert keys.dtype.kind == "V"
+    labels, first = first_occurrence(keys)
+    assert labels.tolist() == [0, 1, 0, 2] and first.tolist() == [0, 1, 3]
+    empty = first_occurrence(np.zeros(0, np.int64))
+    assert empty[0].shape == empty[1].shape == (0,)
+
+
 def _fps_tree_reference(pts: torch.Tensor, num: int) -> list[int]:
     """pointnet2's CUDA kernel step by step: per-thread first maximum, then the tree reduction."""
     n = pts.shape[0]

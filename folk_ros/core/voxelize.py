@@ -1,10 +1,11 @@
-"""First-point-per-voxel quantisation of a point cloud (numpy only).
+"""First-point-per-voxel quantisation of a point cloud.
 
 Voxel coordinates are ``floor(xyz / voxel_size)`` computed in float32 (as Mask3D /
 MinkowskiEngine's ``sparse_quantize``); one voxel per occupied cell, ordered by the
 first point that falls in it (``unique_map``); ``inverse_map`` sends every point to
 its voxel. Mask3D's input pipeline and the node's ``max_points`` downsampling both
-use it, so they quantise identically.
+use it, so they quantise identically. The distinct cells are found by a sort in torch
+(:func:`first_occurrence`), on the calling thread's torch threads.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 
 @dataclass(frozen=True, eq=False)
@@ -28,15 +30,37 @@ def cell_keys(grid: np.ndarray) -> np.ndarray:
     """(N, 3) int64 cells -> (N,) keys, equal iff the rows are equal and ordered as the rows
     lexicographically: ``((x - x0) * Ry + (y - y0)) * Rz + (z - z0)`` with per-axis ranges R.
 
-    Falls back to a structured (void) view of the rows when the ranges do not fit in 63 bits.
+    Falls back to a structured (void) view of the rows when the ranges do not fit in 63 bits. Works on
+    the (3, N) transpose: numpy reduces and combines contiguous rows ten times faster than (N, 3) columns.
     """
-    lo = grid.min(0)
-    span = grid.max(0) - lo + 1
+    axes = np.ascontiguousarray(np.asarray(grid).T)
+    lo = axes.min(1)
+    span = axes.max(1) - lo + 1
     if float(span[0]) * float(span[1]) * float(span[2]) < 2.0 ** 62:
-        g = grid - lo
-        return (g[:, 0] * span[1] + g[:, 1]) * span[2] + g[:, 2]
+        return ((axes[0] - lo[0]) * span[1] + (axes[1] - lo[1])) * span[2] + (axes[2] - lo[2])
     rows = np.ascontiguousarray(grid)
     return rows.view(np.dtype((np.void, rows.dtype.itemsize * 3))).reshape(-1)
+
+
+def first_occurrence(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (N,) ``keys`` numbered 0..K-1 in order of first occurrence: each key's number (N,) and
+    the position of each number's first key (K,), both int64.
+
+    Integer keys are sorted by torch (100k voxel keys on 2 cores: 2.4-2.5 ms against numpy's unique,
+    4.2-7.8 ms); other keys, e.g. the row views :func:`cell_keys` falls back to, by numpy.
+    """
+    if np.issubdtype(keys.dtype, np.integer):
+        inverse = torch.unique(torch.from_numpy(np.ascontiguousarray(keys, np.int64)), return_inverse=True)[1]
+        k = int(inverse.max()) + 1 if inverse.numel() else 0
+        first = torch.full((k,), inverse.numel(), dtype=torch.int64).scatter_reduce_(
+            0, inverse, torch.arange(inverse.numel()), reduce="amin")
+    else:
+        _, first_np, inverse_np = np.unique(keys, return_index=True, return_inverse=True)
+        first, inverse = torch.from_numpy(first_np.astype(np.int64)), torch.from_numpy(inverse_np.reshape(-1))
+    order = torch.argsort(first)                          # first positions are distinct: no ties
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel())
+    return rank[inverse].numpy(), first[order].numpy()
 
 
 def voxelize(xyz: np.ndarray, voxel_size: float = 0.02) -> Voxelization:
@@ -54,10 +78,5 @@ def voxelize(xyz: np.ndarray, voxel_size: float = 0.02) -> Voxelization:
         raise ValueError(f"coordinates reach {span * voxel_size:.3g} m, {span:.3g} voxels of {voxel_size} m: beyond "
                          f"the int32 voxel range; recentre the cloud first (the node does) or drop the outliers")
     grid = grid.astype(np.int64)
-    _, first, inverse = np.unique(cell_keys(grid), return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")            # sorted cells -> first-occurrence order
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    unique_map = first[order].astype(np.int64)
-    return Voxelization(grid[unique_map].astype(np.int32), unique_map,
-                        rank[inverse.reshape(-1)].astype(np.int64))
+    inverse, unique_map = first_occurrence(cell_keys(grid))
+    return Voxelization(grid[unique_map].astype(np.int32), unique_map, inverse)

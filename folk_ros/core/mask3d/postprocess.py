@@ -18,7 +18,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from folk_ros.core.voxel_masks import VoxelMasks
-from folk_ros.core.voxelize import cell_keys
+from folk_ros.core.voxelize import cell_keys, first_occurrence
 
 from .config import PostprocessConfig
 
@@ -43,13 +43,7 @@ def _inverse_of_unique(keys: np.ndarray) -> np.ndarray:
 
 def _first_occurrence_labels(labels: np.ndarray) -> np.ndarray:
     """Renumber labels 0..K-1 in order of their first occurrence (sklearn's DBSCAN order)."""
-    inv = torch.from_numpy(_inverse_of_unique(labels))
-    k = int(inv.max()) + 1 if inv.numel() else 0
-    first = torch.full((k,), inv.numel(), dtype=torch.int64).scatter_reduce_(
-        0, inv, torch.arange(inv.numel()), reduce="amin")
-    rank = torch.empty(k, dtype=torch.int64)
-    rank[torch.argsort(first)] = torch.arange(k)          # first positions are distinct: no ties
-    return rank[inv].numpy()
+    return first_occurrence(labels)[0]
 
 
 def eps_components(xyz: np.ndarray, eps: float) -> np.ndarray:
