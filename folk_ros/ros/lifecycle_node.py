@@ -67,7 +67,7 @@ class ManagedSegmenterNode(SegmenterRuntime, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._shut_down()
+        self._log_line(self._shut_down())
         self._configured = False
         return TransitionCallbackReturn.SUCCESS
 
@@ -79,9 +79,11 @@ class ManagedSegmenterNode(SegmenterRuntime, LifecycleNode):
 
     def destroy_node(self) -> None:
         """Leave cleanly from any state: stop the worker and save map_file when configured."""
-        self._shut_down()
+        logger = self.get_logger()
+        line = self._shut_down()
         self._configured = False
         super().destroy_node()
+        self._log_line(line, logger)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from folk_ros_interfaces.srv import QueryMap, SaveMap
+from rclpy.logging import LoggingSeverity
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
@@ -22,6 +23,9 @@ from folk_ros.ros.conversions import stamp_seconds
 from folk_ros.ros.map_outputs import (MapView, build_map_outputs, instances_msg, map_view, query_problem, save_path,
                                       shown_rows)
 from folk_ros.ros.work import CloudReport, Job
+
+LogLine = tuple[LoggingSeverity, str]
+"""A line for the node's log, made where it cannot be logged yet."""
 
 
 class MapMode:
@@ -69,22 +73,28 @@ class MapMode:
             view = self._map_view(live, job)
         return self._map_outputs(job, view)
 
-    def _save_map_file(self, when: str = "") -> None:
-        """Save map_file (periodically, and on shutdown with ``when``, which is then logged); a failure is
-        logged, never raised, so the rest of a shutdown still runs. Nothing without a map (per-cloud mode, a
-        start-up that failed before the map was loaded) or without map_file."""
+    def _save_map_file(self, when: str = "") -> LogLine | None:
+        """Save map_file, periodically or ``when`` something happens ("on shutdown"); nothing without a map
+        (per-cloud mode, a start-up that failed before the map was loaded) or without map_file.
+
+        A failure is never raised, so the rest of a shutdown still runs. Periodic saves log their failures;
+        a save ``when`` something returns its line (severity, text) for the caller to log, because at
+        shutdown the node's context may already be gone and its logger could not reach /rosout.
+        """
         if getattr(self, "live_map", None) is None:
-            return
+            return None
         path = self._map_file_path()
         if path is None:
-            return
+            return None
         try:
             count = self._write_map(path)
         except Exception as err:   # a full disk or a bad map must not skip the rest of the clean-up
-            self._error_once(f"cannot save the map to {path}: {type(err).__name__}: {err}")
-            return
-        if when:
-            self.get_logger().info(f"map saved {when}: {count} instances to {path}")
+            text = f"cannot save the map to {path}: {type(err).__name__}: {err}"
+            if not when:
+                self._error_once(text)
+                return None
+            return LoggingSeverity.ERROR, text
+        return (LoggingSeverity.INFO, f"map saved {when}: {count} instances to {path}") if when else None
 
     def _write_map(self, path: Path) -> int:
         """Save the map to ``path`` (after any update in progress); the number of instances saved."""

@@ -81,8 +81,10 @@ class SegmenterNode(SegmenterRuntime, Node):
 
     def destroy_node(self) -> None:
         """Stop the worker, save map_file, free the model, destroy the node (see ``_shut_down``)."""
-        self._shut_down()
+        logger = self.get_logger()
+        line = self._shut_down()
         super().destroy_node()
+        self._log_line(line, logger)   # the node's logger, no longer tied to its /rosout publisher
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from folk_ros.ros import parameters as params
 from folk_ros.ros.cloud_outputs import Outputs, build_outputs, label_points
 from folk_ros.ros.conversions import cloud_from_msg
 from folk_ros.ros.diagnostics import NodeStats
-from folk_ros.ros.map_mode import MapMode
+from folk_ros.ros.map_mode import LogLine, MapMode
 from folk_ros.ros.work import CloudReport, Job, LatestSlot, Throttle, input_problem
 
 TOPIC_IN, TOPIC_INSTANCES, TOPIC_MARKERS, TOPIC_LABELED = "cloud_in", "instances", "markers", "labeled_cloud"
@@ -136,7 +136,7 @@ class SegmenterRuntime(MapMode):
         """Save map_file (with ``save``; under the map lock, after any update in progress), then drop the
         publishers, the services, the parameter callbacks and the model (the CUDA cache is emptied)."""
         if save:
-            self._save_map_file(when="on clean-up")
+            self._log_line(self._save_map_file(when="on clean-up"))
         for name in ("_pub_instances", "_pub_markers", "_pub_cloud", "_pub_diagnostics"):
             pub = getattr(self, name, None)
             if pub is not None:
@@ -153,16 +153,21 @@ class SegmenterRuntime(MapMode):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    def _shut_down(self) -> None:
+    def _shut_down(self) -> LogLine | None:
         """Leave for good from any state, even a start-up that failed half way: stop the worker and save
         map_file before any middleware call (a middleware that blocks, and is then killed, cannot lose the
-        map), then deactivate and clean up."""
+        map), then deactivate and clean up. Returns the save's line for the caller to log once the node is
+        destroyed (after Ctrl-C the context is gone, and a node logger would fail to reach /rosout)."""
         try:
             self._stop_worker()
-            self._save_map_file(when="on shutdown")
+            return self._save_map_file(when="on shutdown")
         finally:
             self._deactivate()
             self._cleanup(save=False)
+
+    def _log_line(self, line: LogLine | None, logger=None) -> None:
+        if line is not None:
+            (logger or self.get_logger()).log(line[1], line[0])
 
     def _output_publisher(self, msg_type, topic: str, qos):
         """An output publisher (the managed node makes lifecycle publishers)."""
