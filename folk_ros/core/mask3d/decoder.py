@@ -334,7 +334,7 @@ class QueryDecoder(nn.Module):
         use_segments = cfg.train_on_segments and point2segment is not None
         n_maps = len(feature_maps)
         coords = self.level_positions(pcd.replace(raw_xyz.float()), n_maps)
-        pos_encs = [self.level_encodings(c) for c in coords]
+        pos_encs = {h: self.level_encodings(coords[h]) for h in cfg.hlevels}   # not the unused stride-1 level
         mask_features = self.mask_features_head(pcd)
         slices = x.batch_slices()
         mask_segments = None
