@@ -70,3 +70,25 @@ def test_intermediate_masks_only_for_training():
     assert all(a["pred_masks"] is None for a in evaluated["aux_outputs"])
     assert all(a["pred_masks"][0].shape == (coords.shape[0], 40) for a in trained["aux_outputs"])
     assert evaluated["pred_masks"][0].shape == (coords.shape[0], 40)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_cross_attention_equals_torch_multihead_attention(batch):
+    """The split attention (keys and values once, then queries) is nn.MultiheadAttention's, also with
+    per-head masks and queries blocked nowhere or everywhere but one voxel."""
+    from folk_ros.core.mask3d.decoder import CrossAttentionLayer
+    torch.manual_seed(0)
+    layer = CrossAttentionLayer(32, 4).eval()
+    tgt, query_pos = torch.randn(7, batch, 32), torch.randn(7, batch, 32)
+    memory, pos = torch.randn(50, batch, 32), torch.randn(50, batch, 32)
+    blocked = torch.rand(batch * 4, 7, 50) > 0.5
+    blocked[:, 0] = False
+    blocked[:, 1, 1:] = True
+    masks = [blocked, blocked[0]] if batch == 1 else [blocked]
+    with torch.no_grad():
+        kv = layer.project_memory(memory, pos)
+        for mask in masks:
+            ours = layer(tgt, kv, memory_mask=mask, query_pos=query_pos)
+            att = layer.multihead_attn(query=tgt + query_pos, key=memory + pos, value=memory, attn_mask=mask,
+                                       need_weights=False)[0]
+            torch.testing.assert_close(ours, layer.norm(tgt + att), rtol=1e-5, atol=1e-6)

@@ -133,7 +133,12 @@ class QueryProjection(nn.Module):
 # ------------------------------------------------------------ layers -------
 
 class CrossAttentionLayer(nn.Module):
-    """Queries attend to level features: q = tgt + query_pos, k = memory + pos, v = memory."""
+    """Queries attend to level features: q = tgt + query_pos, k = memory + pos, v = memory.
+
+    The attention is ``nn.MultiheadAttention``'s (its parameters, its operations in its order), split in
+    two: :meth:`project_memory` makes the keys and values of a level once, and :meth:`forward` attends to
+    them, so the decoder's passes over the same level (shared decoder, evaluation) reuse them.
+    """
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, normalize_before: bool = False):
         super().__init__()
@@ -142,11 +147,36 @@ class CrossAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.normalize_before = normalize_before
 
-    def forward(self, tgt, memory, memory_mask=None, pos=None, query_pos=None):
-        """tgt (Q, B, d), memory (L, B, d), memory_mask (B*heads, Q, L) bool (True = blocked)."""
+    def project_memory(self, memory: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys of ``memory + pos`` and values of ``memory`` (L, B, d): (B, heads, L, d / heads) each."""
+        mha = self.multihead_attn
+        _, w_k, w_v = mha.in_proj_weight.chunk(3)
+        _, b_k, b_v = mha.in_proj_bias.chunk(3)
+        length, batch, d = memory.shape
+        heads = mha.num_heads
+        k = F.linear(memory + pos, w_k, b_k).view(length, batch, heads, d // heads).permute(1, 2, 0, 3)
+        v = F.linear(memory, w_v, b_v).view(length, batch, heads, d // heads).permute(1, 2, 0, 3)
+        return k, v
+
+    def forward(self, tgt, memory_kv, memory_mask=None, query_pos=None):
+        """tgt (Q, B, d); memory_kv from :meth:`project_memory`; memory_mask (Q, L) or (B*heads, Q, L)
+        bool (True = blocked)."""
         x = self.norm(tgt) if self.normalize_before else tgt
-        att = self.multihead_attn(query=x + query_pos, key=memory + pos, value=memory,
-                                  attn_mask=memory_mask, need_weights=False)[0]
+        mha = self.multihead_attn
+        w_q, b_q = mha.in_proj_weight.chunk(3)[0], mha.in_proj_bias.chunk(3)[0]
+        queries, batch, d = x.shape
+        heads = mha.num_heads
+        q = F.linear(x + query_pos, w_q, b_q).view(queries, batch, heads, d // heads).permute(1, 2, 0, 3)
+        k, v = memory_kv
+        mask = None
+        if memory_mask is not None:
+            mask = torch.zeros(memory_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(
+                memory_mask, float("-inf"))
+            mask = mask.view(batch, heads, queries, -1) if mask.dim() == 3 else mask
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                             dropout_p=mha.dropout if self.training else 0.0)
+        att = att.permute(2, 0, 1, 3).reshape(queries * batch, d)
+        att = F.linear(att, mha.out_proj.weight, mha.out_proj.bias).view(queries, batch, d)
         tgt = tgt + self.dropout(att)
         return tgt if self.normalize_before else self.norm(tgt)
 
@@ -348,6 +378,7 @@ class QueryDecoder(nn.Module):
                                                 {n_maps - h - 1 for h in cfg.hlevels})
 
         pred_class, pred_mask = [], []
+        level_kv: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}   # (decoder, level) -> keys, values
         for dec in range(cfg.num_decoders):
             shared = 0 if cfg.shared_decoder else dec
             for i, hlevel in enumerate(cfg.hlevels):
@@ -356,14 +387,18 @@ class QueryDecoder(nn.Module):
                     masks=not is_eval)
                 level = feature_maps[hlevel]
                 src, attn_b, pos_b = self._gather_level(level, attn, pos_encs[hlevel], hlevel, is_eval)
-                src = self.lin_squeeze[shared][i](src.permute(1, 0, 2))
+                memory_kv = level_kv.get((shared, i))
+                if memory_kv is None:
+                    memory = self.lin_squeeze[shared][i](src.permute(1, 0, 2))
+                    memory_kv = self.cross_attention[shared][i].project_memory(memory, pos_b.permute(1, 0, 2))
+                    if is_eval:   # every voxel, no sampling: the same keys and values on every pass
+                        level_kv[(shared, i)] = memory_kv
                 if attn_b.shape[0] == 1:      # one (Q, L) mask broadcast over heads: same result, 1/heads memory
                     memory_mask = attn_b[0].T
                 else:
                     memory_mask = attn_b.repeat_interleave(cfg.num_heads, dim=0).permute(0, 2, 1)
-                out = self.cross_attention[shared][i](
-                    queries.permute(1, 0, 2), src, memory_mask=memory_mask,
-                    pos=pos_b.permute(1, 0, 2), query_pos=query_pos_qbd)
+                out = self.cross_attention[shared][i](queries.permute(1, 0, 2), memory_kv,
+                                                      memory_mask=memory_mask, query_pos=query_pos_qbd)
                 out = self.self_attention[shared][i](out, query_pos=query_pos_qbd)
                 queries = self.ffn_attention[shared][i](out).permute(1, 0, 2)
                 pred_class.append(output_class)
