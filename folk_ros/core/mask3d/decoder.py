@@ -290,8 +290,8 @@ class QueryDecoder(nn.Module):
         voxel logits average-pooled level by level. Pooling is a mean, so it commutes with the dot product
         with the mask embedding: ``attn_features`` are the voxels' mask features (or their segments')
         pooled to the level once per cloud (:meth:`attention_features`), and only the level's V_level rows
-        are multiplied, not all V voxels per layer (the official code's order of operations; the same
-        logits up to float rounding).
+        are multiplied per layer, not all V voxels as in the official code (the same logits up to float
+        rounding).
         """
         q = self.decoder_norm(queries)
         mask_embed = self.mask_embed_head(q)
