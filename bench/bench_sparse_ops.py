@@ -197,7 +197,7 @@ class Worker:
         return {"coords": torch.from_numpy(voxelize(xyz, 0.02).coords).float()}
 
     def run_fps(self, st) -> dict:
-        from folk_ros.core.mask3d.decoder import furthest_point_sample
+        from folk_ros.core.mask3d.fps import furthest_point_sample
 
         t = time.perf_counter()
         idx = furthest_point_sample(st["coords"], 150)

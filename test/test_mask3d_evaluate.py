@@ -158,14 +158,14 @@ def test_cli_colourless_gives_the_model_a_grey_cloud(scene_and_model, tmp_path, 
 def test_vectorised_split_equals_query_by_query(monkeypatch, columns, eps):
     """dbscan_parts' one-pass split (cells of diagonal eps, column bit sets over more than one byte)
     equals DBSCAN run per query (the path taken when pairs are too many), duplicate points included."""
-    from folk_ros.core.mask3d import postprocess
+    from folk_ros.core.mask3d import dbscan
     gen = torch.Generator().manual_seed(columns)
     xyz = torch.rand((400, 3), generator=gen) * torch.tensor([3.0, 3.0, 1.0])
     xyz[300:320] = xyz[:20]                                        # points on top of each other
     logits = torch.randn((400, columns), generator=gen) + 0.5
-    fast = postprocess.dbscan_split(logits, xyz, eps, 1)
-    monkeypatch.setattr(postprocess, "MAX_SPLIT_PAIRS", 0)         # query by query
-    slow = postprocess.dbscan_split(logits, xyz, eps, 1)
+    fast = dbscan.dbscan_split(logits, xyz, eps, 1)
+    monkeypatch.setattr(dbscan, "MAX_SPLIT_PAIRS", 0)         # query by query
+    slow = dbscan.dbscan_split(logits, xyz, eps, 1)
     assert fast[0].shape[1] > logits.shape[1]                     # it did split
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
 

@@ -19,7 +19,7 @@ import torch
 
 from folk_ros.core.mask3d import Mask3D, Mask3DConfig, PostprocessConfig, load_checkpoint, save_checkpoint
 from folk_ros.core.mask3d.checkpoint import load_into
-from folk_ros.core.mask3d.decoder import furthest_point_sample
+from folk_ros.core.mask3d.fps import furthest_point_sample
 from folk_ros.core.mask3d.postprocess import remap_scannet200_classes, scannet200_instances
 from folk_ros.core.mask3d.preprocess import normalize_colors, voxel_segments, voxelize
 from folk_ros.core.sparse import SparseTensor
@@ -277,7 +277,7 @@ def test_dbscan_min_samples_1_equals_eps_graph_components(eps):
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
 
-    from folk_ros.core.mask3d.postprocess import dbscan
+    from folk_ros.core.mask3d.dbscan import dbscan
     rs = np.random.RandomState(int(eps * 100))
     pts = rs.rand(500, 3) * [4.0, 4.0, 1.0]
     pts[:250] += [5.2, 0.0, 0.0]
@@ -291,6 +291,6 @@ def test_dbscan_min_samples_1_equals_eps_graph_components(eps):
 
 
 def test_dbscan_min_samples_marks_noise():
-    from folk_ros.core.mask3d.postprocess import dbscan
+    from folk_ros.core.mask3d.dbscan import dbscan
     pts = np.array([[0, 0, 0], [0.1, 0, 0], [0.2, 0, 0], [5, 5, 5], [3, 0, 0], [3.1, 0, 0], [3.2, 0, 0]], float)
     assert dbscan(pts, 0.15, 2).tolist() == [0, 0, 0, -1, 1, 1, 1]

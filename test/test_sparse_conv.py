@@ -394,7 +394,7 @@ def _fps_tree_reference(pts: torch.Tensor, num: int) -> list[int]:
 
 @pytest.mark.parametrize("n", [1, 5, 37, 300])
 def test_fps_tie_order_equals_kernel(n):
-    from folk_ros.core.mask3d.decoder import furthest_point_sample
+    from folk_ros.core.mask3d.fps import furthest_point_sample
     g = torch.Generator().manual_seed(n)
     pts = torch.randint(-3, 4, (n, 3), generator=g).float()          # many equal distances, some zeros
     assert furthest_point_sample(pts, 12).tolist() == _fps_tree_reference(pts, 12)
