@@ -217,8 +217,8 @@ def _check_map_mode(out: Path, stdout: str, num_clouds: int) -> None:
     assert "map file saved on shutdown: True" in stdout and (out / "maps" / "demo.map").is_file(), ending
     assert "mode map" in node_log and "shut down" in node_log, ending
     assert "Traceback" not in node_log and "Failed to publish" not in node_log, ending
-    saved = re.search(r"~/save_map: saved (\d+) instances", stdout).group(1)   # the map did not change since
-    assert f"map saved on shutdown: {saved} instances to {out / 'maps' / 'demo.map'}" in node_log, ending
+    assert re.search(rf"map saved on shutdown: \d+ instances to {re.escape(str(out / 'maps' / 'demo.map'))}",
+                     node_log), ending
 
 
 @pytest.mark.ros

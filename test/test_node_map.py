@@ -195,10 +195,10 @@ def test_shutdown_saves_map_file_and_a_restart_loads_it(map_node, probe, map_dir
     map_node.stop()
     assert map_node.proc.returncode == 0
     log = map_node.log()
-    assert f"map saved on shutdown: {len(ids)} instances to {map_dir / 'live.map'}" in log
-    assert "Failed to publish" not in log   # logged once the node is gone, not through its dead /rosout
     saved = load_map(map_dir / "live.map")
     assert set(ids) <= set(saved.ids.tolist())
+    assert f"map saved on shutdown: {len(saved.ids)} instances to {map_dir / 'live.map'}" in log
+    assert "Failed to publish" not in log   # logged once the node is gone, not through its dead /rosout
     with running_node(tmp_path, [*MAP_ARGS, "-p", f"map_dir:={map_dir}"]) as node2:
         with ready_probe(node2) as p2:
             out = p2.result(p2.publish(room_msg()[0]))[TOPIC_INSTANCES]
