@@ -14,28 +14,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from folk_ros.core.voxelize import cell_keys, first_occurrence
+from folk_ros.core.voxelize import cell_keys, first_occurrence, key_ids
 
-
-# The sorts below run in torch: on the calling thread's torch threads, and about twice as fast as
-# numpy's single-threaded argsort on one thread (1.8M int64 keys: 38-49 against 101 ms on 2 cores).
 
 def _sort_order(keys: np.ndarray) -> np.ndarray:
-    """The stable ascending order of (K,) int64 ``keys`` (numpy's ``argsort(kind="stable")``)."""
+    """The stable ascending order of (K,) int64 ``keys`` (numpy's ``argsort(kind="stable")``), sorted by
+    torch on the calling thread's torch threads (1.8M keys on 2 cores: 38-49 ms against numpy's 101 ms)."""
     return torch.sort(torch.from_numpy(np.ascontiguousarray(keys, np.int64)), stable=True).indices.numpy()
-
-
-def _inverse_of_unique(keys: np.ndarray) -> np.ndarray:
-    """(K,) index of each key among the sorted distinct keys (numpy's ``unique(return_inverse=True)[1]``);
-    integer keys, or the row views :func:`cell_keys` falls back to (then in numpy)."""
-    if not np.issubdtype(keys.dtype, np.integer):
-        return np.unique(keys, return_inverse=True)[1].reshape(-1)
-    return torch.unique(torch.from_numpy(np.ascontiguousarray(keys, np.int64)), return_inverse=True)[1].numpy()
-
-
-def _first_occurrence_labels(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels 0..K-1 in order of their first occurrence (sklearn's DBSCAN order)."""
-    return first_occurrence(labels)[0]
 
 
 def eps_components(xyz: np.ndarray, eps: float) -> np.ndarray:
@@ -88,7 +73,7 @@ def eps_components(xyz: np.ndarray, eps: float) -> np.ndarray:
             if ((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1).min() <= eps * eps:
                 parent[rb] = ra
         comp = np.array([find(c) for c in range(n_comp)], dtype=np.int64)[comp]
-    return _first_occurrence_labels(comp[point_cell])
+    return first_occurrence(comp[point_cell])[0]   # sklearn's DBSCAN order
 
 
 def dbscan(xyz: np.ndarray, eps: float, min_samples: int = 1) -> np.ndarray:
@@ -117,7 +102,7 @@ def dbscan(xyz: np.ndarray, eps: float, min_samples: int = 1) -> np.ndarray:
     lab[border] = labels[core_idx[nn[border]]]
     labels[~core] = lab
     keep = labels >= 0
-    labels[keep] = _first_occurrence_labels(labels[keep])
+    labels[keep] = first_occurrence(labels[keep])[0]
     return labels
 
 
@@ -162,7 +147,7 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     active = np.flatnonzero(positive.any(1))
     pos = positive[active]                                                     # (A, Q)
     side = eps / np.sqrt(3.0) * (1.0 - 1e-9)                                   # cell diagonal < eps
-    point_cell = _inverse_of_unique(cell_keys(np.floor((xyz[active] - xyz[active].min(0)) / side).astype(np.int64)))
+    point_cell = key_ids(cell_keys(np.floor((xyz[active] - xyz[active].min(0)) / side).astype(np.int64)))
     n_cells = int(point_cell.max()) + 1
     by_cell = _sort_order(point_cell)                           # points sorted by cell: a pair i < j has
     cell = point_cell[by_cell]                                  # cell[i] <= cell[j]
@@ -192,7 +177,7 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     _, comp = connected_components(graph, directed=False)
     entry_q, entry_a = np.nonzero(pos.T)                                       # (column, point) order
     cluster = comp[node_of[entry_q, point_cell[entry_a]]]
-    return active[entry_a], entry_q, _first_occurrence_labels(cluster)
+    return active[entry_a], entry_q, first_occurrence(cluster)[0]
 
 
 def dbscan_parts(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int,
