@@ -52,10 +52,15 @@ def setup_distributed(device: str) -> DistInfo:
 
 @contextlib.contextmanager
 def distributed(device: str) -> Iterator[DistInfo]:
-    """:func:`setup_distributed` for the block; the process group (if any) is destroyed when it ends."""
+    """:func:`setup_distributed` for the block; the process group (if any) is destroyed when it ends.
+
+    A block that ends normally first waits at a barrier: no rank tears its connections down while a
+    peer may still be finishing the last collective (a gloo rank was seen to abort at exit without
+    it). A block left by an exception skips the barrier, whose peers may never come."""
     env = setup_distributed(device)
     try:
         yield env
+        env.barrier()
     finally:
         if env.enabled and dist.is_initialized():
             dist.destroy_process_group()
