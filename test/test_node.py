@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from folk_ros.core.segmenter import Instances
+from folk_ros.core.voxel_masks import VoxelMasks
 from folk_ros.ros import parameters as params
 from folk_ros.core.cloud import fit_point_budget
-from folk_ros.ros.cloud_outputs import label_points
+from folk_ros.ros.cloud_outputs import label_points, point_labels
 from folk_ros.ros.node import TOPIC_IN, TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS
 from folk_ros.ros.work import LatestSlot, Throttle, input_problem
 from test.fixtures import box_room_cloud, make_untrained_bundle
@@ -94,7 +96,9 @@ def test_fit_point_budget_and_mapping_back():
 
     rng = np.random.default_rng(0)
     masks = rng.random((3, len(sub))) < 0.3
-    inst = Instances(masks=masks, label_indices=np.array([2, 0, 1]), scores=np.array([0.9, 0.5, 0.2], np.float32),
+    inst = Instances(voxel_masks=VoxelMasks.from_dense(torch.from_numpy(masks)),   # a voxel per point
+                     inverse_map=np.arange(len(sub)), label_indices=np.array([2, 0, 1]),
+                     scores=np.array([0.9, 0.5, 0.2], np.float32),
                      label_probs=np.ones(3, np.float32), proposal_scores=np.ones(3, np.float32),
                      embeddings=np.zeros((3, 4), np.float32), boxes=np.zeros((3, 2, 3), np.float32),
                      centroids=np.zeros((3, 3), np.float32), vocabulary=("a", "b", "c"))
@@ -115,6 +119,24 @@ def test_fit_point_budget_and_mapping_back():
     assert direct.instance_id.shape == (len(sub),)
     np.testing.assert_array_equal(direct.centroids, inst.centroids)   # the Segmenter's own geometry
     np.testing.assert_array_equal(direct.boxes_min, inst.boxes[:, 0])
+
+
+def test_point_labels():
+    # 2 masks over 4 voxels; points 0-5 in voxels 0, 0, 1, 2, 3, 1
+    masks = VoxelMasks.from_dense(torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=torch.bool))
+    inverse = np.array([0, 0, 1, 2, 3, 1])
+    inst, label, score = point_labels(masks, inverse, np.array([4, -1]), np.array([0.5, 0.9]))
+    assert inst.tolist() == [0, 0, 1, 1, -1, 1]  # voxel 1 is in both: the higher score (instance 1) wins
+    assert label.tolist() == [4, 4, -1, -1, -1, -1]
+    np.testing.assert_allclose(score, [0.5, 0.5, 0.9, 0.9, 0.0, 0.9])
+    inst, _, _ = point_labels(masks, inverse, np.array([4, 1]), np.array([0.7, 0.7]))
+    assert inst.tolist() == [0, 0, 1, 1, -1, 1]  # equal scores: the later instance
+    # no instance at all (every proposal under the score threshold): every point unlabeled
+    inst, label, score = point_labels(VoxelMasks.empty(4), inverse, np.zeros(0, int), np.zeros(0, np.float32))
+    assert inst.tolist() == label.tolist() == [-1] * 6 and score.tolist() == [0.0] * 6
+    assert (inst.dtype, label.dtype, score.dtype) == (np.int32, np.int32, np.float32)
+    with pytest.raises(ValueError, match="2 masks"):
+        point_labels(masks, inverse, np.array([4]), np.array([0.5, 0.9]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 from folk_ros.core.pointcloud2 import CloudFormatError  # noqa: E402
 from folk_ros.ros.conversions import (  # noqa: E402
     UNLABELED_COLOR, cloud_from_msg, cloud_to_msg, instances_to_msg,
-    label_colors, markers_from_instances, point_labels)
+    label_colors, markers_from_instances)
 
 _DATATYPE = {np.dtype(code): datatype for datatype, code in
              enumerate(["i1", "u1", "i2", "u2", "i4", "u4", "f4", "f8"], start=1)}
@@ -221,18 +221,6 @@ def test_large_cloud_conversion(n):
     print(f"\ncloud_from_msg: {n} points in {time.perf_counter() - start:.3f} s")
     assert len(out.cloud) == n - len(range(0, n, 1000))
     np.testing.assert_array_equal(out.cloud.xyz[:5], xyz[1:6])
-
-
-def test_point_labels():
-    masks = np.array([[1, 1, 1, 0, 0], [0, 0, 1, 1, 0]], bool)
-    inst, label, score = point_labels(masks, np.array([4, -1]), np.array([0.5, 0.9]))
-    assert inst.tolist() == [0, 0, 1, 1, -1]  # point 2 is in both: the higher score (instance 1) wins
-    assert label.tolist() == [4, 4, -1, -1, -1]
-    np.testing.assert_allclose(score, [0.5, 0.5, 0.9, 0.9, 0.0])
-    # no instance at all (every proposal under the score threshold): every point unlabeled
-    inst, label, score = point_labels(np.zeros((0, 5), bool), np.zeros(0, int), np.zeros(0, np.float32))
-    assert inst.tolist() == label.tolist() == [-1] * 5 and score.tolist() == [0.0] * 5
-    assert (inst.dtype, label.dtype, score.dtype) == (np.int32, np.int32, np.float32)
 
 
 def test_label_colors_fixed_palette():

@@ -39,3 +39,26 @@ def test_point_counts_and_points():
     assert torch.equal(masks.to_points(inverse), points)
     assert torch.equal(masks.point_counts(torch.bincount(inverse, minlength=40)), points.sum(1))
     np.testing.assert_array_equal(masks.to("cpu").dense().numpy(), dense.numpy())
+
+
+def test_point_ids_are_each_masks_points_in_order():
+    dense = _dense(seed=3, m=6, v=40)
+    dense[4] = False                                       # a mask with no voxel: no points
+    inverse = torch.randint(0, 40, (300,), generator=torch.Generator().manual_seed(4))
+    ids = VoxelMasks.from_dense(dense).point_ids(inverse)
+    assert len(ids) == 6 and ids[4].size == 0
+    for mask, got in zip(dense[:, inverse].numpy(), ids):
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, np.flatnonzero(mask))
+    assert VoxelMasks.empty(40).point_ids(inverse) == []
+
+
+def test_winners_take_each_voxel_by_priority():
+    dense = _dense(seed=5, m=5, v=40)
+    priority = torch.tensor([2, 4, 0, 3, 1])
+    top = VoxelMasks.from_dense(dense).winners(priority)
+    for v in range(40):
+        inside = np.flatnonzero(dense[:, v].numpy())
+        expected = inside[np.argmax(priority.numpy()[inside])] if inside.size else -1
+        assert top[v].item() == expected
+    assert (VoxelMasks.empty(7).winners(torch.zeros(0, dtype=torch.int64)) == -1).all()

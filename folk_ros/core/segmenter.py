@@ -34,12 +34,26 @@ from folk_ros.core.vocabulary import validate_vocabulary
 from folk_ros.core.voxel_masks import VoxelMasks
 
 
+class PointMasks:
+    """Masks kept sparse (``voxel_masks`` over the voxels, ``inverse_map`` (N,) each point's voxel), with
+    the dense (M, N) bool array made only when asked for (:attr:`masks`)."""
+
+    voxel_masks: VoxelMasks
+    inverse_map: np.ndarray
+
+    @cached_property
+    def masks(self) -> np.ndarray:
+        """(M, N) bool over the cloud's points (computed once)."""
+        return self.voxel_masks.to_points(torch.from_numpy(self.inverse_map)).numpy()
+
+
 @dataclass
-class Instances:
+class Instances(PointMasks):
     """Labeled instances of one cloud, best first.
 
     Attributes:
-        masks: (M, N) bool over the input cloud's points.
+        voxel_masks: the M masks over Mask3D's voxels of the cloud (:class:`VoxelMasks`, on the CPU).
+        inverse_map: (N,) int64 voxel of each point of the cloud (:attr:`masks`: (M, N) bool, made on demand).
         label_indices: (M,) int64 index into ``vocabulary``.
         scores: (M,) float32 confidence = proposal_scores x label_probs.
         label_probs: (M,) float32 softmax probability of the chosen label.
@@ -51,7 +65,8 @@ class Instances:
         timings: milliseconds per stage (proposals, student, text, classify, total).
     """
 
-    masks: np.ndarray
+    voxel_masks: VoxelMasks
+    inverse_map: np.ndarray
     label_indices: np.ndarray
     scores: np.ndarray
     label_probs: np.ndarray
@@ -63,7 +78,7 @@ class Instances:
     timings: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return int(self.masks.shape[0])
+        return int(self.label_indices.shape[0])
 
     @property
     def labels(self) -> list[str]:
@@ -71,7 +86,7 @@ class Instances:
 
 
 @dataclass
-class EmbeddedProposals:
+class EmbeddedProposals(PointMasks):
     """Class-agnostic proposals of one cloud with their student embeddings (no vocabulary yet).
 
     Attributes:
@@ -90,11 +105,6 @@ class EmbeddedProposals:
 
     def __len__(self) -> int:
         return len(self.voxel_masks)
-
-    @cached_property
-    def masks(self) -> np.ndarray:
-        """(M, N) bool over the cloud's points (computed once)."""
-        return self.voxel_masks.to_points(torch.from_numpy(self.inverse_map)).numpy()
 
 
 def mask_geometry(xyz: torch.Tensor, masks: VoxelMasks | torch.Tensor,
@@ -210,8 +220,7 @@ class Segmenter:
         """
         t0 = time.perf_counter()
         if len(cloud) == 0:
-            none = torch.zeros(0, dtype=torch.int64)
-            return EmbeddedProposals(VoxelMasks(none, none, (0, 0)), np.zeros(0, np.int64), np.zeros(0, np.float32),
+            return EmbeddedProposals(VoxelMasks.empty(), np.zeros(0, np.int64), np.zeros(0, np.float32),
                                      np.zeros((0, self.clip.embed_dim), np.float32), {})
         proposals = self.mask3d.predict(cloud.xyz, cloud.rgb, point_features=self.cfg.point_features,
                                         post=self.cfg.proposal_postprocess())   # drops those under min_points
@@ -246,11 +255,11 @@ class Segmenter:
             voxel_masks = embedded.voxel_masks.select(order.cpu())             # geometry on the host
             inverse = torch.from_numpy(embedded.inverse_map)
             boxes, centroids = mask_geometry(torch.from_numpy(cloud.xyz), voxel_masks, inverse)
-            masks = voxel_masks.to_points(inverse)
         timings["classify"] = (time.perf_counter() - t0) * 1e3
         timings["total"] = (time.perf_counter() - t_start) * 1e3
         return Instances(
-            masks=masks.cpu().numpy(), label_indices=labels[order].cpu().numpy().astype(np.int64),
+            voxel_masks=voxel_masks, inverse_map=embedded.inverse_map,
+            label_indices=labels[order].cpu().numpy().astype(np.int64),
             scores=scores[order].float().cpu().numpy(), label_probs=label_probs[order].float().cpu().numpy(),
             proposal_scores=prop_scores[order].float().cpu().numpy(),
             embeddings=embeddings[order].float().cpu().numpy(), boxes=boxes.float().cpu().numpy(),
@@ -260,7 +269,8 @@ class Segmenter:
     def _empty(names: tuple[str, ...], n: int, dim: int, timings: dict[str, float]) -> Instances:
         timings["total"] = sum(timings.values())
         f32 = np.zeros(0, np.float32)
-        return Instances(masks=np.zeros((0, n), bool), label_indices=np.zeros(0, np.int64), scores=f32,
+        return Instances(voxel_masks=VoxelMasks.empty(), inverse_map=np.zeros(n, np.int64),
+                         label_indices=np.zeros(0, np.int64), scores=f32,
                          label_probs=f32, proposal_scores=f32, embeddings=np.zeros((0, dim), np.float32),
                          boxes=np.zeros((0, 2, 3), np.float32), centroids=np.zeros((0, 3), np.float32),
                          vocabulary=names, timings=timings)

@@ -33,6 +33,12 @@ class VoxelMasks:
         return cls(rows[order], cols[order], (int(shape[0]), int(shape[1])))
 
     @classmethod
+    def empty(cls, voxels: int = 0) -> "VoxelMasks":
+        """No masks over ``voxels`` voxels."""
+        none = torch.zeros(0, dtype=torch.int64)
+        return cls(none, none, (0, int(voxels)))
+
+    @classmethod
     def from_dense(cls, masks: torch.Tensor) -> "VoxelMasks":
         """From an (M, V) bool array."""
         rows, cols = masks.nonzero(as_tuple=True)
@@ -51,6 +57,37 @@ class VoxelMasks:
         if voxel_masks.device.type != "cpu":
             return voxel_masks[:, inverse_map]
         return torch.from_numpy(np.take(voxel_masks.numpy(), inverse_map.cpu().numpy(), axis=1))
+
+    def point_ids(self, inverse_map: torch.Tensor) -> list[np.ndarray]:
+        """Each mask's points: M ascending int64 arrays of indices into the N points, ``inverse_map`` (N,)
+        being each point's voxel. Every entry expands to its voxel's points (points grouped by voxel
+        with one sort), so the cost follows the masks' points, not M x N."""
+        m, v = self.shape
+        if m == 0:
+            return []
+        inverse_map = inverse_map.to(self.rows.device)
+        counts = torch.bincount(inverse_map, minlength=v)
+        by_voxel = torch.sort(inverse_map, stable=True).indices             # the points of voxel j, in order,
+        voxel_start = counts.cumsum(0) - counts                              # at by_voxel[start[j]:][:counts[j]]
+        per_entry = counts[self.cols]
+        entry = torch.repeat_interleave(torch.arange(self.cols.numel(), device=self.rows.device), per_entry)
+        entry_start = per_entry.cumsum(0) - per_entry
+        points = by_voxel[(voxel_start[self.cols] - entry_start)[entry]
+                          + torch.arange(entry.numel(), device=self.rows.device)]
+        row = self.rows[entry] * inverse_map.numel()                         # rows ascending: one sort of
+        points = torch.sort(row + points).values - row                       # (row, point) orders each row
+        sizes = torch.zeros(m, dtype=torch.int64, device=self.rows.device).index_add_(0, self.rows, per_entry)
+        return np.split(points.cpu().numpy(), sizes.cumsum(0)[:-1].cpu().numpy())
+
+    def winners(self, priority: torch.Tensor) -> torch.Tensor:
+        """(V,) int64: in each voxel the mask of highest ``priority`` (M,) (a permutation of 0..M-1), -1 in
+        voxels of no mask."""
+        top = torch.full((self.shape[1],), -1, dtype=torch.int64, device=self.rows.device)
+        top = top.scatter_reduce(0, self.cols, priority.to(self.rows.device, torch.int64)[self.rows], "amax")
+        order = torch.empty(self.shape[0] + 1, dtype=torch.int64, device=self.rows.device)
+        order[-1] = -1                                                       # priority -1 -> mask -1
+        order[priority.to(self.rows.device, torch.int64)] = torch.arange(self.shape[0], device=self.rows.device)
+        return order[top]
 
     def select(self, index: torch.Tensor) -> "VoxelMasks":
         """The masks ``index`` (int64 positions, in that order; or an (M,) bool keep-mask), renumbered 0..K-1."""

@@ -17,10 +17,9 @@ from visualization_msgs.msg import MarkerArray
 from folk_ros.core.geometry import oriented_boxes
 from folk_ros.core.pointcloud2 import CloudConversion
 from folk_ros.core.segmenter import Instances, mask_geometry
-from folk_ros.core.voxel_masks import VoxelMasks
 from folk_ros.ros import parameters as params
-from folk_ros.ros.conversions import (cloud_to_msg, instances_to_msg, label_colors, markers_from_instances,
-                                      point_labels)
+from folk_ros.core.voxel_masks import VoxelMasks
+from folk_ros.ros.conversions import cloud_to_msg, instances_to_msg, label_colors, markers_from_instances
 
 
 @dataclass(frozen=True)
@@ -45,24 +44,49 @@ class PointLabels:
 
 
 def label_points(instances: Instances, inverse: np.ndarray | None, xyz: np.ndarray) -> PointLabels:
-    """Map masks over V segmented points back to the K kept input points ``xyz`` (K, 3) through
-    ``inverse`` (K,) (None: V = K, the cloud was not downsampled)."""
-    masks = instances.masks
+    """Map the instances of the N segmented points back to the K kept input points ``xyz`` (K, 3) through
+    ``inverse`` (K,) (None: K = N, the cloud was not downsampled). The masks stay sparse: each kept point
+    reads its voxel's mask bits (no (M, K) array)."""
+    to_voxel = instances.inverse_map if inverse is None else instances.inverse_map[inverse]
+    to_voxel_t = torch.from_numpy(to_voxel)
+    ids = instances.voxel_masks.point_ids(to_voxel_t)
     if inverse is None:   # the same points: the Segmenter's geometry
-        ids = [np.flatnonzero(m) for m in masks]
         centroids, boxes = instances.centroids, instances.boxes
     else:                 # every kept point of an instance, also those its voxel's point stands for
-        ids = [np.flatnonzero(m[inverse]) for m in masks]  # one (K,) gather per instance, no (M, K) copy
-        boxes, centroids = (t.numpy() for t in mask_geometry(
-            torch.from_numpy(np.asarray(xyz)), VoxelMasks.from_dense(torch.from_numpy(masks)),
-            torch.from_numpy(inverse)))
-    iid, lab, score = point_labels(masks, instances.label_indices, instances.scores)
-    if inverse is not None:
-        iid, lab, score = iid[inverse], lab[inverse], score[inverse]
+        boxes, centroids = (t.numpy() for t in mask_geometry(torch.from_numpy(np.asarray(xyz)),
+                                                             instances.voxel_masks, to_voxel_t))
+    iid, lab, score = point_labels(instances.voxel_masks, to_voxel, instances.label_indices, instances.scores)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 2, 3)
     return PointLabels(point_ids=ids, instance_id=iid, label_index=lab, score=score,
                        centroids=np.asarray(centroids, np.float64).reshape(-1, 3), boxes_min=boxes[:, 0],
                        boxes_max=boxes[:, 1])
+
+
+def point_labels(masks: VoxelMasks, inverse_map: np.ndarray, label_indices: np.ndarray, scores: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-point instance id, label index and score for the ``labeled_cloud`` extra fields.
+
+    Where masks overlap, the higher-scoring instance wins (of equal scores the later); points in no mask
+    get -1, -1, 0.
+
+    Args:
+        masks: M masks over V voxels; inverse_map: (N,) int the voxel of each point; label_indices: (M,) int
+            (-1: no label); scores: (M,) float.
+
+    Returns:
+        instance_id (N,) int32, label_index (N,) int32, score (N,) float32.
+    """
+    label_indices, scores = np.asarray(label_indices), np.asarray(scores, np.float32)
+    m = len(masks)
+    if label_indices.shape != (m,) or scores.shape != (m,):
+        raise ValueError(f"{m} masks need (M,) label_indices and scores, got {label_indices.shape}, {scores.shape}")
+    priority = np.empty(m, np.int64)
+    priority[np.argsort(scores, kind="stable")] = np.arange(m)
+    instance_id = masks.winners(torch.from_numpy(priority)).numpy().astype(np.int32)[np.asarray(inverse_map)]
+    # a sentinel row at the end: instance_id -1 picks it (also when there are no instances at all)
+    label = np.append(label_indices.astype(np.int32), np.int32(-1))[instance_id]
+    score = np.append(scores, np.float32(0))[instance_id]
+    return instance_id, label, score
 
 
 @dataclass

@@ -9,8 +9,7 @@ spinning anything (DESIGN.md, "Callbacks convert and enqueue").
 - ``cloud_to_msg``: x, y, z, packed rgb and extra scalar fields -> PointCloud2 (``labeled_cloud``).
 - ``instances_to_msg``: instance arrays -> folk_ros_interfaces/InstanceArray.
 - ``markers_from_instances``: boxes, text labels and optional points -> visualization_msgs/MarkerArray.
-- Helpers between the Segmenter's masks and those messages:
-  ``point_labels``, ``label_colors``.
+- ``label_colors``: the colour of each label (markers, ``labeled_cloud``).
 """
 
 from __future__ import annotations
@@ -45,6 +44,7 @@ _TAB20 = np.array([
     (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
 ], np.uint8)
 UNLABELED_COLOR = (90, 90, 90)  # colour of label index -1 (no label / no instance)
+_PALETTE = np.vstack([_TAB20, np.array(UNLABELED_COLOR, np.uint8)])     # row 20: unlabeled
 
 
 def cloud_from_msg(msg: PointCloud2, default_rgb=DEFAULT_RGB, origin=None,
@@ -127,33 +127,6 @@ def _pack_rgb(rgb: np.ndarray, n: int) -> np.ndarray:
 # Segmenter output -> per-point and per-instance arrays
 
 
-def point_labels(masks: np.ndarray, label_indices: np.ndarray, scores: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-point instance id, label index and score for the ``labeled_cloud`` extra fields.
-
-    Where masks overlap, the higher-scoring instance wins; points in no mask get -1, -1, 0.
-
-    Args:
-        masks: (M, N) bool; label_indices: (M,) int (-1: no label); scores: (M,) float.
-
-    Returns:
-        instance_id (N,) int32, label_index (N,) int32, score (N,) float32.
-    """
-    masks = np.asarray(masks, bool)
-    label_indices, scores = np.asarray(label_indices), np.asarray(scores, np.float32)
-    if masks.ndim != 2 or label_indices.shape != (len(masks),) or scores.shape != (len(masks),):
-        raise ValueError(f"masks must be (M, N) with (M,) label_indices and scores, got {masks.shape}, "
-                         f"{label_indices.shape}, {scores.shape}")
-    n = masks.shape[1]
-    instance_id = np.full(n, -1, np.int32)
-    for i in np.argsort(scores, kind="stable"):  # M vectorised writes; the best score is written last
-        instance_id[masks[i]] = i
-    # a sentinel row at the end: instance_id -1 picks it (also when there are no instances at all)
-    label = np.append(label_indices.astype(np.int32), np.int32(-1))[instance_id]
-    score = np.append(scores, np.float32(0))[instance_id]
-    return instance_id, label, score
-
-
 def label_colors(label_indices: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 colour of each label index from a fixed 20-colour palette (tab20).
 
@@ -163,9 +136,7 @@ def label_colors(label_indices: np.ndarray) -> np.ndarray:
     idx = np.asarray(label_indices)
     if not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"label_indices must be integers, got dtype {idx.dtype}")
-    out = _TAB20[np.mod(idx, len(_TAB20))]
-    out[idx < 0] = UNLABELED_COLOR
-    return out
+    return np.take(_PALETTE, np.where(idx < 0, len(_TAB20), np.mod(idx, len(_TAB20))), axis=0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,17 +201,24 @@ def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_pe
         obb = OrientedBoxes((bmin + bmax) / 2.0, bmax - bmin, np.zeros(m))
     if len(obb) != m:
         raise ValueError(f"obb must hold {m} boxes, got {len(obb)}")
+    point_indices = _uint32_arrays(point_indices_per_instance, "point indices of instance")
+    rows = zip(ids.tolist(), label_indices.tolist(), scores.tolist(), observations.tolist(),
+               geometry["centroids"].tolist(), geometry["boxes_min"].tolist(), geometry["boxes_max"].tolist(),
+               obb.center.tolist(), obb.size.tolist(), obb.yaw.tolist(), stamps["first_seen"], stamps["last_seen"],
+               point_indices)
+    # Instance() builds its default sub-messages (~13 us); a shallow copy of an empty one (~4 us) gets every
+    # field set below, sub-messages new, so no two instances share a mutable part
+    template = Instance()
     instances = []
-    for i in range(m):
-        li = int(label_indices[i])
-        instances.append(Instance(
-            id=int(ids[i]), label=vocabulary[li] if li >= 0 else "", label_index=li, score=float(scores[i]),
-            point_indices=_uint32_array(point_indices_per_instance[i], f"point indices of instance {i}"),
-            centroid=_point(geometry["centroids"][i]), bbox_min=_point(geometry["boxes_min"][i]),
-            bbox_max=_point(geometry["boxes_max"][i]), observations=int(observations[i]),
-            first_seen=_copy_time(stamps["first_seen"][i]), last_seen=_copy_time(stamps["last_seen"][i]),
-            obb_pose=Pose(position=_point(obb.center[i]), orientation=yaw_quaternion(obb.yaw[i])),
-            obb_size=Vector3(x=float(obb.size[i, 0]), y=float(obb.size[i, 1]), z=float(obb.size[i, 2]))))
+    for iid, li, score, seen, c, lo, hi, obb_c, obb_s, yaw, first, last, indices in rows:
+        inst = copy.copy(template)
+        inst.id, inst.label, inst.label_index, inst.score = iid, vocabulary[li] if li >= 0 else "", li, score
+        inst.point_indices, inst.observations = indices, seen
+        inst.centroid, inst.bbox_min, inst.bbox_max = _point(c), _point(lo), _point(hi)
+        inst.first_seen, inst.last_seen = _copy_time(first), _copy_time(last)
+        inst.obb_pose = Pose(position=_point(obb_c), orientation=yaw_quaternion(yaw))
+        inst.obb_size = Vector3(x=obb_s[0], y=obb_s[1], z=obb_s[2])
+        instances.append(inst)
     return InstanceArray(header=_copy_header(header), vocabulary=vocabulary, instances=instances)
 
 
@@ -264,13 +242,25 @@ def stamp_msg(seconds: float) -> Time:
     return Time(sec=sec, nanosec=nanosec)
 
 
-def _uint32_array(values: np.ndarray, what: str) -> array.array:
-    values = np.asarray(values).reshape(-1)
-    if values.size and (not np.issubdtype(values.dtype, np.integer) or values.min() < 0
-                        or values.max() >= 2 ** 32):
-        raise ValueError(f"{what} must be integers in [0, 2**32), got dtype {values.dtype}")
-    out = array.array("I")
-    out.frombytes(np.ascontiguousarray(values, np.uint32).view(np.uint8))
+def _uint32_arrays(index_sets: Sequence[np.ndarray], what: str) -> list[array.array]:
+    """uint32[] message fields of M integer arrays, checked and converted in one pass over all of them."""
+    sets = [np.asarray(values).reshape(-1) for values in index_sets]
+    for i, values in enumerate(sets):
+        if values.size and not np.issubdtype(values.dtype, np.integer):
+            raise ValueError(f"{what} {i} must be integers in [0, 2**32), got dtype {values.dtype}")
+    flat = np.concatenate([v.astype(np.int64, copy=False) for v in sets]) if sets else np.zeros(0, np.int64)
+    ends = np.cumsum([v.size for v in sets], dtype=np.int64)
+    wrong = (flat < 0) | (flat >= 2 ** 32) if flat.size else flat.astype(bool)
+    if wrong.any():
+        bad = int(np.searchsorted(ends, np.argmax(wrong), side="right"))
+        raise ValueError(f"{what} {bad} must be integers in [0, 2**32), got values in "
+                         f"[{sets[bad].min()}, {sets[bad].max()}]")
+    raw = memoryview(flat.astype(np.uint32).view(np.uint8))
+    out = []
+    for start, end in zip([0, *(ends[:-1] * 4).tolist()], (ends * 4).tolist()):
+        values = array.array("I")
+        values.frombytes(raw[start:end])
+        out.append(values)
     return out
 
 
@@ -278,8 +268,7 @@ def _uint32_array(values: np.ndarray, what: str) -> array.array:
 # visualization_msgs/MarkerArray
 
 # The 12 edges of a box as pairs of corner numbers; corner c has bit 0/1/2 = max in x/y/z.
-_BOX_EDGES = np.array([(0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7),
-                       (0, 4), (1, 5), (2, 6), (3, 7)])
+_BOX_EDGE_ENDS = [0, 1, 2, 3, 4, 5, 6, 7, 0, 2, 1, 3, 4, 6, 5, 7, 0, 4, 1, 5, 2, 6, 3, 7]   # 12 (start, end) pairs
 
 
 def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndarray, boxes_min: np.ndarray,
@@ -353,7 +342,7 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
     if len(obb) != m:
         raise ValueError(f"obb must hold {m} boxes, got {len(obb)}")
     center, size = obb.center, obb.size                                         # (M, 3), (M, 3)
-    edges = obb.corners()[:, _BOX_EDGES.reshape(-1)].tolist() if box_style == "wire" else None  # (M, 24, 3)
+    corners = obb.corners().tolist() if box_style == "wire" else None          # (M, 8, 3)
     label_at = np.c_[center[:, :2], center[:, 2] + size[:, 2] / 2 + text_height].tolist()
     for i, mid in enumerate(ids):
         r, g, b = rgba[i].tolist()
@@ -363,7 +352,9 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
             box.scale.x, box.scale.y, box.scale.z = (float(s) for s in np.maximum(size[i], 1e-3))
         else:
             box = marker(f"{namespace}/boxes", mid, Marker.LINE_LIST, ColorRGBA(r=r, g=g, b=b, a=1.0))
-            box.points = [Point(x=x, y=y, z=z) for x, y, z in edges[i]]
+            # 24 line ends over 8 corner Points: an end appears three times, a Point is made once
+            ends = [Point(x=x, y=y, z=z) for x, y, z in corners[i]]
+            box.points = [ends[k] for k in _BOX_EDGE_ENDS]
             box.scale.x = float(line_width)
         markers.append(box)
 
