@@ -428,6 +428,24 @@ def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
 
 
 @pytest.mark.ros
+def test_a_restart_reads_the_text_store_and_loads_clip_for_new_names(tmp_path):
+    from rclpy.parameter import Parameter
+    store = ["-p", f"text_cache_dir:={tmp_path / 'text'}"]
+    with running_node(tmp_path, store) as first, ready_probe(first) as probe:
+        probe.wait_until(lambda: "ready:" in first.log(), what="the ready line")
+        assert "read from the text store" not in first.log()  # a new store: CLIP encoded the vocabulary
+    assert list((tmp_path / "text").glob("*.safetensors"))
+    with running_node(tmp_path, store) as again, ready_probe(again) as probe:
+        probe.wait_until(lambda: "vocabulary text read from the text store; CLIP loads in the background"
+                         in again.log(), what="the text store's log line")
+        change = [Parameter("vocabulary", value=["mug", "fire extinguisher"])]     # new names: CLIP's work
+        assert all(r.successful for r in probe.call(lambda: probe.params.set_parameters(change)).results)
+        inst = probe.result(probe.publish(room_msg(seed=3)[0]), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
+    assert list(inst.vocabulary) == ["mug", "fire extinguisher"] and inst.instances
+    assert "CLIP failed" not in again.log()
+
+
+@pytest.mark.ros
 def test_a_cloud_with_no_instance_above_the_threshold_gives_empty_outputs(probe):
     from rclpy.parameter import Parameter
     answer = probe.call(lambda: probe.params.set_parameters([Parameter("score_threshold", value=1.0)]))

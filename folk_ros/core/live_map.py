@@ -102,7 +102,7 @@ class LiveMap:
         self.cfg = cfg
         self.max_points = int(max_points)
         self.voxel_size = float(voxel_size)
-        self.map = InstanceMap(segmenter.clip.embed_dim, cfg, segmenter.embedding_space)
+        self.map = InstanceMap(segmenter.text.embed_dim, cfg, segmenter.embedding_space)
         self._detector: ChangeDetector | None = None
         self._last_keys: tuple | None = None   # (xyz, keys, inside) of the last cloud
         self._generation = 0                   # counts resets: a prepared update from before one is dropped
@@ -188,17 +188,15 @@ class LiveMap:
 
     def vocabulary_text(self, vocabulary: Sequence[str], template: str | None = None) -> np.ndarray:
         """(K, C) unit CLIP text embeddings of ``vocabulary`` in ``template`` (default the Segmenter's);
-        the CLIP wrapper caches them per vocabulary."""
-        names = list(validate_vocabulary(vocabulary))
-        text = self.segmenter.clip.encode_text(names, template or self.segmenter.cfg.prompt_template)
-        return text.cpu().numpy()
+        read from the text store or encoded once (:class:`~folk_ros.core.text_encoder.TextEncoder`)."""
+        names = validate_vocabulary(vocabulary)
+        return self.segmenter.text.encode(names, template or self.segmenter.cfg.prompt_template).numpy()
 
     def encode_phrases(self, phrases: Sequence[str]) -> np.ndarray:
         """(P, C) unit CLIP text embeddings of free-text phrases, encoded as written."""
         if isinstance(phrases, str) or not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
             raise ValueError(f"phrases must be a non-empty list of non-empty strings, got {phrases!r}")
-        phrases = list(phrases)
-        return self.segmenter.clip.encode_text(phrases, QUERY_TEMPLATE).cpu().numpy()
+        return self.segmenter.text.encode(list(phrases), QUERY_TEMPLATE).numpy()
 
     def query(self, phrases: Sequence[str], k: int, min_score: float = 0.0,
               vocabulary: Sequence[str] | None = None, template: str | None = None) -> list[QueryHit]:

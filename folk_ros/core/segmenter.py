@@ -24,12 +24,14 @@ import torch
 from folk_ros.core.bundle import read_manifest
 from folk_ros.core.checkpoint_io import load_weights
 from folk_ros.core.clip import ClipModel, resolve_device
+from folk_ros.core.clip_weights import OPEN_CLIP_CONFIG_NAME, read_model_cfg
 from folk_ros.core.cloud import PointCloud
 from folk_ros.core.mask3d.checkpoint import load_checkpoint
 from folk_ros.core.mask3d.model import Mask3D
 from folk_ros.core.segmenter_config import SegmenterConfig
 from folk_ros.core.sparse.minkowski import set_sparse_backend
 from folk_ros.core.student import Student, classify  # noqa: F401  (classify: re-exported)
+from folk_ros.core.text_encoder import TextEmbeddingStore, TextEncoder, source_key
 from folk_ros.core.vocabulary import validate_vocabulary
 from folk_ros.core.voxel_masks import VoxelMasks
 
@@ -107,6 +109,21 @@ class EmbeddedProposals(PointMasks):
         return len(self.voxel_masks)
 
 
+def _text_encoder(manifest, clip_file: str | Path | None, device: torch.device,
+                  store_folder: str | Path | None) -> TextEncoder:
+    """The bundle's CLIP (or ``clip_file``) behind a :class:`TextEncoder`: loaded later when a store is
+    given and the CLIP is an open_clip folder (its config names the embedding size), now otherwise."""
+    spec = Path(clip_file or manifest.path("clip"))
+    name = f"local-dir:{spec}" if spec.is_dir() else str(spec)
+    if store_folder is None or not spec.is_dir():
+        clip = ClipModel(name, device=device)
+        return TextEncoder(clip, clip.embed_dim)
+    key = manifest.sha256.get(manifest.clip) if clip_file is None else None
+    store = TextEmbeddingStore(store_folder, key or source_key(spec))
+    embed_dim = read_model_cfg(spec / OPEN_CLIP_CONFIG_NAME)["embed_dim"]
+    return TextEncoder(lambda: ClipModel(name, device=device), embed_dim, store)
+
+
 def mask_geometry(xyz: torch.Tensor, masks: VoxelMasks | torch.Tensor,
                   inverse_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-mask boxes and centroids of the points inside each mask -> ((M, 2, 3), (M, 3)).
@@ -140,11 +157,12 @@ def mask_geometry(xyz: torch.Tensor, masks: VoxelMasks | torch.Tensor,
 class Segmenter:
     """Mask3D + student + CLIP text encoder; ``segment(cloud, vocabulary) -> Instances``."""
 
-    def __init__(self, mask3d: Mask3D, student: Student, clip: ClipModel,
+    def __init__(self, mask3d: Mask3D, student: Student, clip: ClipModel | TextEncoder,
                  cfg: SegmenterConfig = SegmenterConfig(), device: str | torch.device = "auto"):
-        if student.cfg.out_dim != clip.embed_dim:
+        text = clip if isinstance(clip, TextEncoder) else TextEncoder(clip, clip.embed_dim)
+        if student.cfg.out_dim != text.embed_dim:
             raise ValueError(f"student embeds into {student.cfg.out_dim}-d but the CLIP model's "
-                             f"embedding size is {clip.embed_dim}: they were not trained together")
+                             f"embedding size is {text.embed_dim}: they were not trained together")
         feat_dim = mask3d.cfg.hidden_dim if cfg.point_features == "mask" else mask3d.cfg.backbone.planes[-1]
         if student.cfg.in_dim != feat_dim:
             raise ValueError(f"student pools {student.cfg.in_dim}-d features but Mask3D's "
@@ -152,13 +170,18 @@ class Segmenter:
         self.device = resolve_device(device)
         self.mask3d = mask3d.to(self.device).eval()
         self.student = student.to(self.device).eval()
-        self.clip = clip
+        self.text = text
         self.cfg = cfg
+
+    @property
+    def clip(self) -> ClipModel:
+        """The CLIP model (loaded now when the text so far came from the store: :class:`TextEncoder`)."""
+        return self.text.clip
 
     @classmethod
     def from_bundle(cls, path: str | Path, device: str | torch.device = "auto", sparse_backend: str = "torch",
                     files: Mapping[str, str | Path] | None = None, allow_unsafe: bool = False,
-                    **overrides) -> "Segmenter":
+                    text_store: str | Path | None = None, **overrides) -> "Segmenter":
         """Load a model bundle (see :mod:`folk_ros.core.bundle`); ``overrides`` replace config fields.
 
         ``sparse_backend``: ``"torch" | "minkowski" | "auto"`` for the Mask3D backbone
@@ -173,6 +196,10 @@ class Segmenter:
 
         ``allow_unsafe``: load checkpoints that need full unpickling (can run code from the file; only for
         files you trust). By default only weights are loaded (:mod:`folk_ros.core.checkpoint_io`).
+
+        ``text_store``: a folder of text embeddings kept between runs (:class:`TextEmbeddingStore`, keyed by
+        the CLIP's sha256 in the manifest). With one, an open_clip folder is loaded only when a vocabulary
+        needs it (:attr:`text`); None: CLIP is loaded here.
         """
         files = dict(files or {})
         unknown = sorted(set(files) - {"mask3d", "clip", "student"})
@@ -186,16 +213,15 @@ class Segmenter:
         student_obj = load_weights(files.get("student") or manifest.path("student"), "cpu", allow_unsafe,
                                    what="student checkpoint")
         student = Student.from_checkpoint(student_obj)
-        clip_spec = str(files.get("clip") or manifest.path("clip"))
-        clip = ClipModel(f"local-dir:{clip_spec}" if Path(clip_spec).is_dir() else clip_spec, device=dev)
+        text = _text_encoder(manifest, files.get("clip"), dev, text_store)
         cfg = manifest.segmenter                           # stored whole by training.make_bundle
         if "student" in files:                             # another student brings its own temperature
             cfg = replace(cfg, temperature=float(student_obj.get("tau", cfg.temperature)))
-        return cls(mask3d, student, clip, replace(cfg, **overrides), device=dev)
+        return cls(mask3d, student, text, replace(cfg, **overrides), device=dev)
 
     def text_embeddings(self, vocabulary: Sequence[str]) -> torch.Tensor:
-        """(K, C) unit-norm text embeddings, cached by the CLIP wrapper per vocabulary."""
-        return self.clip.encode_text(list(validate_vocabulary(vocabulary)), self.cfg.prompt_template).to(self.device)
+        """(K, C) unit-norm text embeddings (:class:`TextEncoder`: the store, else CLIP)."""
+        return self.text.encode(validate_vocabulary(vocabulary), self.cfg.prompt_template).to(self.device)
 
     @property
     def input_features(self) -> str:
@@ -221,7 +247,7 @@ class Segmenter:
         t0 = time.perf_counter()
         if len(cloud) == 0:
             return EmbeddedProposals(VoxelMasks.empty(), np.zeros(0, np.int64), np.zeros(0, np.float32),
-                                     np.zeros((0, self.clip.embed_dim), np.float32), {})
+                                     np.zeros((0, self.text.embed_dim), np.float32), {})
         proposals = self.mask3d.predict(cloud.xyz, cloud.rgb, point_features=self.cfg.point_features,
                                         post=self.cfg.proposal_postprocess())   # drops those under min_points
         voxel_masks, scores = proposals.voxel_masks, proposals.scores

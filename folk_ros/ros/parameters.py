@@ -110,6 +110,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "Sparse convolution backend of the Mask3D backbone: torch (pure PyTorch, always there), "
               "minkowski (MinkowskiEngine 0.5.4, when installed: scripts/build_minkowski.sh) or auto "
               "(minkowski when it imports).", limits=SPARSE_BACKENDS),
+    ParamSpec("text_cache_dir", "", T.STRING,
+              "Folder of CLIP text embeddings kept between runs: a vocabulary encoded before is read back, so "
+              "the node is ready without loading CLIP (it loads on a thread of its own afterwards, for new names); "
+              "'' = $ROS_HOME/folk_ros/text_embeddings, 'none' = keep nothing (CLIP loads at start-up)."),
     ParamSpec("num_threads", 0, T.INTEGER, "CPU threads of the worker's torch work (Mask3D, the student, text "
               "encoding; the model loads with as many); 0 = torch's default.", limits=(0, 256)),
     ParamSpec("max_instances", SegmenterConfig.max_instances, T.INTEGER,
@@ -212,6 +216,7 @@ class NodeSettings:
     allow_unsafe_checkpoints: bool
     device: str
     sparse_backend: str
+    text_cache_dir: str
     num_threads: int
     max_instances: int
     min_points: int
@@ -287,10 +292,22 @@ def is_plain_file_name(name: str) -> bool:
 
 def map_directory(settings: NodeSettings, environ: Mapping[str, str] = os.environ) -> Path:
     """The folder of map files: ``map_dir``, or $ROS_HOME/folk_ros/maps ($ROS_HOME defaults to ~/.ros)."""
-    if settings.map_dir:
-        return Path(os.path.expanduser(settings.map_dir)).resolve()
+    return _folder_or_ros_home(settings.map_dir, "maps", environ)
+
+
+def text_store_directory(settings: NodeSettings, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The folder of the text embedding store: ``text_cache_dir``, or $ROS_HOME/folk_ros/text_embeddings;
+    None for 'none'."""
+    if settings.text_cache_dir == "none":
+        return None
+    return _folder_or_ros_home(settings.text_cache_dir, "text_embeddings", environ)
+
+
+def _folder_or_ros_home(folder: str, name: str, environ: Mapping[str, str]) -> Path:
+    if folder:
+        return Path(os.path.expanduser(folder)).resolve()
     ros_home = environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
-    return (Path(ros_home) / "folk_ros" / "maps").resolve()
+    return (Path(ros_home) / "folk_ros" / name).resolve()
 
 
 def segmenter_overrides(settings: NodeSettings) -> dict[str, Any]:

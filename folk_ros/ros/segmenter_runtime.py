@@ -112,6 +112,8 @@ class SegmenterRuntime(MapMode):
             f"ready: mode {mode}, bundle {self._bundle_path} (input {self.segmenter.input_features}), "
             f"device {self.segmenter.device}, "
             f"{params.describe_vocabulary(self._live.vocabulary)}, subscribed to {self.resolve_topic_name(TOPIC_IN)}")
+        if self.segmenter.text.preload() is not None:   # the text came from the store: CLIP for new names
+            self.get_logger().info("vocabulary text read from the text store; CLIP loads in the background")
 
     def _deactivate(self) -> None:
         """Stop the worker, then unsubscribe (the executor runs no callback meanwhile)."""
@@ -208,6 +210,7 @@ class SegmenterRuntime(MapMode):
                                          sparse_backend=settings.sparse_backend,
                                          files=params.checkpoint_overrides(settings),
                                          allow_unsafe=settings.allow_unsafe_checkpoints,
+                                         text_store=params.text_store_directory(settings),
                                          **params.segmenter_overrides(settings))
         except Exception as err:  # FileNotFoundError, BundleError, ValueError (device, mismatch), torch load errors
             raise StartupError(f"cannot start the Segmenter (model_bundle {settings.model_bundle!r}, device "
@@ -227,8 +230,8 @@ class SegmenterRuntime(MapMode):
     # ---------------------------------------------------------------- parameters (executor thread)
 
     def _encode_text(self, live: params.LiveSettings) -> None:
-        """Encode the vocabulary's text (cached by the CLIP wrapper): at start-up and in the worker."""
-        self.segmenter.clip.encode_text(list(live.vocabulary), live.prompt_template)
+        """The vocabulary's text (from the text store, else CLIP; then kept): at start-up and in the worker."""
+        self.segmenter.text.encode(live.vocabulary, live.prompt_template)
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
         """Validate live changes (cheap checks only: the text is encoded by the worker, off the executor)."""

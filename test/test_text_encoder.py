@@ -1,0 +1,127 @@
+"""The text side of the runtime: the on-disk text embedding store and CLIP loaded only when a name needs it.
+
+CLIP here is the tiny random ``folk-tiny-vit`` (a test double: real open_clip code, random weights).
+"""
+
+import logging
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from folk_ros.core.clip import ClipModel
+from folk_ros.core.segmenter import Segmenter
+from folk_ros.core.text_encoder import TextEmbeddingStore, TextEncoder, source_key
+from test.fixtures import make_untrained_bundle
+
+NAMES = ("mug", "chair", "fire extinguisher")
+TEMPLATE = "a {} in the scene"
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return ClipModel.from_config("folk-tiny-vit", device="cpu")
+
+
+class CountingLoader:
+    """Hands out ``clip`` and counts the loads (optionally failing)."""
+
+    def __init__(self, clip, error=None):
+        self.clip, self.error, self.calls = clip, error, 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+        return self.clip
+
+
+def test_store_round_trip_across_instances_and_eviction(tmp_path):
+    store = TextEmbeddingStore(tmp_path, "key")
+    assert store.get(TEMPLATE, NAMES) is None and not store.path.exists()
+    rows = np.random.default_rng(0).random((3, 8)).astype(np.float32)
+    store.put(TEMPLATE, NAMES, rows)
+    again = TextEmbeddingStore(tmp_path, "key")                # a new process reads the file
+    np.testing.assert_array_equal(again.get(TEMPLATE, NAMES[::-1]), rows[::-1])
+    assert again.get("a photo of a {}", NAMES) is None         # the template is part of the key
+    assert again.get(TEMPLATE, [*NAMES, "lamp"]) is None       # one missing name: no answer
+    assert TextEmbeddingStore(tmp_path, "other").get(TEMPLATE, NAMES) is None   # another CLIP, another file
+    small = TextEmbeddingStore(tmp_path, "small", max_entries=2)
+    small.put(TEMPLATE, NAMES, rows)                           # the oldest prompt goes
+    assert TextEmbeddingStore(tmp_path, "small").get(TEMPLATE, NAMES[:1]) is None
+    np.testing.assert_array_equal(TextEmbeddingStore(tmp_path, "small").get(TEMPLATE, NAMES[1:]), rows[1:])
+    with pytest.raises(ValueError, match="model_key"):
+        TextEmbeddingStore(tmp_path, "../escape")
+
+
+def test_a_damaged_store_is_started_anew_and_an_unwritable_one_only_logged(tmp_path, caplog):
+    store = TextEmbeddingStore(tmp_path, "key")
+    store.path.write_bytes(b"not a safetensors file")
+    with caplog.at_level(logging.WARNING):
+        assert store.get(TEMPLATE, NAMES) is None
+        assert "unreadable" in caplog.text
+        store.put(TEMPLATE, NAMES, np.ones((3, 4)))
+    assert TextEmbeddingStore(tmp_path, "key").get(TEMPLATE, NAMES).shape == (3, 4)
+    (tmp_path / "file").write_text("")
+    blocked = TextEmbeddingStore(tmp_path / "file" / "below", "key")   # its folder cannot be made
+    with caplog.at_level(logging.WARNING):
+        blocked.put(TEMPLATE, NAMES, np.ones((3, 4)))
+    assert "not written" in caplog.text
+
+
+def test_source_key_follows_the_files(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"1234")
+    key = source_key(tmp_path)
+    assert key == source_key(tmp_path) and len(key) == 64
+    (tmp_path / "w.bin").write_bytes(b"12345")
+    assert source_key(tmp_path) != key
+
+
+def test_encoder_reads_the_store_without_loading_clip(tmp_path, clip):
+    want = clip.encode_text(list(NAMES), TEMPLATE)
+    first = TextEncoder(CountingLoader(clip), clip.embed_dim, TextEmbeddingStore(tmp_path, "k"))
+    torch.testing.assert_close(first.encode(NAMES, TEMPLATE), want)
+    assert first.loaded and first._load_clip.calls == 1
+    loader = CountingLoader(clip)
+    second = TextEncoder(loader, clip.embed_dim, TextEmbeddingStore(tmp_path, "k"))   # the next start
+    got = second.encode(list(NAMES[:2]), TEMPLATE)
+    torch.testing.assert_close(got, want[:2])
+    got.zero_()                                                # a caller's tensor is its own
+    torch.testing.assert_close(second.encode(NAMES[:2], TEMPLATE), want[:2])
+    assert not second.loaded and loader.calls == 0
+    new = second.encode(["lamp"], TEMPLATE)                    # a new name needs CLIP: loaded once
+    torch.testing.assert_close(new, clip.encode_text(["lamp"], TEMPLATE))
+    second.encode(["desk"], TEMPLATE)
+    assert second.loaded and loader.calls == 1
+    assert TextEmbeddingStore(tmp_path, "k").get(TEMPLATE, ["lamp", "desk", *NAMES]) is not None
+
+
+def test_preload_and_a_failed_load(clip):
+    loader = CountingLoader(clip)
+    encoder = TextEncoder(loader, clip.embed_dim)
+    thread = encoder.preload()
+    assert isinstance(thread, threading.Thread)
+    thread.join(timeout=60)
+    assert encoder.loaded and loader.calls == 1 and encoder.preload() is None
+    broken = TextEncoder(CountingLoader(clip, OSError("weights unreadable")), clip.embed_dim)
+    broken.preload().join(timeout=60)                           # logged, kept for whoever needs CLIP
+    with pytest.raises(RuntimeError, match="weights unreadable"):
+        broken.encode(NAMES, TEMPLATE)
+    wrong = TextEncoder(CountingLoader(clip), clip.embed_dim + 1)
+    with pytest.raises(ValueError, match="expected"):
+        wrong.encode(NAMES, TEMPLATE)
+
+
+def test_segmenter_from_bundle_with_a_store_loads_clip_only_for_new_text(tmp_path):
+    bundle = make_untrained_bundle(tmp_path / "bundle")
+    eager = Segmenter.from_bundle(bundle, device="cpu")
+    assert eager.text.loaded and eager.text.store is None
+    lazy = Segmenter.from_bundle(bundle, device="cpu", text_store=tmp_path / "text")
+    assert not lazy.text.loaded
+    torch.testing.assert_close(lazy.text_embeddings(NAMES), eager.text_embeddings(NAMES))
+    assert lazy.text.loaded
+    restarted = Segmenter.from_bundle(bundle, device="cpu", text_store=tmp_path / "text")
+    torch.testing.assert_close(restarted.text_embeddings(NAMES), eager.text_embeddings(NAMES))
+    assert not restarted.text.loaded
+    assert restarted.clip.embed_dim == eager.clip.embed_dim and restarted.text.loaded   # .clip loads it
