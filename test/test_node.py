@@ -681,3 +681,25 @@ def test_sigint_shuts_down_cleanly(tmp_path):
     assert node.proc.returncode == 0
     log = node.log()
     assert "shut down" in log and "Traceback" not in log and "Failed to publish" not in log
+
+
+def test_labeled_cloud_keeps_input_rows_with_and_without_dropped_points():
+    from std_msgs.msg import Header
+    from folk_ros.ros.cloud_outputs import labeled_cloud_msg
+    from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
+    xyz = np.random.default_rng(0).random((6, 3)).astype(np.float32)
+    iid, lab, score = np.array([0, -1, 1, 1, 0, 0]), np.array([2, -1, 0, 0, 2, 2]), np.linspace(0, 1, 6)
+    for dropped in ([], [3]):
+        xyz_in = xyz.copy()
+        xyz_in[dropped] = np.nan
+        conv = cloud_from_msg(cloud_to_msg(xyz_in, None, Header()))
+        kept = len(conv.indices)
+        fields = cloud_fields(labeled_cloud_msg(Header(), conv, 6, iid[:kept], lab[:kept], score[:kept]))
+        assert fields["instance_id"].dtype == np.int32 and fields["score"].dtype == np.float32
+        np.testing.assert_array_equal(fields["instance_id"][conv.indices], iid[:kept])
+        np.testing.assert_array_equal(fields["label_index"][conv.indices], lab[:kept])
+        np.testing.assert_allclose(fields["score"][conv.indices], score[:kept], rtol=1e-6)
+        np.testing.assert_array_equal(np.c_[fields["x"], fields["y"], fields["z"]][conv.indices], xyz[conv.indices])
+        if dropped:
+            assert fields["instance_id"][3] == -1 and fields["label_index"][3] == -1 and fields["score"][3] == 0
+            assert np.isnan(fields["x"][3])

@@ -125,10 +125,15 @@ def labeled_cloud_msg(header: Header, conv: CloudConversion, n_input: int, insta
     and the (K,) per-kept-point ``instance_id`` (int32, -1 none), ``label_index`` and ``score``. A recentred
     cloud (UTM-like coordinates) gets FLOAT64 x, y, z back in its own frame, so no precision is lost."""
     recentred = bool(conv.origin.any())
-    full_xyz = np.full((n_input, 3), np.nan, np.float64 if recentred else np.float32)
-    full_xyz[conv.indices] = conv.cloud.xyz + conv.origin if recentred else conv.cloud.xyz
-    fields = {"instance_id": np.full(n_input, -1, np.int32), "label_index": np.full(n_input, -1, np.int32),
-              "score": np.zeros(n_input, np.float32)}
-    for name, values in (("instance_id", instance_id), ("label_index", label_index), ("score", score)):
-        fields[name][conv.indices] = values
-    return cloud_to_msg(full_xyz, label_colors(fields["label_index"]), header, fields)
+    xyz = conv.cloud.xyz + conv.origin if recentred else conv.cloud.xyz
+    fields = {"instance_id": np.asarray(instance_id, np.int32), "label_index": np.asarray(label_index, np.int32),
+              "score": np.asarray(score, np.float32)}
+    if len(conv.indices) != n_input:   # points were dropped: they come back as NaN, unlabeled
+        full_xyz = np.full((n_input, 3), np.nan, xyz.dtype)
+        full_xyz[conv.indices] = xyz
+        xyz = full_xyz
+        for name, none in (("instance_id", -1), ("label_index", -1), ("score", 0)):
+            full = np.full(n_input, none, fields[name].dtype)
+            full[conv.indices] = fields[name]
+            fields[name] = full
+    return cloud_to_msg(xyz, label_colors(fields["label_index"]), header, fields)
