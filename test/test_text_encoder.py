@@ -95,6 +95,9 @@ def test_encoder_reads_the_store_without_loading_clip(tmp_path, clip):
     second.encode(["desk"], TEMPLATE)
     assert second.loaded and loader.calls == 1
     assert TextEmbeddingStore(tmp_path, "k").get(TEMPLATE, ["lamp", "desk", *NAMES]) is not None
+    phrase = second.encode(["a red mug"], "{}", keep=False)   # one-off text: encoded, not kept
+    torch.testing.assert_close(phrase, clip.encode_text(["a red mug"], "{}"))
+    assert TextEmbeddingStore(tmp_path, "k").get("{}", ["a red mug"]) is None
 
 
 def test_preload_and_a_failed_load(clip):

@@ -196,7 +196,7 @@ class LiveMap:
         """(P, C) unit CLIP text embeddings of free-text phrases, encoded as written."""
         if isinstance(phrases, str) or not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
             raise ValueError(f"phrases must be a non-empty list of non-empty strings, got {phrases!r}")
-        return self.segmenter.text.encode(list(phrases), QUERY_TEMPLATE).numpy()
+        return self.segmenter.text.encode(list(phrases), QUERY_TEMPLATE, keep=False).numpy()
 
     def query(self, phrases: Sequence[str], k: int, min_score: float = 0.0,
               vocabulary: Sequence[str] | None = None, template: str | None = None) -> list[QueryHit]:

@@ -29,8 +29,9 @@ from folk_ros.core.clip import ClipModel
 
 log = logging.getLogger(__name__)
 
-STORE_ENTRIES = 50_000
-"""Most prompts one store file keeps (the oldest go first): 100 MB of float32 at CLIP ViT-L's 768-d."""
+STORE_ENTRIES = 10_000
+"""Most prompts one store file keeps (the oldest go first): 31 MB of float32 at CLIP ViT-L's 768-d. The file
+is rewritten whole when a vocabulary brings new names, so it stays small."""
 
 
 def source_key(path: str | Path) -> str:
@@ -167,18 +168,20 @@ class TextEncoder:
         thread.start()
         return thread
 
-    def encode(self, names: Sequence[str], template: str) -> torch.Tensor:
-        """(K, D) float32 unit-norm embeddings of ``template`` filled with each name (CPU)."""
+    def encode(self, names: Sequence[str], template: str, keep: bool = True) -> torch.Tensor:
+        """(K, D) float32 unit-norm embeddings of ``template`` filled with each name (CPU). ``keep``: look the
+        names up in the store and add them to it (False for one-off text, e.g. a map query's phrases)."""
         key = (template, tuple(names))
         last = self._last
         if last is not None and last[0] == key:
             return last[1].clone()
-        stored = self.store.get(template, key[1]) if self.store is not None else None
+        store = self.store if keep else None
+        stored = store.get(template, key[1]) if store is not None else None
         if stored is not None:
             text = torch.from_numpy(stored)
         else:
             text = self.clip.encode_text(list(key[1]), template).float().cpu()
-            if self.store is not None:
-                self.store.put(template, key[1], text.numpy())
+            if store is not None:
+                store.put(template, key[1], text.numpy())
         self._last = (key, text)
         return text.clone()
