@@ -5,6 +5,7 @@ vocabulary takes effect, and memory across many clouds.
    of ``--names`` names, then publishes a cloud. Reports the set call's round trip, the time until the first
    output labelled from the new vocabulary arrives ("takes effect"), and the worst and 99th-percentile
    round trip of the ``get_parameters`` calls made in between (the executor must answer within 100 ms).
+   The node's text store starts empty, so CLIP encodes the names (the worst case).
 2. Memory: publishes ``--clouds`` clouds one after another (each waited for) and reads the node process's
    resident set size (``VmRSS`` in /proc) after the 10th and the last, and its peak (``VmHWM``).
 
@@ -114,8 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/bench/node_soak.json"), help="JSON result path")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
+        # an empty text store of its own: the new vocabulary is encoded by CLIP, whatever ran before
         node = NodeProcess([*NODE_ARGS, "-p", f"model_bundle:={args.bundle}", "-p", f"num_threads:={args.threads}",
-                            "-p", "max_vocabulary:=20000"], Path(tmp) / "node.log")
+                            "-p", "max_vocabulary:=20000", "-p", f"text_cache_dir:={Path(tmp) / 'text'}"],
+                           Path(tmp) / "node.log")
         try:
             with ready_probe(node) as probe:
                 msg = room_msg(seed=0)[0]
