@@ -17,8 +17,8 @@ from visualization_msgs.msg import MarkerArray
 from folk_ros.core.geometry import oriented_boxes
 from folk_ros.core.pointcloud2 import CloudConversion
 from folk_ros.core.segmenter import Instances, mask_geometry
-from folk_ros.ros import parameters as params
 from folk_ros.core.voxel_masks import VoxelMasks
+from folk_ros.ros import parameters as params
 from folk_ros.ros.conversions import cloud_to_msg, instances_to_msg, label_colors, markers_from_instances
 
 
