@@ -197,7 +197,10 @@ class Worker:
         return {"coords": torch.from_numpy(voxelize(xyz, 0.02).coords).float()}
 
     def run_fps(self, st) -> dict:
-        from folk_ros.core.mask3d.fps import furthest_point_sample
+        try:
+            from folk_ros.core.mask3d.fps import furthest_point_sample
+        except ModuleNotFoundError:   # "before" versions older than 2ac7f17 keep it in the decoder
+            from folk_ros.core.mask3d.decoder import furthest_point_sample
 
         t = time.perf_counter()
         idx = furthest_point_sample(st["coords"], 150)
