@@ -56,6 +56,12 @@ def test_bundle_round_trip(sources, tmp_path):
     assert Segmenter.from_bundle(out, device="cpu", dbscan_eps=0.0).cfg.proposal_postprocess().use_dbscan is False
     cloud, _ = box_room_cloud()
     assert len(seg.segment(cloud, manifest.vocabulary)) > 0
+    # text_cache/: the vocabulary's text, read without loading CLIP, equal to what CLIP gives
+    text_cache = manifest.provenance["text_cache"]
+    assert text_cache["names"] == 3 and (out / text_cache["file"]).exists()
+    lazy = Segmenter.from_bundle(out, device="cpu", text_store=tmp_path / "store")
+    torch.testing.assert_close(lazy.text_embeddings(["box", "chair"]), seg.text_embeddings(["box", "chair"]))
+    assert not lazy.text.loaded
 
 
 def test_bad_sources_are_clear_errors(sources, tmp_path):

@@ -5,6 +5,7 @@ CLIP here is the tiny random ``folk-tiny-vit`` (a test double: real open_clip co
 
 import logging
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 
 from folk_ros.core.clip import ClipModel
 from folk_ros.core.segmenter import Segmenter
-from folk_ros.core.text_encoder import TextEmbeddingStore, TextEncoder, source_key
+from folk_ros.core.text_encoder import TextEmbeddingStore, TextEncoder, source_key, write_rows
 from test.fixtures import make_untrained_bundle
 
 NAMES = ("mug", "chair", "fire extinguisher")
@@ -68,6 +69,32 @@ def test_a_damaged_store_is_started_anew_and_an_unwritable_one_only_logged(tmp_p
     with caplog.at_level(logging.WARNING):
         blocked.put(TEMPLATE, NAMES, np.ones((3, 4)))
     assert "not written" in caplog.text
+
+
+def test_seeds_are_read_but_never_written_and_a_bad_checksum_is_refused(tmp_path, caplog):
+    rows = np.random.default_rng(1).random((3, 4)).astype(np.float32)
+    write_rows(tmp_path / "seed" / "key.safetensors", [(TEMPLATE, n) for n in NAMES], rows)
+    store = TextEmbeddingStore(tmp_path / "own", "key", seeds=[tmp_path / "seed"])
+    np.testing.assert_array_equal(store.get(TEMPLATE, NAMES), rows)
+    store.put(TEMPLATE, ["lamp"], np.ones((1, 4)))
+    assert TextEmbeddingStore(tmp_path / "seed", "key").get(TEMPLATE, ["lamp"]) is None   # the seed is unchanged
+    assert TextEmbeddingStore(tmp_path / "own", "key").get(TEMPLATE, [*NAMES, "lamp"]) is not None
+    data = bytearray((tmp_path / "seed" / "key.safetensors").read_bytes())
+    data[-1] ^= 0xFF                                           # one flipped bit of the last embedding
+    (tmp_path / "seed" / "key.safetensors").write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert TextEmbeddingStore(tmp_path / "seed", "key").get(TEMPLATE, NAMES) is None
+    assert "sha256" in caplog.text
+
+
+def test_the_shipped_bundle_text_is_its_clips(tmp_path):
+    """models/folk-synth/text_cache holds what the bundle's CLIP gives for its vocabulary (so the node's
+    default vocabulary starts without CLIP)."""
+    lazy = Segmenter.from_bundle(Path(__file__).parents[1] / "models" / "folk-synth", device="cpu", text_store=tmp_path)
+    names = ("chair", "table", "couch", "plant")
+    got = lazy.text_embeddings(names)
+    assert not lazy.text.loaded
+    torch.testing.assert_close(got, lazy.clip.encode_text(list(names), lazy.cfg.prompt_template))
 
 
 def test_source_key_follows_the_files(tmp_path):

@@ -9,6 +9,8 @@
   ``open_clip_model.safetensors`` and its ``manifest.json``; its ``checkpoints/`` are left out);
 * ``student.pt``: the distillation trainer's ``best.pt`` without its optimiser-free extras other
   than the training temperature, vocabulary, template and metrics;
+* ``text_cache/``: the CLIP text embeddings of the vocabulary (``training.bundle_text``), so a node
+  starting with those names needs no CLIP;
 * ``manifest.json``: vocabulary, prompt template and temperature taken from the student's
   training (the runtime must score with what the student was trained with), the proposals'
   mask threshold, DBSCAN split distance and NMS IoU (``--mask-threshold``, ``--dbscan-eps``,
@@ -32,12 +34,13 @@ from pathlib import Path
 import torch
 
 from folk_ros.core.checkpoint_io import UnsafeCheckpointError, load_weights
-from folk_ros.core.bundle import BundleManifest, file_sha256, write_manifest
+from folk_ros.core.bundle import BundleManifest, file_sha256, read_manifest, write_manifest
 from folk_ros.core.mask3d.checkpoint import FORMAT as MASK3D_FORMAT
 from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.core.segmenter_config import SegmenterConfig
 from folk_ros.core.student import Student
+from training.bundle_text import write_bundle_text
 
 CLIP_FILES = ("open_clip_config.json", "open_clip_model.safetensors", "manifest.json")
 STUDENT_EXTRAS = ("tau", "vocabulary", "prompt_template", "point_features", "mask3d_sha256", "clip", "metrics",
@@ -117,8 +120,9 @@ def make_bundle(mask3d: Path, clip: Path, student: Path, out: Path, provenance: 
     manifest = BundleManifest(root=out, vocabulary=tuple(student_obj["vocabulary"]), segmenter=segmenter,
                               provenance=prov)
     write_manifest(manifest)
+    write_bundle_text(out, command)                   # text_cache/: the vocabulary's text, recorded in provenance
     Segmenter.from_bundle(out, device="cpu")          # loads, checks every sha256
-    return manifest
+    return read_manifest(out)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -31,7 +31,7 @@ from folk_ros.core.mask3d.model import Mask3D
 from folk_ros.core.segmenter_config import SegmenterConfig
 from folk_ros.core.sparse.minkowski import set_sparse_backend
 from folk_ros.core.student import Student, classify  # noqa: F401  (classify: re-exported)
-from folk_ros.core.text_encoder import TextEmbeddingStore, TextEncoder, source_key
+from folk_ros.core.text_encoder import BUNDLE_TEXT_DIR, TextEmbeddingStore, TextEncoder, source_key
 from folk_ros.core.vocabulary import validate_vocabulary
 from folk_ros.core.voxel_masks import VoxelMasks
 
@@ -119,7 +119,8 @@ def _text_encoder(manifest, clip_file: str | Path | None, device: torch.device,
         clip = ClipModel(name, device=device)
         return TextEncoder(clip, clip.embed_dim)
     key = manifest.sha256.get(manifest.clip) if clip_file is None else None
-    store = TextEmbeddingStore(store_folder, key or source_key(spec))
+    seeds = [manifest.root / BUNDLE_TEXT_DIR] if key else []   # the bundle's own text, for its own CLIP
+    store = TextEmbeddingStore(store_folder, key or source_key(spec), seeds=seeds)
     embed_dim = read_model_cfg(spec / OPEN_CLIP_CONFIG_NAME)["embed_dim"]
     return TextEncoder(lambda: ClipModel(name, device=device), embed_dim, store)
 
@@ -198,8 +199,8 @@ class Segmenter:
         files you trust). By default only weights are loaded (:mod:`folk_ros.core.checkpoint_io`).
 
         ``text_store``: a folder of text embeddings kept between runs (:class:`TextEmbeddingStore`, keyed by
-        the CLIP's sha256 in the manifest). With one, an open_clip folder is loaded only when a vocabulary
-        needs it (:attr:`text`); None: CLIP is loaded here.
+        the CLIP's sha256 in the manifest; the bundle's own ``text_cache/`` is read too). With one, an
+        open_clip folder is loaded only when a vocabulary needs it (:attr:`text`); None: CLIP is loaded here.
         """
         files = dict(files or {})
         unknown = sorted(set(files) - {"mask3d", "clip", "student"})

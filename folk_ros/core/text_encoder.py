@@ -29,6 +29,10 @@ from folk_ros.core.clip import ClipModel
 
 log = logging.getLogger(__name__)
 
+BUNDLE_TEXT_DIR = "text_cache"
+"""A bundle's folder of text embeddings of its own vocabulary (a read-only seed of the store, written by
+``training.make_bundle``): the first start with those names needs no CLIP either."""
+
 STORE_ENTRIES = 10_000
 """Most prompts one store file keeps (the oldest go first): 31 MB of float32 at CLIP ViT-L's 768-d. The file
 is rewritten whole when a vocabulary brings new names, so it stays small."""
@@ -48,13 +52,17 @@ def source_key(path: str | Path) -> str:
 
 class TextEmbeddingStore:
     """Text embeddings on disk, ``<folder>/<model_key>.safetensors``: one (P, D) float32 array and, in
-    the file's metadata, the (template, name) of each row. Read once, rewritten atomically (whole) when
-    prompts are added; two processes adding at once lose one's additions, never the file."""
+    the file's metadata, the (template, name) of each row and the array's sha256 (checked when read: a
+    damaged file is never trusted). Read once, rewritten atomically (whole) when prompts are added; two
+    processes adding at once lose one's additions, never the file. ``seeds``: folders whose
+    ``<model_key>.safetensors`` are read too, never written (a bundle's own text, :data:`BUNDLE_TEXT_DIR`)."""
 
-    def __init__(self, folder: str | Path, model_key: str, max_entries: int = STORE_ENTRIES):
+    def __init__(self, folder: str | Path, model_key: str, max_entries: int = STORE_ENTRIES,
+                 seeds: Sequence[str | Path] = ()):
         if not model_key or any(c in model_key for c in "/\\\0"):
             raise ValueError(f"model_key must be a non-empty file-name part, got {model_key!r}")
         self.path = Path(folder).expanduser() / f"{model_key}.safetensors"
+        self.seeds = [Path(seed).expanduser() / self.path.name for seed in seeds]
         self.max_entries = max_entries
         self._rows: dict[tuple[str, str], np.ndarray] | None = None
         self._lock = threading.Lock()
@@ -62,17 +70,9 @@ class TextEmbeddingStore:
     def _loaded(self) -> dict[tuple[str, str], np.ndarray]:
         if self._rows is None:
             self._rows = {}
-            if self.path.exists():
-                try:
-                    with safe_open(self.path, framework="numpy") as f:
-                        keys = json.loads((f.metadata() or {}).get("prompts", "[]"))
-                        values = f.get_tensor("embeddings")
-                    if len(keys) != len(values):
-                        raise ValueError(f"{len(keys)} prompts for {len(values)} rows")
-                    self._rows = {(t, n): v for (t, n), v in zip(keys, values)}
-                except Exception as err:   # a damaged cache is rebuilt, never trusted
-                    log.warning("text embedding store %s unreadable (%s: %s): starting it anew",
-                                self.path, type(err).__name__, err)
+            for path in [*self.seeds, self.path]:       # the store's own rows last: they win
+                if path.exists():
+                    self._rows.update(_read_rows(path))
         return self._rows
 
     def get(self, template: str, names: Sequence[str]) -> np.ndarray | None:
@@ -98,12 +98,36 @@ class TextEmbeddingStore:
                 rows.pop(next(iter(rows)))
             keys = list(rows)
             try:
-                with atomic_path(self.path) as tmp:
-                    save_file({"embeddings": np.stack([rows[k] for k in keys])}, tmp,
-                              metadata={"prompts": json.dumps(keys)})
+                write_rows(self.path, keys, np.stack([rows[k] for k in keys]))
             except OSError as err:
                 log.warning("text embedding store %s not written (%s): the text is encoded again next start",
                             self.path, err)
+
+
+def write_rows(path: Path, keys: Sequence[tuple[str, str]], embeddings: np.ndarray) -> None:
+    """Write (P, D) float32 ``embeddings`` of the (template, name) ``keys`` as a store file (atomically)."""
+    embeddings = np.ascontiguousarray(embeddings, np.float32)
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": embeddings}, tmp, metadata={
+            "prompts": json.dumps([list(k) for k in keys]),
+            "sha256": hashlib.sha256(embeddings.tobytes()).hexdigest()})
+
+
+def _read_rows(path: Path) -> dict[tuple[str, str], np.ndarray]:
+    """The rows of a store file; {} with a warning when it is unreadable or fails its checksum."""
+    try:
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            values = f.get_tensor("embeddings")
+        keys = json.loads(meta.get("prompts", "[]"))
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} prompts for {len(values)} rows")
+        if hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest() != meta.get("sha256"):
+            raise ValueError("the embeddings do not match their sha256")
+        return {(t, n): v for (t, n), v in zip(keys, values)}
+    except Exception as err:   # a damaged file is never trusted: its text is encoded again
+        log.warning("text embedding store %s unreadable (%s: %s): not used", path, type(err).__name__, err)
+        return {}
 
 
 class TextEncoder:

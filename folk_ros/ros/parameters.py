@@ -111,9 +111,10 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "minkowski (MinkowskiEngine 0.5.4, when installed: scripts/build_minkowski.sh) or auto "
               "(minkowski when it imports).", limits=SPARSE_BACKENDS),
     ParamSpec("text_cache_dir", "", T.STRING,
-              "Folder of CLIP text embeddings kept between runs: a vocabulary encoded before is read back, so "
-              "the node is ready without loading CLIP (it loads on a thread of its own afterwards, for new names); "
-              "'' = $ROS_HOME/folk_ros/text_embeddings, 'none' = keep nothing (CLIP loads at start-up)."),
+              "Folder of CLIP text embeddings kept between runs: a vocabulary encoded before (or in the bundle's "
+              "text_cache/) is read back, so the node is ready without loading CLIP (it loads on a thread of its "
+              "own afterwards, for new names); '' = $ROS_HOME/folk_ros/text_embeddings, 'none' = keep nothing "
+              "(CLIP loads at start-up)."),
     ParamSpec("num_threads", 0, T.INTEGER, "CPU threads of the worker's torch work (Mask3D, the student, text "
               "encoding; the model loads with as many); 0 = torch's default.", limits=(0, 256)),
     ParamSpec("max_instances", SegmenterConfig.max_instances, T.INTEGER,
