@@ -411,8 +411,10 @@ def test_outputs_agree_with_each_other_and_the_input(probe, node_proc):
         assert np.prod(size) <= np.prod(p.max(0) - p.min(0)) + 1e-6   # never larger than the axis-aligned box
         assert by_ns[("folk/labels", i)].text == f"{it.label} {it.score:.2f}"
         assert len(by_ns[("folk/points", i)].points) > 0
+    # the per-cloud log line, written after the outputs are published
+    probe.wait_until(lambda: "-> %d instances" % m in node_proc.log(), what="the cloud's log line")
     log = node_proc.log()
-    assert "-> %d instances" % m in log and "proposals" in log and "segmented)" in log   # per-cloud log line
+    assert "proposals" in log and "segmented)" in log
 
 
 @pytest.mark.ros
