@@ -3,6 +3,7 @@
 CLIP here is the tiny random ``folk-tiny-vit`` (a test double: real open_clip code, random weights).
 """
 
+import gc
 import logging
 import threading
 from pathlib import Path
@@ -125,6 +126,21 @@ def test_encoder_reads_the_store_without_loading_clip(tmp_path, clip):
     phrase = second.encode(["a red mug"], "{}", keep=False)   # one-off text: encoded, not kept
     torch.testing.assert_close(phrase, clip.encode_text(["a red mug"], "{}"))
     assert TextEmbeddingStore(tmp_path, "k").get("{}", ["a red mug"]) is None
+
+
+def test_garbage_collection_is_paused_only_while_clip_loads(clip):
+    seen = []
+
+    def loader():
+        seen.append(gc.isenabled())
+        return clip
+
+    assert gc.isenabled()
+    TextEncoder(loader, clip.embed_dim).clip
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(OSError):
+        TextEncoder(CountingLoader(clip, OSError("no weights")), clip.embed_dim).clip
+    assert gc.isenabled()
 
 
 def test_preload_and_a_failed_load(clip):
