@@ -16,26 +16,24 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from folk_ros.core.bundle import read_manifest, write_manifest
+from folk_ros.core.bundle import BundleManifest, read_manifest, write_manifest
 from folk_ros.core.clip import ClipModel
 from folk_ros.core.text_encoder import BUNDLE_TEXT_DIR, TextEmbeddingStore, write_rows
 
 
-def write_bundle_text(root: str | Path, command: str) -> Path:
-    """Encode the manifest's vocabulary under its prompt template with the bundle's CLIP, write
-    ``<root>/text_cache/<clip sha256>.safetensors`` and record it in the manifest; returns the file."""
-    manifest = read_manifest(root)
+def write_bundle_text(manifest: BundleManifest, clip_sha256: str, command: str) -> dict:
+    """Encode the manifest's vocabulary under its prompt template with the bundle's CLIP and write
+    ``text_cache/<clip_sha256>.safetensors`` into the bundle; returns its provenance entry (the caller
+    records it in the manifest). ``clip_sha256``: the manifest's hash of the bundle's CLIP."""
     template, names = manifest.segmenter.prompt_template, list(manifest.vocabulary)
     if not names:
-        raise ValueError(f"bundle {root} has no vocabulary to encode")
+        raise ValueError(f"bundle {manifest.root} has no vocabulary to encode")
     clip = ClipModel(f"local-dir:{manifest.path('clip')}", device="cpu")
     text = clip.encode_text(names, template).float().numpy()
-    path = TextEmbeddingStore(manifest.root / BUNDLE_TEXT_DIR, manifest.sha256[manifest.clip]).path
+    path = TextEmbeddingStore(manifest.root / BUNDLE_TEXT_DIR, clip_sha256).path
     write_rows(path, [(template, n) for n in names], text)
-    info = {"command": command, "file": str(path.relative_to(manifest.root)), "names": len(names),
+    return {"command": command, "file": str(path.relative_to(manifest.root)), "names": len(names),
             "template": template}
-    write_manifest(replace(manifest, provenance={**manifest.provenance, "text_cache": info}))
-    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("bundle", type=Path, help="model bundle folder")
     args = p.parse_args(argv)
     command = "python -m training.bundle_text " + " ".join(sys.argv[1:] if argv is None else argv)
-    path = write_bundle_text(args.bundle, command)
+    manifest = read_manifest(args.bundle)              # verifies the files, the CLIP's hash among them
+    info = write_bundle_text(manifest, manifest.sha256[manifest.clip], command)
+    write_manifest(replace(manifest, provenance={**manifest.provenance, "text_cache": info}))
+    path = manifest.root / info["file"]
     print(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
     return 0
 

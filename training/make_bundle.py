@@ -29,12 +29,13 @@ import argparse
 import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from folk_ros.core.checkpoint_io import UnsafeCheckpointError, load_weights
-from folk_ros.core.bundle import BundleManifest, file_sha256, read_manifest, write_manifest
+from folk_ros.core.bundle import BundleManifest, file_sha256, write_manifest
 from folk_ros.core.mask3d.checkpoint import FORMAT as MASK3D_FORMAT
 from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.segmenter import Segmenter
@@ -119,10 +120,11 @@ def make_bundle(mask3d: Path, clip: Path, student: Path, out: Path, provenance: 
                                 nms_iou=float(nms_iou), mask_threshold=float(mask_threshold))
     manifest = BundleManifest(root=out, vocabulary=tuple(student_obj["vocabulary"]), segmenter=segmenter,
                               provenance=prov)
+    text_cache = write_bundle_text(manifest, file_sha256(out / "clip"), command)   # the vocabulary's text
+    manifest = replace(manifest, provenance={**prov, "text_cache": text_cache})
     write_manifest(manifest)
-    write_bundle_text(out, command)                   # text_cache/: the vocabulary's text, recorded in provenance
     Segmenter.from_bundle(out, device="cpu")          # loads, checks every sha256
-    return read_manifest(out)
+    return manifest
 
 
 def parse_args(argv=None) -> argparse.Namespace:
