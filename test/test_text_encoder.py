@@ -154,6 +154,9 @@ def test_preload_and_a_failed_load(clip):
     broken.preload().join(timeout=60)                           # logged, kept for whoever needs CLIP
     with pytest.raises(RuntimeError, match="weights unreadable"):
         broken.encode(NAMES, TEMPLATE)
+    assert TextEncoder(clip).embed_dim == clip.embed_dim          # a loaded CLIP names its size
+    with pytest.raises(ValueError, match="embed_dim"):
+        TextEncoder(CountingLoader(clip))                          # one loaded later cannot
     wrong = TextEncoder(CountingLoader(clip), clip.embed_dim + 1)
     with pytest.raises(ValueError, match="expected"):
         wrong.encode(NAMES, TEMPLATE)

@@ -116,8 +116,7 @@ def _text_encoder(manifest, clip_file: str | Path | None, device: torch.device,
     spec = Path(clip_file or manifest.path("clip"))
     name = f"local-dir:{spec}" if spec.is_dir() else str(spec)
     if store_folder is None or not spec.is_dir():
-        clip = ClipModel(name, device=device)
-        return TextEncoder(clip, clip.embed_dim)
+        return TextEncoder(ClipModel(name, device=device))
     key = manifest.sha256.get(manifest.clip) if clip_file is None else None
     seeds = [manifest.root / BUNDLE_TEXT_DIR] if key else []   # the bundle's own text, for its own CLIP
     store = TextEmbeddingStore(store_folder, key or source_key(spec), seeds=seeds)
@@ -160,7 +159,7 @@ class Segmenter:
 
     def __init__(self, mask3d: Mask3D, student: Student, clip: ClipModel | TextEncoder,
                  cfg: SegmenterConfig = SegmenterConfig(), device: str | torch.device = "auto"):
-        text = clip if isinstance(clip, TextEncoder) else TextEncoder(clip, clip.embed_dim)
+        text = clip if isinstance(clip, TextEncoder) else TextEncoder(clip)
         if student.cfg.out_dim != text.embed_dim:
             raise ValueError(f"student embeds into {student.cfg.out_dim}-d but the CLIP model's "
                              f"embedding size is {text.embed_dim}: they were not trained together")

@@ -157,16 +157,20 @@ class TextEncoder:
 
     Args:
         load_clip: makes the ClipModel (or a loaded ClipModel).
-        embed_dim: D, known without loading (the open_clip config).
+        embed_dim: D, known without loading (the open_clip config); a loaded ClipModel's by default.
         store: the on-disk store (None: none, every vocabulary goes to CLIP once per process).
     """
 
-    def __init__(self, load_clip: Callable[[], ClipModel] | ClipModel, embed_dim: int,
+    def __init__(self, load_clip: Callable[[], ClipModel] | ClipModel, embed_dim: int | None = None,
                  store: TextEmbeddingStore | None = None):
         self._clip = load_clip if isinstance(load_clip, ClipModel) else None
         self._load_clip = None if self._clip is not None else load_clip
         self._load_error: BaseException | None = None
         self._clip_lock = threading.Lock()
+        if embed_dim is None:
+            if self._clip is None:
+                raise ValueError("embed_dim is needed when CLIP is loaded later")
+            embed_dim = self._clip.embed_dim
         self.embed_dim = int(embed_dim)
         self.store = store
         self._last: tuple[tuple, torch.Tensor] | None = None

@@ -250,7 +250,7 @@ def _uint32_arrays(index_sets: Sequence[np.ndarray], what: str) -> list[array.ar
             raise ValueError(f"{what} {i} must be integers in [0, 2**32), got dtype {values.dtype}")
     flat = np.concatenate([v.astype(np.int64, copy=False) for v in sets]) if sets else np.zeros(0, np.int64)
     ends = np.cumsum([v.size for v in sets], dtype=np.int64)
-    wrong = (flat < 0) | (flat >= 2 ** 32) if flat.size else flat.astype(bool)
+    wrong = (flat < 0) | (flat >= 2 ** 32)
     if wrong.any():
         bad = int(np.searchsorted(ends, np.argmax(wrong), side="right"))
         raise ValueError(f"{what} {bad} must be integers in [0, 2**32), got values in "
