@@ -22,14 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
-from folk_ros.core.segmenter import Instances
-from folk_ros.core.voxel_masks import VoxelMasks
 from folk_ros.ros import parameters as params
-from folk_ros.core.cloud import fit_point_budget
-from folk_ros.ros.cloud_outputs import label_points, point_labels
 from folk_ros.ros.node import TOPIC_IN, TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS
 from folk_ros.ros.work import LatestSlot, Throttle, input_problem
 from test.fixtures import box_room_cloud, make_untrained_bundle
@@ -83,60 +78,6 @@ def test_input_problem_checks_size_only():
     assert "empty cloud" in input_problem(PointCloud2(width=0, height=1), 10)
     assert "exceeds max_input_points" in input_problem(PointCloud2(width=11, height=1), 10)
     assert input_problem(PointCloud2(width=5, height=2), 10) is None
-
-
-def test_fit_point_budget_and_mapping_back():
-    cloud, _ = box_room_cloud()
-    same, inverse, voxel = fit_point_budget(cloud, 0, 0.02)
-    assert same is cloud and inverse is None and voxel == 0.0
-    sub, inverse, voxel = fit_point_budget(cloud, 2000, 0.02)
-    assert len(sub) <= 2000 and voxel > 0.02 and inverse.shape == (len(cloud),)
-    # every input point lies in the voxel of the point that represents it
-    np.testing.assert_array_equal(np.floor(sub.xyz[inverse] / voxel), np.floor(cloud.xyz / voxel))
-
-    rng = np.random.default_rng(0)
-    masks = rng.random((3, len(sub))) < 0.3
-    inst = Instances(voxel_masks=VoxelMasks.from_dense(torch.from_numpy(masks)),   # a voxel per point
-                     inverse_map=np.arange(len(sub)), label_indices=np.array([2, 0, 1]),
-                     scores=np.array([0.9, 0.5, 0.2], np.float32),
-                     label_probs=np.ones(3, np.float32), proposal_scores=np.ones(3, np.float32),
-                     embeddings=np.zeros((3, 4), np.float32), boxes=np.zeros((3, 2, 3), np.float32),
-                     centroids=np.zeros((3, 3), np.float32), vocabulary=("a", "b", "c"))
-    labels = label_points(inst, inverse, cloud.xyz)
-    for i in range(3):   # an input point belongs to an instance iff its voxel's point does
-        np.testing.assert_array_equal(labels.point_ids[i], np.flatnonzero(masks[i][inverse]))
-    assert labels.instance_id.shape == (len(cloud),)
-    first = labels.instance_id == 0    # instance 0 has the best score: it wins every overlap
-    np.testing.assert_array_equal(first, masks[0][inverse])
-    assert (labels.label_index[first] == 2).all() and np.allclose(labels.score[first], 0.9)
-    for i in range(3):   # boxes and centroids over every input point of the instance
-        points = cloud.xyz[labels.point_ids[i]]
-        np.testing.assert_allclose(labels.centroids[i], points.mean(0), atol=1e-5)
-        np.testing.assert_array_equal(labels.boxes_min[i], points.min(0))
-        np.testing.assert_array_equal(labels.boxes_max[i], points.max(0))
-    direct = label_points(inst, None, sub.xyz)        # not downsampled: masks are over the input points
-    np.testing.assert_array_equal(direct.point_ids[1], np.flatnonzero(masks[1]))
-    assert direct.instance_id.shape == (len(sub),)
-    np.testing.assert_array_equal(direct.centroids, inst.centroids)   # the Segmenter's own geometry
-    np.testing.assert_array_equal(direct.boxes_min, inst.boxes[:, 0])
-
-
-def test_point_labels():
-    # 2 masks over 4 voxels; points 0-5 in voxels 0, 0, 1, 2, 3, 1
-    masks = VoxelMasks.from_dense(torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=torch.bool))
-    inverse = np.array([0, 0, 1, 2, 3, 1])
-    inst, label, score = point_labels(masks, inverse, np.array([4, -1]), np.array([0.5, 0.9]))
-    assert inst.tolist() == [0, 0, 1, 1, -1, 1]  # voxel 1 is in both: the higher score (instance 1) wins
-    assert label.tolist() == [4, 4, -1, -1, -1, -1]
-    np.testing.assert_allclose(score, [0.5, 0.5, 0.9, 0.9, 0.0, 0.9])
-    inst, _, _ = point_labels(masks, inverse, np.array([4, 1]), np.array([0.7, 0.7]))
-    assert inst.tolist() == [0, 0, 1, 1, -1, 1]  # equal scores: the later instance
-    # no instance at all (every proposal under the score threshold): every point unlabeled
-    inst, label, score = point_labels(VoxelMasks.empty(4), inverse, np.zeros(0, int), np.zeros(0, np.float32))
-    assert inst.tolist() == label.tolist() == [-1] * 6 and score.tolist() == [0.0] * 6
-    assert (inst.dtype, label.dtype, score.dtype) == (np.int32, np.int32, np.float32)
-    with pytest.raises(ValueError, match="2 masks"):
-        point_labels(masks, inverse, np.array([4]), np.array([0.5, 0.9]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -683,25 +624,3 @@ def test_sigint_shuts_down_cleanly(tmp_path):
     assert node.proc.returncode == 0
     log = node.log()
     assert "shut down" in log and "Traceback" not in log and "Failed to publish" not in log
-
-
-def test_labeled_cloud_keeps_input_rows_with_and_without_dropped_points():
-    from std_msgs.msg import Header
-    from folk_ros.ros.cloud_outputs import labeled_cloud_msg
-    from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
-    xyz = np.random.default_rng(0).random((6, 3)).astype(np.float32)
-    iid, lab, score = np.array([0, -1, 1, 1, 0, 0]), np.array([2, -1, 0, 0, 2, 2]), np.linspace(0, 1, 6)
-    for dropped in ([], [3]):
-        xyz_in = xyz.copy()
-        xyz_in[dropped] = np.nan
-        conv = cloud_from_msg(cloud_to_msg(xyz_in, None, Header()))
-        kept = len(conv.indices)
-        fields = cloud_fields(labeled_cloud_msg(Header(), conv, 6, iid[:kept], lab[:kept], score[:kept]))
-        assert fields["instance_id"].dtype == np.int32 and fields["score"].dtype == np.float32
-        np.testing.assert_array_equal(fields["instance_id"][conv.indices], iid[:kept])
-        np.testing.assert_array_equal(fields["label_index"][conv.indices], lab[:kept])
-        np.testing.assert_allclose(fields["score"][conv.indices], score[:kept], rtol=1e-6)
-        np.testing.assert_array_equal(np.c_[fields["x"], fields["y"], fields["z"]][conv.indices], xyz[conv.indices])
-        if dropped:
-            assert fields["instance_id"][3] == -1 and fields["label_index"][3] == -1 and fields["score"][3] == 0
-            assert np.isnan(fields["x"][3])
