@@ -3,8 +3,8 @@
 Runs exactly what the node's subscription callback and worker run for one cloud, in process, on one
 worker thread after loading the model on a thread of its own, as the node does
 (:mod:`folk_ros.core.torch_threads`), and without a ROS graph: PointCloud2 -> ``cloud_from_msg`` (convert)
--> ``fit_point_budget`` (downsample, only above max_points) -> ``Segmenter.segment`` (text, proposals,
-student, classify) ->
+-> ``fit_point_budget`` (downsample, only above max_points) -> ``Segmenter.segment`` (text, proposals: the
+Mask3D network, postprocess: mask threshold + DBSCAN split + NMS, student, classify) ->
 ``label_points`` + ``build_outputs`` (messages) -> ``serialize_message`` of the three outputs
 (serialize, the CPU part of publishing). DDS transport is not included (over loopback a 200k-point
 cloud takes ~30-50 ms stamp-to-callback, see the shared ROS 2 notes).
@@ -50,7 +50,7 @@ from training.atomic import write_json_atomic
 from training.untrained_bundle import SIZES, make_untrained_bundle
 
 BENCH_VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant")
-STAGES = ("convert", "downsample", "text", "proposals", "student", "classify", "messages", "serialize")
+STAGES = ("convert", "downsample", "text", "proposals", "postprocess", "student", "classify", "messages", "serialize")
 
 
 def room_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +73,11 @@ def room_cloud(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     st = rng.random((n, 2))
     xyz = origin[which] + st[:, :1] * u[which] + st[:, 1:] * v[which] + rng.normal(0, 0.002, (n, 3))
     return xyz.astype(np.float32), colors[which].astype(np.uint8)
+
+
+def postprocess_share(t: dict[str, float]) -> float:
+    """The post-processing's part of the whole proposal stage (network + post-processing) of one row."""
+    return t["postprocess"] / (t["proposals"] + t["postprocess"])
 
 
 def time_cloud(segmenter: Segmenter, msg, settings: params.NodeSettings) -> dict[str, float]:
@@ -153,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(t[s] for s in STAGES)
         print(f"{n:>9,} {int(t['segmented']):>8,} {int(t['instances']):>5} "
               + " ".join(f"{t[s]:>10.1f}" for s in STAGES) + f" {total:>9.1f}")
+    print("post-processing share of the proposal stage (postprocess / (proposals + postprocess)): "
+          + ", ".join(f"{postprocess_share(t):.0%} at {n:,}" for n, t in rows))
     write_json_atomic(args.out, {"device": str(segmenter.device), "threads": args.threads, "repeats": args.repeats,
                                  "bundle": described, "vocabulary_names": len(vocabulary), "load_s": load_s,
                                  "text_first_s": text_s, "peak_rss_mb": peak_rss_mb,
-                                 "rows": [{"points": n, **t, "total": sum(t[s] for s in STAGES)} for n, t in rows]})
+                                 "rows": [{"points": n, **t, "total": sum(t[s] for s in STAGES),
+                                           "postprocess_share": postprocess_share(t)} for n, t in rows]})
     return 0
 
 

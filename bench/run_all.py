@@ -40,7 +40,9 @@ class Bench:
 def _node_latency(d: dict) -> dict:
     rows = {r["points"]: r for r in d["rows"]}
     out = {f"total ms at {n // 1000}k points": round(r["total"], 1) for n, r in rows.items()}
-    out.update({f"proposals ms at {n // 1000}k": round(r["proposals"], 1) for n, r in rows.items()})
+    out.update({f"proposals ms at {n // 1000}k (network + post)": round(r["proposals"] + r["postprocess"], 1)
+                for n, r in rows.items()})
+    out.update({f"post-processing share at {n // 1000}k": round(r["postprocess_share"], 2) for n, r in rows.items()})
     out.update({f"student ms at {n // 1000}k": round(r["student"], 1) for n, r in rows.items()})
     if 100_000 in rows and 200_000 in rows:
         out["total 200k / 100k"] = round(rows[200_000]["total"] / rows[100_000]["total"], 2)

@@ -37,7 +37,10 @@ def test_segment_shapes_and_confidence(segmenter):
     assert ((out.label_indices >= 0) & (out.label_indices < len(VOCABULARY))).all()
     np.testing.assert_allclose(out.scores, out.proposal_scores * out.label_probs, rtol=1e-6)
     assert (np.diff(out.scores) <= 0).all(), "instances come best first"
-    assert set(out.timings) >= {"text", "proposals", "student", "classify", "total"}
+    assert set(out.timings) >= {"text", "proposals", "postprocess", "student", "classify", "total"}
+    assert all(ms >= 0 for ms in out.timings.values())   # postprocess is apart from the network's time
+    parts = sum(ms for stage, ms in out.timings.items() if stage != "total")
+    assert parts <= out.timings["total"] + 1e-6          # no stage counted twice
     # boxes and centroids agree with the masks
     i = 0
     pts = cloud.xyz[out.masks[i]]

@@ -4,7 +4,7 @@ first-occurrence numbering, the int32 range check."""
 import numpy as np
 import pytest
 
-from folk_ros.core.voxelize import cell_keys, first_occurrence, voxelize
+from folk_ros.core.voxelize import cell_keys, first_occurrence, renumber_by_first_occurrence, voxelize
 
 
 def test_voxelize_packed_keys_equal_row_unique():
@@ -34,3 +34,6 @@ def test_first_occurrence_numbers_keys_in_order_of_appearance():
     assert labels.tolist() == [0, 1, 0, 2] and first.tolist() == [0, 1, 3]
     empty = first_occurrence(np.zeros(0, np.int64))
     assert empty[0].shape == empty[1].shape == (0,)
+    ids = np.array([2, 0, 2, 1, 0, 3])        # already 0..K-1: renumbered without sorting, the same answer
+    assert all(np.array_equal(a, b) for a, b in zip(renumber_by_first_occurrence(ids), first_occurrence(ids * 5)))
+    assert renumber_by_first_occurrence(ids)[0].tolist() == [0, 1, 0, 2, 1, 3]

@@ -57,7 +57,12 @@ def key_ids(keys: np.ndarray) -> np.ndarray:
 def first_occurrence(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct (N,) ``keys`` numbered 0..K-1 in order of first occurrence: each key's number (N,) and
     the position of each number's first key (K,), both int64 (sorted by :func:`key_ids`)."""
-    inverse = torch.from_numpy(key_ids(keys))
+    return renumber_by_first_occurrence(key_ids(keys))
+
+
+def renumber_by_first_occurrence(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`first_occurrence` of ids that are already numbers 0..K-1, each used (no sort of the N ids)."""
+    inverse = torch.from_numpy(np.ascontiguousarray(ids, np.int64))
     k = int(inverse.max()) + 1 if inverse.numel() else 0
     first = torch.full((k,), inverse.numel(), dtype=torch.int64).scatter_reduce_(
         0, inverse, torch.arange(inverse.numel()), reduce="amin")

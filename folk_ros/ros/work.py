@@ -16,8 +16,8 @@ from std_msgs.msg import Header
 from folk_ros.core.live_map import MapUpdate
 from folk_ros.core.pointcloud2 import CloudConversion
 
-STAGES = ("convert", "downsample", "text", "change", "proposals", "student", "classify", "associate", "messages",
-          "publish")
+STAGES = ("convert", "downsample", "text", "change", "proposals", "postprocess", "student", "classify", "associate",
+          "messages", "publish")
 
 
 class LatestSlot:

@@ -7,6 +7,7 @@ so an official checkpoint loads with :func:`folk_ros.core.mask3d.checkpoint.load
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -51,13 +52,15 @@ class Proposals:
 
     voxel_masks: the M masks over V voxels (:class:`VoxelMasks`); scores (M,) float32 in [0, 1],
     descending; voxel_features (V, D) float32 (D = 96 backbone or 128 mask features); inverse_map (N,)
-    int64 point -> voxel.
+    int64 point -> voxel; postprocess_ms: the time :func:`class_agnostic_proposals` took (mask threshold,
+    DBSCAN split, NMS), a part of :meth:`Mask3D.predict`'s.
     """
 
     voxel_masks: VoxelMasks
     scores: torch.Tensor
     voxel_features: torch.Tensor
     inverse_map: torch.Tensor
+    postprocess_ms: float = 0.0
 
     @cached_property
     def masks(self) -> torch.Tensor:
@@ -149,6 +152,12 @@ class Mask3D(QueryDecoder):
             feats = out["backbone_features"] if point_features == "backbone" else out["mask_features"]
             feats = feats.float()
             voxel_xyz = torch.from_numpy(xyz_np[vox.unique_map]).to(dev)
-            return [Proposals(*class_agnostic_proposals(out["pred_logits"][0], out["pred_masks"][0], inverse,
-                                                        voxel_xyz, post), feats, inverse)
-                    for post in posts]
+            if dev.type == "cuda":   # the network's kernels are not the post-processing's time
+                torch.cuda.synchronize(dev)
+            proposals = []
+            for post in posts:
+                t0 = time.perf_counter()
+                masks, scores = class_agnostic_proposals(out["pred_logits"][0], out["pred_masks"][0], inverse,
+                                                         voxel_xyz, post)
+                proposals.append(Proposals(masks, scores, feats, inverse, (time.perf_counter() - t0) * 1e3))
+            return proposals
