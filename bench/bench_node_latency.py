@@ -9,8 +9,10 @@ Mask3D network, postprocess: mask threshold + DBSCAN split + NMS, student, class
 (serialize, the CPU part of publishing). DDS transport is not included (over loopback a 200k-point
 cloud takes ~30-50 ms stamp-to-callback, see the shared ROS 2 notes).
 
-The clouds are rooms (floor, four walls, eight boxes) sampled uniformly over their surface area, so a
-bigger cloud is a denser scan of the same room, like a fused map. The default model is an UNTRAINED bundle
+The clouds are box rooms (floor, four walls, eight boxes) sampled uniformly over their surface area, so a
+bigger cloud is a denser scan of the same room, like a fused map; then ``--scenes`` held-out synthetic rooms
+(``training.data.synthetic``, the run seed of models/folk-synth's test split), whole-scene clouds of the
+kind the bundle's Mask3D was trained on (106-194k points). The default model is an UNTRAINED bundle
 (``training.untrained_bundle``, random weights: same architecture and cost as a trained one, labels
 meaningless) of ``--size`` small (the test double) or real (official Mask3D, ViT-L-14-336, 200 names).
 
@@ -21,7 +23,7 @@ Usage::
 
     python -m bench.bench_node_latency [--sizes 50000 100000 200000] [--repeats 3] [--threads 2]
                                        [--bundle models/folk-synth | --size real] [--vocabulary bundle]
-                                       [--device cpu] [--max-points 200000]
+                                       [--device cpu] [--max-points 200000] [--scenes 3]
 """
 
 from __future__ import annotations
@@ -47,9 +49,12 @@ from folk_ros.ros import parameters as params
 from folk_ros.ros.cloud_outputs import build_outputs, label_points
 from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
 from training.atomic import write_json_atomic
+from training.data.synthetic import generate_scene, scene_name, scene_seed
 from training.untrained_bundle import SIZES, make_untrained_bundle
 
 BENCH_VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant")
+HELD_OUT_RUN_SEED = 600
+"""The run seed of models/folk-synth's held-out test scenes (its manifest; never trained or tuned on)."""
 STAGES = ("convert", "downsample", "text", "proposals", "postprocess", "student", "classify", "messages", "serialize")
 
 
@@ -118,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
                              "bundle: the bundle's own vocabulary (200 names for --size real)")
     parser.add_argument("--max-points", type=int, default=params.SPECS["max_points"].default,
                         help="the node's max_points (voxel-downsampling budget)")
+    parser.add_argument("--scenes", type=int, default=3,
+                        help="also time this many held-out synthetic rooms (whole-scene clouds like the ones the "
+                             "bundle's Mask3D was trained on; 0: none)")
+    parser.add_argument("--scene-seed", type=int, default=HELD_OUT_RUN_SEED,
+                        help="run seed of those rooms (default: the test split of models/folk-synth)")
     parser.add_argument("--out", type=Path, default=Path("out/bench/node_latency.json"), help="JSON result path")
     args = parser.parse_args(argv)
 
@@ -137,13 +147,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         worker.submit(segmenter.text_embeddings, vocabulary).result()
         text_s = time.perf_counter() - t0
+        clouds = [("box room", *room_cloud(n)) for n in args.sizes]
+        for index in tqdm(range(args.scenes), desc="held-out rooms"):
+            mesh, _, _ = generate_scene(scene_seed(args.scene_seed, index), scene_name(index), num_frames=1)
+            clouds.append((mesh.scene_id, mesh.vertices, mesh.colors))
         rows = []
-        for n in tqdm(args.sizes, desc="sizes"):
-            xyz, rgb = room_cloud(n)
+        for name, xyz, rgb in tqdm(clouds, desc="clouds"):
             msg = cloud_to_msg(xyz, rgb, Header(frame_id="map"))
             runs = [worker.submit(time_cloud, segmenter, msg, settings).result()
-                    for _ in tqdm(range(args.repeats + 1), desc=f"{n:,}", leave=False)][1:]
-            rows.append((n, {k: float(np.median([r[k] for r in runs])) for k in runs[0]}))
+                    for _ in tqdm(range(args.repeats + 1), desc=f"{len(xyz):,}", leave=False)][1:]
+            rows.append((name, len(xyz), {k: float(np.median([r[k] for r in runs])) for k in runs[0]}))
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     described = str(args.bundle) if args.bundle else f"untrained {args.size}-size bundle"
@@ -151,20 +164,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{text_s:.2f} s, peak RSS {peak_rss_mb:,.0f} MB")
     print(f"folk_segmenter latency per cloud, median of {args.repeats} (ms); device {segmenter.device}, "
           f"{args.threads} torch threads, max_points {args.max_points:,}")
-    header = f"{'points':>9} {'segm.':>8} {'inst':>5} " + " ".join(f"{s:>10}" for s in STAGES) + f" {'total':>9}"
+    header = (f"{'cloud':<13} {'points':>9} {'segm.':>8} {'inst':>5} " + " ".join(f"{s:>11}" for s in STAGES)
+              + f" {'total':>9} {'post share':>10}")
     print(header)
     print("-" * len(header))
-    for n, t in rows:
+    for name, n, t in rows:
         total = sum(t[s] for s in STAGES)
-        print(f"{n:>9,} {int(t['segmented']):>8,} {int(t['instances']):>5} "
-              + " ".join(f"{t[s]:>10.1f}" for s in STAGES) + f" {total:>9.1f}")
-    print("post-processing share of the proposal stage (postprocess / (proposals + postprocess)): "
-          + ", ".join(f"{postprocess_share(t):.0%} at {n:,}" for n, t in rows))
+        print(f"{name:<13} {n:>9,} {int(t['segmented']):>8,} {int(t['instances']):>5} "
+              + " ".join(f"{t[s]:>11.1f}" for s in STAGES) + f" {total:>9.1f} {postprocess_share(t):>10.0%}")
+    print("post share: postprocess / (proposals + postprocess), the post-processing's part of the proposal stage. "
+          "The box rooms are denser scans of one small room than the training scenes: their masks are larger "
+          "and their post-processing costs more")
     write_json_atomic(args.out, {"device": str(segmenter.device), "threads": args.threads, "repeats": args.repeats,
                                  "bundle": described, "vocabulary_names": len(vocabulary), "load_s": load_s,
                                  "text_first_s": text_s, "peak_rss_mb": peak_rss_mb,
-                                 "rows": [{"points": n, **t, "total": sum(t[s] for s in STAGES),
-                                           "postprocess_share": postprocess_share(t)} for n, t in rows]})
+                                 "rows": [{"cloud": name, "points": n, **t, "total": sum(t[s] for s in STAGES),
+                                           "postprocess_share": postprocess_share(t)} for name, n, t in rows]})
     return 0
 
 

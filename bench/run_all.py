@@ -38,14 +38,20 @@ class Bench:
 
 
 def _node_latency(d: dict) -> dict:
-    rows = {r["points"]: r for r in d["rows"]}
+    rows = {r["points"]: r for r in d["rows"] if r["cloud"] == "box room"}
+    held_out = [r for r in d["rows"] if r["cloud"] != "box room"]
     out = {f"total ms at {n // 1000}k points": round(r["total"], 1) for n, r in rows.items()}
     out.update({f"proposals ms at {n // 1000}k (network + post)": round(r["proposals"] + r["postprocess"], 1)
                 for n, r in rows.items()})
     out.update({f"post-processing share at {n // 1000}k": round(r["postprocess_share"], 2) for n, r in rows.items()})
     out.update({f"student ms at {n // 1000}k": round(r["student"], 1) for n, r in rows.items()})
+    out.update({f"messages ms at {n // 1000}k": round(r["messages"], 1) for n, r in rows.items()})
     if 100_000 in rows and 200_000 in rows:
         out["total 200k / 100k"] = round(rows[200_000]["total"] / rows[100_000]["total"], 2)
+    if held_out:
+        out[f"held-out rooms ({len(held_out)}): points"] = " / ".join(f"{r['points'] // 1000}k" for r in held_out)
+        out["held-out rooms: total ms"] = " / ".join(f"{r['total']:.0f}" for r in held_out)
+        out["held-out rooms: post-processing share"] = " / ".join(f"{r['postprocess_share']:.2f}" for r in held_out)
     return out
 
 
