@@ -60,8 +60,10 @@ def _node_lifecycle(d: dict) -> dict:
     return {"clean Ctrl-C exits": f"{s['clean']}/{s['trials']}",
             "start-up to ready s, first (empty text store)": round(s["ready_first_s"], 2),
             "start-up to ready s, again (median)": round(s["ready_again_median_s"], 2),
-            "start-up to ready s, new names (CLIP first)": round(s["ready_new_names_s"], 2),
-            "SIGINT to exit s (median)": round(s["exit_median_s"], 3)}
+            "start-up to ready s, new names": round(s["ready_new_names_s"], 2),
+            "start-up to new names encoded s": s["text_new_names_s"] and round(s["text_new_names_s"], 2),
+            "SIGINT to exit s (median)": round(s["exit_median_s"], 3),
+            "SIGINT to exit s (max; while CLIP loads)": f"{s['exit_max_s']:.2f}; {s['exit_during_clip_load_s']:.2f}"}
 
 
 def _node_soak(d: dict) -> dict:

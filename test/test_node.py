@@ -13,6 +13,7 @@ from __future__ import annotations
 import array
 import contextlib
 import importlib.util
+import shutil
 import subprocess
 import sys
 import threading
@@ -376,7 +377,11 @@ def test_a_restart_reads_the_text_store_and_loads_clip_for_new_names(tmp_path):
     store = ["-p", f"text_cache_dir:={tmp_path / 'text'}"]
     with running_node(tmp_path, store) as first, ready_probe(first) as probe:
         probe.wait_until(lambda: "ready:" in first.log(), what="the ready line")
-        assert "read from the text store" not in first.log()  # a new store: CLIP encoded the vocabulary
+        assert "read from the text store" not in first.log()  # a new store: ready first, then CLIP encodes
+        assert "names the text store lacks: CLIP loads and encodes them now" in first.log()
+        probe.wait_until(lambda: "vocabulary text encoded" in first.log(), what="the encoded vocabulary")
+        out = probe.result(probe.publish(room_msg(seed=2)[0]), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
+    assert out.instances and out.vocabulary     # the first cloud waited for the text: labeled
     assert list((tmp_path / "text").glob("*.safetensors"))
     with running_node(tmp_path, store) as again, ready_probe(again) as probe:
         probe.wait_until(lambda: "vocabulary text read from the text store; CLIP loads in the background"
@@ -386,6 +391,25 @@ def test_a_restart_reads_the_text_store_and_loads_clip_for_new_names(tmp_path):
         inst = probe.result(probe.publish(room_msg(seed=3)[0]), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
     assert list(inst.vocabulary) == ["mug", "fire extinguisher"] and inst.instances
     assert "CLIP failed" not in again.log()
+
+
+@pytest.mark.ros
+def test_new_names_with_a_clip_that_cannot_load_fail_clouds_clearly_and_the_node_lives_on(tmp_path):
+    """Ready comes before CLIP when the store lacks the names; a CLIP that then fails to load is one clear error
+    per cloud (no labels of other names, no crash), and Ctrl-C still exits cleanly."""
+    make_untrained_bundle(tmp_path / "bundle")
+    broken = tmp_path / "broken_clip"
+    shutil.copytree(tmp_path / "bundle" / "clip", broken)
+    (broken / "open_clip_model.safetensors").write_bytes(b"not a safetensors file")
+    args = ["-p", f"clip_model:={broken}", "-p", f"text_cache_dir:={tmp_path / 'text'}"]
+    with running_node(tmp_path, args) as node, ready_probe(node) as probe:
+        probe.wait_until(lambda: "cannot encode the vocabulary" in node.log(), what="the encoding error")
+        assert "CLIP failed to load" not in node.log()        # the load's own error came first
+        stamp = probe.publish(room_msg(seed=4)[0])
+        probe.wait_until(lambda: "CLIP failed to load" in node.log() or node.proc.poll() is not None,
+                         what="the cloud's error")                  # the kept error, raised to the cloud
+        assert node.proc.poll() is None and stamp not in probe.outputs
+    assert node.proc.returncode == 0 and "Traceback" in node.log()      # the first error of a kind is traced
 
 
 @pytest.mark.ros

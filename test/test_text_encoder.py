@@ -113,6 +113,9 @@ def test_encoder_reads_the_store_without_loading_clip(tmp_path, clip):
     assert first.loaded and first._load_clip.calls == 1
     loader = CountingLoader(clip)
     second = TextEncoder(loader, clip.embed_dim, TextEmbeddingStore(tmp_path, "k"))   # the next start
+    assert second.can_encode_now(NAMES[:2], TEMPLATE) and not second.can_encode_now(["lamp"], TEMPLATE)
+    assert not second.can_encode_now(NAMES[:2], "a photo of a {}")       # the store is keyed by the prompt
+    assert not TextEncoder(loader, clip.embed_dim).can_encode_now(NAMES, TEMPLATE)   # no store, no CLIP yet
     got = second.encode(list(NAMES[:2]), TEMPLATE)
     torch.testing.assert_close(got, want[:2])
     got.zero_()                                                # a caller's tensor is its own
@@ -121,7 +124,7 @@ def test_encoder_reads_the_store_without_loading_clip(tmp_path, clip):
     new = second.encode(["lamp"], TEMPLATE)                    # a new name needs CLIP: loaded once
     torch.testing.assert_close(new, clip.encode_text(["lamp"], TEMPLATE))
     second.encode(["desk"], TEMPLATE)
-    assert second.loaded and loader.calls == 1
+    assert second.loaded and loader.calls == 1 and second.can_encode_now(["anything"], "{}")   # CLIP is here
     assert TextEmbeddingStore(tmp_path, "k").get(TEMPLATE, ["lamp", "desk", *NAMES]) is not None
     phrase = second.encode(["a red mug"], "{}", keep=False)   # one-off text: encoded, not kept
     torch.testing.assert_close(phrase, clip.encode_text(["a red mug"], "{}"))
@@ -160,6 +163,27 @@ def test_preload_and_a_failed_load(clip):
     wrong = TextEncoder(CountingLoader(clip), clip.embed_dim + 1)
     with pytest.raises(ValueError, match="expected"):
         wrong.encode(NAMES, TEMPLATE)
+
+
+def test_loading_is_true_only_while_a_thread_loads_clip(clip):
+    started, release = threading.Event(), threading.Event()
+
+    def slow_loader():
+        started.set()
+        release.wait(timeout=60)
+        return clip
+
+    encoder = TextEncoder(slow_loader, clip.embed_dim)
+    assert not encoder.loading
+    thread = encoder.preload()
+    assert started.wait(timeout=60) and encoder.loading and not encoder.loaded   # what shutdown asks
+    release.set()
+    thread.join(timeout=60)
+    assert encoder.loaded and not encoder.loading
+    broken = TextEncoder(CountingLoader(clip, OSError("no weights")), clip.embed_dim)
+    with pytest.raises(OSError):
+        broken.clip
+    assert not broken.loading
 
 
 def test_segmenter_from_bundle_with_a_store_loads_clip_only_for_new_text(tmp_path):

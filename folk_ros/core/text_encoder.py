@@ -166,6 +166,7 @@ class TextEncoder:
         self._clip = load_clip if isinstance(load_clip, ClipModel) else None
         self._load_clip = None if self._clip is not None else load_clip
         self._load_error: BaseException | None = None
+        self._loading = False
         self._clip_lock = threading.Lock()
         if embed_dim is None:
             if self._clip is None:
@@ -181,23 +182,39 @@ class TextEncoder:
         return self._clip is not None
 
     @property
+    def loading(self) -> bool:
+        """Whether a thread is loading CLIP now (seconds, mostly importing open_clip; it cannot be interrupted)."""
+        return self._loading
+
+    @property
     def clip(self) -> ClipModel:
         """The ClipModel, loaded now when it is not yet (blocking; one load, whatever the threads)."""
         with self._clip_lock:
             if self._clip is None:
                 if self._load_error is not None:
                     raise RuntimeError(f"CLIP failed to load: {self._load_error}") from self._load_error
+                self._loading = True
                 try:
                     with _collection_paused():
                         clip = self._load_clip()
                 except Exception as err:
                     self._load_error = err
                     raise
+                finally:
+                    self._loading = False
                 if clip.embed_dim != self.embed_dim:
                     self._load_error = ValueError(f"CLIP embeds into {clip.embed_dim}-d, expected {self.embed_dim}")
                     raise self._load_error
                 self._clip = clip
             return self._clip
+
+    def can_encode_now(self, names: Sequence[str], template: str) -> bool:
+        """Whether :meth:`encode` of these names has its answer without loading CLIP: CLIP is loaded, they are
+        the last vocabulary encoded, or the store holds every prompt."""
+        key = (template, tuple(names))
+        last = self._last
+        return (self.loaded or (last is not None and last[0] == key)
+                or (self.store is not None and self.store.get(template, key[1]) is not None))
 
     def preload(self) -> threading.Thread | None:
         """Load CLIP on a daemon thread (None when it is loaded); a failure is logged and kept for later.

@@ -27,7 +27,8 @@ the parameter services and the map services while a cloud is segmented: in map m
 outside the map lock and holds it only to fold the result in (:meth:`LiveMap.commit`) and copy what it
 publishes, so a query waits tens of milliseconds at most. Live parameters (``vocabulary``,
 ``prompt_template``, ``score_threshold``) are validated in the on-set callback; the text is encoded by
-the worker (never on the executor), which reads the committed
+the worker (never on the executor; at start-up, names the text store lacks are encoded by it right after
+ready, before any cloud), which reads the committed
 :class:`~folk_ros.ros.parameters.LiveSettings` before every cloud. The worker is the only thread that runs
 torch on ``num_threads`` threads: the model loads on a thread of its own and the map services' torch work
 on the executor runs serially, because a second OpenMP team made Mask3D about twice as slow

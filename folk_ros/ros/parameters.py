@@ -112,9 +112,9 @@ PARAMETERS: tuple[ParamSpec, ...] = (
               "(minkowski when it imports).", limits=SPARSE_BACKENDS),
     ParamSpec("text_cache_dir", "", T.STRING,
               "Folder of CLIP text embeddings kept between runs: a vocabulary encoded before (or in the bundle's "
-              "text_cache/) is read back, so the node is ready without loading CLIP (it loads on a thread of its "
-              "own afterwards, for new names); '' = $ROS_HOME/folk_ros/text_embeddings, 'none' = keep nothing "
-              "(CLIP loads at start-up)."),
+              "text_cache/) is read back without loading CLIP (it loads on a thread of its own after ready, for "
+              "new names; names the store lacks at start are encoded right after ready, and clouds wait for "
+              "them); '' = $ROS_HOME/folk_ros/text_embeddings, 'none' = keep nothing (CLIP loads at start-up)."),
     ParamSpec("num_threads", 0, T.INTEGER, "CPU threads of the worker's torch work (Mask3D, the student, text "
               "encoding; the model loads with as many); 0 = torch's default.", limits=(0, 256)),
     ParamSpec("max_instances", SegmenterConfig.max_instances, T.INTEGER,
