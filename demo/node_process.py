@@ -32,7 +32,7 @@ class NodeProcess:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
-               "RCUTILS_COLORIZED_OUTPUT": "0"}
+               "RCUTILS_COLORIZED_OUTPUT": "0", "PYTHONFAULTHANDLER": "1"}   # a crash leaves its stacks
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", *module, "--ros-args", *ros_args],
                                      cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT)
