@@ -374,8 +374,8 @@ def test_vocabulary_change_takes_effect_on_the_next_cloud(probe):
 @pytest.mark.ros
 def test_a_restart_reads_the_text_store_and_loads_clip_for_new_names(tmp_path):
     from rclpy.parameter import Parameter
-    store = ["-p", f"text_cache_dir:={tmp_path / 'text'}"]
-    with running_node(tmp_path, store) as first, ready_probe(first) as probe:
+    store = ["-r", "__ns:=/restart", "-p", f"text_cache_dir:={tmp_path / 'text'}"]   # alone on its topics
+    with running_node(tmp_path, store) as first, ready_probe(first, "/restart") as probe:
         probe.wait_until(lambda: "ready:" in first.log(), what="the ready line")
         assert "read from the text store" not in first.log()  # a new store: ready first, then CLIP encodes
         assert "names the text store lacks: CLIP loads and encodes them now" in first.log()
@@ -383,7 +383,7 @@ def test_a_restart_reads_the_text_store_and_loads_clip_for_new_names(tmp_path):
         out = probe.result(probe.publish(room_msg(seed=2)[0]), topics=(TOPIC_INSTANCES,))[TOPIC_INSTANCES]
     assert out.instances and out.vocabulary     # the first cloud waited for the text: labeled
     assert list((tmp_path / "text").glob("*.safetensors"))
-    with running_node(tmp_path, store) as again, ready_probe(again) as probe:
+    with running_node(tmp_path, store) as again, ready_probe(again, "/restart") as probe:
         probe.wait_until(lambda: "vocabulary text read from the text store; CLIP loads in the background"
                          in again.log(), what="the text store's log line")
         change = [Parameter("vocabulary", value=["mug", "fire extinguisher"])]     # new names: CLIP's work
@@ -401,8 +401,8 @@ def test_new_names_with_a_clip_that_cannot_load_fail_clouds_clearly_and_the_node
     broken = tmp_path / "broken_clip"
     shutil.copytree(tmp_path / "bundle" / "clip", broken)
     (broken / "open_clip_model.safetensors").write_bytes(b"not a safetensors file")
-    args = ["-p", f"clip_model:={broken}", "-p", f"text_cache_dir:={tmp_path / 'text'}"]
-    with running_node(tmp_path, args) as node, ready_probe(node) as probe:
+    args = ["-r", "__ns:=/clip_fails", "-p", f"clip_model:={broken}", "-p", f"text_cache_dir:={tmp_path / 'text'}"]
+    with running_node(tmp_path, args) as node, ready_probe(node, "/clip_fails") as probe:  # alone on its topics
         probe.wait_until(lambda: "cannot encode the vocabulary" in node.log(), what="the encoding error")
         assert "CLIP failed to load" not in node.log()        # the load's own error came first
         stamp = probe.publish(room_msg(seed=4)[0])

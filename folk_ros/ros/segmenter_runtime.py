@@ -333,16 +333,21 @@ class SegmenterRuntime(MapMode):
 
     def _work(self) -> None:
         torch_threads.use_threads(self._threads)   # the one thread that runs torch in parallel
+        slot = self._slot                           # this activation's (a later one has its own worker)
         while True:
-            work = self._slot.take()
+            work = slot.take()
             if work is None:
                 return
             try:
                 live = self._current_live()
             except Exception as err:   # e.g. CLIP failed to load: no labels rather than labels of other names
+                if slot.closed:
+                    return
                 self._failed(f"cannot encode the vocabulary, so no cloud is segmented until it can be: "
                              f"{type(err).__name__}: {err}", traceback.format_exc())
                 continue
+            if slot.closed:            # the node shut down while CLIP loaded (not waited for): touch nothing
+                return
             if REQUEST_TEXT in work.requests:
                 self.get_logger().info(f"vocabulary text encoded {time.perf_counter() - self._text_requested:.1f} s "
                                        f"after ready ({params.describe_vocabulary(live.vocabulary)})")
