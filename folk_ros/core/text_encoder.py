@@ -211,10 +211,15 @@ class TextEncoder:
     def can_encode_now(self, names: Sequence[str], template: str) -> bool:
         """Whether :meth:`encode` of these names has its answer without loading CLIP: CLIP is loaded, they are
         the last vocabulary encoded, or the store holds every prompt."""
-        key = (template, tuple(names))
+        return self.loaded or self._known((template, tuple(names)), self.store) is not None
+
+    def _known(self, key: tuple[str, tuple[str, ...]], store: TextEmbeddingStore | None) -> torch.Tensor | None:
+        """The embeddings of ``key`` (template, names) without CLIP: the last vocabulary's, or ``store``'s."""
         last = self._last
-        return (self.loaded or (last is not None and last[0] == key)
-                or (self.store is not None and self.store.get(template, key[1]) is not None))
+        if last is not None and last[0] == key:
+            return last[1]
+        stored = store.get(*key) if store is not None else None
+        return None if stored is None else torch.from_numpy(stored)
 
     def preload(self) -> threading.Thread | None:
         """Load CLIP on a daemon thread (None when it is loaded); a failure is logged and kept for later.
@@ -238,14 +243,9 @@ class TextEncoder:
         """(K, D) float32 unit-norm embeddings of ``template`` filled with each name (CPU). ``keep``: look the
         names up in the store and add them to it (False for one-off text, e.g. a map query's phrases)."""
         key = (template, tuple(names))
-        last = self._last
-        if last is not None and last[0] == key:
-            return last[1].clone()
         store = self.store if keep else None
-        stored = store.get(template, key[1]) if store is not None else None
-        if stored is not None:
-            text = torch.from_numpy(stored)
-        else:
+        text = self._known(key, store)
+        if text is None:
             text = self.clip.encode_text(list(key[1]), template).float().cpu()
             if store is not None:
                 store.put(template, key[1], text.numpy())
