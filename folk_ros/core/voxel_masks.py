@@ -82,11 +82,12 @@ class VoxelMasks:
     def winners(self, priority: torch.Tensor) -> torch.Tensor:
         """(V,) int64: in each voxel the mask of highest ``priority`` (M,) (a permutation of 0..M-1), -1 in
         voxels of no mask."""
+        priority = priority.to(self.rows.device, torch.int64)
         top = torch.full((self.shape[1],), -1, dtype=torch.int64, device=self.rows.device)
-        top = top.scatter_reduce(0, self.cols, priority.to(self.rows.device, torch.int64)[self.rows], "amax")
+        top = top.scatter_reduce(0, self.cols, priority[self.rows], "amax")
         order = torch.empty(self.shape[0] + 1, dtype=torch.int64, device=self.rows.device)
         order[-1] = -1                                                       # priority -1 -> mask -1
-        order[priority.to(self.rows.device, torch.int64)] = torch.arange(self.shape[0], device=self.rows.device)
+        order[priority] = torch.arange(self.shape[0], device=self.rows.device)
         return order[top]
 
     def select(self, index: torch.Tensor) -> "VoxelMasks":
