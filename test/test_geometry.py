@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from folk_ros.core.geometry import oriented_boxes
+from folk_ros.core.geometry import grouped_oriented_boxes, oriented_boxes
 
 
 def box_surface(center, size, yaw, n=3000, seed=0):
@@ -70,11 +70,11 @@ def reference_box(pts: np.ndarray) -> tuple[float, float]:
 @pytest.mark.parametrize("loop_points", [None, 1, 10 ** 9], ids=["mixed", "one by one", "all together"])
 def test_many_instances_match_a_rectangle_search_over_every_hull_edge(monkeypatch, loop_points):
     if loop_points is not None:   # how the points are thinned must not change the boxes
-        monkeypatch.setattr("folk_ros.core.geometry.OCTAGON_LOOP_POINTS", loop_points)
+        monkeypatch.setattr("folk_ros.core.geometry.POLYGON_LOOP_POINTS", loop_points)
     rng = np.random.default_rng(3)
     clouds = []
     for i in range(80):         # boxes, blobs, thin sticks and voxel grids (repeated footprints), big and small
-        n = int(rng.integers(3, 4000)) if i % 10 else 20_000    # some above OCTAGON_LOOP_POINTS
+        n = int(rng.integers(3, 4000)) if i % 10 else 20_000    # some above POLYGON_LOOP_POINTS
         if i % 4 == 0:
             pts = box_surface(rng.uniform(-5, 5, 3), rng.uniform(0.05, 2, 3), rng.uniform(-np.pi, np.pi), n, seed=i)
         elif i % 4 == 1:
@@ -101,3 +101,17 @@ def test_many_instances_match_a_rectangle_search_over_every_hull_edge(monkeypatc
     one_by_one = oriented_boxes(xyz, sets)
     for name in ("center", "size", "yaw"):
         np.testing.assert_array_equal(getattr(one_by_one, name), getattr(boxes, name))
+
+
+def test_grouped_points_give_the_same_boxes_and_bad_sizes_are_refused():
+    rng = np.random.default_rng(5)
+    xyz = rng.normal(size=(500, 3))
+    sets = [rng.choice(500, k, replace=False) for k in (3, 40, 200)]
+    grouped = grouped_oriented_boxes(xyz[np.concatenate(sets)], [3, 40, 200])
+    for name in ("center", "size", "yaw"):
+        np.testing.assert_array_equal(getattr(grouped, name), getattr(oriented_boxes(xyz, sets), name))
+    assert len(grouped_oriented_boxes(np.zeros((0, 3)), [])) == 0
+    with pytest.raises(ValueError, match="add up to 4, not to the 5 points"):
+        grouped_oriented_boxes(xyz[:5], [1, 3])
+    with pytest.raises(ValueError, match="instance 1 has no points"):
+        grouped_oriented_boxes(xyz[:5], [5, 0])

@@ -15,7 +15,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 from folk_ros.core.pointcloud2 import CloudFormatError  # noqa: E402
 from folk_ros.ros.conversions import (  # noqa: E402
     UNLABELED_COLOR, cloud_from_msg, cloud_to_msg, instances_to_msg,
-    label_colors, markers_from_instances)
+    label_colors, markers_from_instances, packed_label_colors)
 
 _DATATYPE = {np.dtype(code): datatype for datatype, code in
              enumerate(["i1", "u1", "i2", "u2", "i4", "u4", "f4", "f8"], start=1)}
@@ -198,6 +198,9 @@ def test_cloud_to_msg_round_trip_with_extra_fields_and_serialization(pts):
                                                     "offsets": [16, 20, 24], "itemsize": 28}))
     for name, values in extras.items():
         np.testing.assert_array_equal(rec[name], values)
+    rgb_u32 = rgb.astype(np.uint32)                                  # colours packed already: the same bytes
+    packed = (rgb_u32[:, 0] << 16) | (rgb_u32[:, 1] << 8) | rgb_u32[:, 2] | np.uint32(0xFF000000)
+    assert bytes(cloud_to_msg(xyz, packed, _header("cam", 7, 9), extras).data) == bytes(msg.data)
 
 
 def test_cloud_to_msg_rejects_bad_extras(pts):
@@ -229,6 +232,12 @@ def test_label_colors_fixed_palette():
     np.testing.assert_array_equal(c[0], c[4])
     np.testing.assert_array_equal(c[0], c[2])  # palette of 20 wraps
     assert tuple(c[3]) == UNLABELED_COLOR and not np.array_equal(c[0], c[1])
+    for labels in (np.array([0, 1, 20, -1, 0]), np.array([-7, 10 ** 6, 3]), np.zeros(0, np.int32)):  # also wide ones
+        c = label_colors(labels).astype(np.uint32)
+        np.testing.assert_array_equal(packed_label_colors(labels), (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2])
+    assert tuple(label_colors(np.array([-7, 10 ** 6 + 20]))[0]) == UNLABELED_COLOR
+    with pytest.raises(ValueError, match="must be integers"):
+        packed_label_colors(np.array([0.5]))
 
 
 def test_instances_to_msg_contents_and_serialization():
@@ -260,9 +269,12 @@ def test_markers_from_instances(box_style, box_type):
     msg = markers_from_instances(_header("map", 8, 1), ["chair", ""], np.array([0.873, 0.5]), bmin, bmax,
                                  label_colors(np.array([0, -1])), 1.5, namespace="ns", point_sets=point_sets,
                                  box_style=box_style, max_marker_points=1000)
-    built = msg.markers[1:]   # made from one template: no two share a part that is set per marker
-    for part in ("pose", "scale", "color", "points", "colors"):
-        assert len({id(getattr(m, part)) for m in built}) == len(built), part
+    built = msg.markers[1:]   # parts alike in every marker of a kind are made once; no two share one set per marker
+    own = [("points", built), ("colors", built), ("pose", [m for m in built if m.ns == "ns/labels"])]
+    if box_style == "cube":
+        own += [(part, [m for m in built if m.ns == "ns/boxes"]) for part in ("pose", "scale", "color")]
+    for part, group in own:
+        assert len({id(getattr(m, part)) for m in group}) == len(group), part
     back = rclpy_serialization.deserialize_message(rclpy_serialization.serialize_message(msg), MarkerArray)
     markers = back.markers
     assert markers[0].action == Marker.DELETEALL

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from folk_ros.core.voxel_masks import VoxelMasks
+from folk_ros.core.voxel_masks import VoxelMasks, split_groups, stable_order
 
 
 def _dense(seed=0, m=5, v=40):
@@ -51,6 +51,25 @@ def test_point_ids_are_each_masks_points_in_order():
         assert got.dtype == np.int64
         np.testing.assert_array_equal(got, np.flatnonzero(mask))
     assert VoxelMasks.empty(40).point_ids(inverse) == []
+
+
+def test_point_groups_over_more_voxels_than_one_radix_pass_sorts():
+    gen = torch.Generator().manual_seed(6)
+    dense = torch.rand((3, 70_001), generator=gen) < 0.02           # voxel ids need two 16-bit passes
+    inverse = torch.randint(0, 70_001, (20_000,), generator=gen)
+    points, sizes = VoxelMasks.from_dense(dense).point_groups(inverse)
+    want = [np.flatnonzero(mask) for mask in dense[:, inverse].numpy()]
+    np.testing.assert_array_equal(sizes, [len(w) for w in want])
+    for got, w in zip(split_groups(points, sizes), want):
+        np.testing.assert_array_equal(got, w)
+
+
+def test_stable_order_is_numpys_stable_argsort():
+    keys = np.random.default_rng(7).integers(0, 2 ** 40, 5000)
+    keys[::3] = keys[1::3][: len(keys[::3])]                         # ties keep their order
+    np.testing.assert_array_equal(stable_order(keys, 2 ** 40), np.argsort(keys, kind="stable"))
+    np.testing.assert_array_equal(stable_order(keys % 7, 7), np.argsort(keys % 7, kind="stable"))
+    assert stable_order(np.zeros(0, np.int64), 1).size == 0 and split_groups(np.arange(3), np.zeros(0)) == []
 
 
 def test_winners_take_each_voxel_by_priority():

@@ -5,10 +5,11 @@ floor plane): the rectangle of least area around a convex polygon has a side on 
 the convex hull's edge directions are the only candidates (rotating calipers). Height comes from the
 points' z range. A flat footprint (collinear points) gets its line's direction, a single point yaw 0.
 
-The points are thinned first (Akl-Toussaint: a point strictly inside the octagon of its instance's
-extreme points in 8 directions is no hull vertex; large instances one by one, the others together), then
-all instances at once: the hulls of what is left found by monotone chains pruned in vectorised passes,
-and the rectangles of every candidate edge direction compared in one array operation.
+The points are thinned first (Akl-Toussaint: a point strictly inside the polygon of its instance's
+extreme points in 8 directions is no hull vertex; large instances one by one, the others together; then
+the survivors again with 16 directions), then all instances at once: the hulls of what is left found by
+monotone chains pruned in vectorised passes, and every candidate edge direction of an instance tried
+against each of its hull vertices in one array operation.
 """
 
 from __future__ import annotations
@@ -51,17 +52,30 @@ def oriented_boxes(xyz: np.ndarray, point_sets: Sequence[np.ndarray]) -> Oriente
         xyz: (N, 3) points, z up.
         point_sets: M arrays of indices into ``xyz`` (each non-empty).
     """
-    xyz = np.asarray(xyz, np.float64)
-    m = len(point_sets)
-    if m == 0:
-        return OrientedBoxes(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0))
-    sizes = np.array([len(ids) for ids in point_sets])
+    sizes = np.array([len(ids) for ids in point_sets], np.int64)
     if (sizes == 0).any():
         raise ValueError(f"instance {int(np.argmax(sizes == 0))} has no points")
-    pts = xyz[np.concatenate([np.asarray(ids, np.int64) for ids in point_sets])]
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    ids = np.concatenate([np.asarray(ids, np.int64) for ids in point_sets]) if len(sizes) else np.zeros(0, np.int64)
+    return grouped_oriented_boxes(np.asarray(xyz)[ids], sizes)
+
+
+def grouped_oriented_boxes(points: np.ndarray, sizes: np.ndarray) -> OrientedBoxes:
+    """:func:`oriented_boxes` of M point groups stored one after the other: ``points`` (T, 3), group i in the
+    ``sizes[i]`` rows after the first ``sizes[:i].sum()``; every size > 0 and T = ``sizes.sum()``."""
+    pts = np.asarray(points, np.float64).reshape(-1, 3)
+    sizes = np.asarray(sizes, np.int64).reshape(-1)
+    m = len(sizes)
+    if (sizes <= 0).any():
+        raise ValueError(f"instance {int(np.argmax(sizes <= 0))} has no points")
+    if sizes.sum() != len(pts):
+        raise ValueError(f"the {m} group sizes add up to {int(sizes.sum())}, not to the {len(pts)} points")
+    if m == 0:
+        return OrientedBoxes(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0))
+    starts = np.cumsum(sizes) - sizes
     owner = np.repeat(np.arange(m), sizes)
-    keep = ~_inside_extreme_octagon(pts[:, :2], starts, sizes)
+    keep = np.flatnonzero(~_inside_extreme_polygon(pts[:, :2], starts, sizes, _OCTAGON))
+    kept_sizes = np.bincount(owner[keep], minlength=m)       # > 0: an instance's extreme points are never inside
+    keep = keep[~_inside_polygons_together(pts[keep, :2], kept_sizes, _SIXTEEN_GON)]
     edges, vertices = _hull_chains(pts[keep, :2], owner[keep])
     angle, lo, hi = _min_area_rectangles(np.mod(np.arctan2(edges[0][:, 1], edges[0][:, 0]), np.pi / 2), edges[1],
                                          vertices[0], vertices[1], m)
@@ -73,46 +87,54 @@ def oriented_boxes(xyz: np.ndarray, point_sets: Sequence[np.ndarray]) -> Oriente
     return OrientedBoxes(center, size, angle)
 
 
-_DIRECTIONS = np.stack([np.cos(np.arange(8) * (np.pi / 4)), np.sin(np.arange(8) * (np.pi / 4))])   # (2, 8)
+def _directions(k: int) -> np.ndarray:
+    """(2, k) unit vectors at k equal angles, counter-clockwise from +x."""
+    angle = np.arange(k) * (2.0 * np.pi / k)
+    return np.stack([np.cos(angle), np.sin(angle)])
 
-OCTAGON_LOOP_POINTS = 4096
+
+_OCTAGON, _SIXTEEN_GON = _directions(8), _directions(16)
+
+POLYGON_LOOP_POINTS = 1024
 """Instances of at least this many points are thinned one by one (a few (8, n) array operations each); the
-smaller ones together in (T, 8) passes, which cost a gather per point but no Python step per instance.
-Thinning alone, measured on 2 cores (medians of 7): 100 instances with 369k points (bench_node_latency's
-200k-point room) 47 ms all together, 14 ms one by one, 10 ms split at 4096; 1000 instances of 200 points
-21 ms together, 81 ms one by one, 21 ms split."""
+smaller ones together in (T, 8) passes, which cost more per point but no Python step per instance.
+The octagon stage alone, measured on 2 cores (median of 7 minima): bench_node_latency's 100k-point room
+(100 instances, 65k points) 5.6 ms all together, 5.3 ms one by one, 3.0 ms split at 4096, 2.3 ms at 1024;
+its 200k-point room (100 instances, 369k points) 48.5, 10.5, 8.6, 7.8 ms; 1000 instances of 200 points
+21 ms together, 45 ms one by one, 21 ms split."""
 
 
-def _inside_extreme_octagon(xy: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """(T,) True for points strictly inside the convex octagon spanned by their instance's extreme points
-    in 8 directions (so not vertices of its hull; a margin keeps points near an edge). ``xy`` (T, 2)
-    grouped by instance, instance i in rows ``starts[i]`` to ``starts[i] + sizes[i]``. Instances whose
-    octagon has no area keep every point."""
-    large = sizes >= OCTAGON_LOOP_POINTS
+def _inside_extreme_polygon(xy: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
+                            directions: np.ndarray) -> np.ndarray:
+    """(T,) True for points strictly inside the convex polygon spanned by their instance's extreme points
+    in the K ``directions`` (2, K) (so not vertices of its hull; a margin keeps points near an edge).
+    ``xy`` (T, 2) grouped by instance, instance i in rows ``starts[i]`` to ``starts[i] + sizes[i]``.
+    Instances whose polygon has no area keep every point."""
+    large = sizes >= POLYGON_LOOP_POINTS
     if not large.any():
-        return _inside_octagons_together(xy, sizes)
+        return _inside_polygons_together(xy, sizes, directions)
     inside = np.zeros(len(xy), bool)
     xy_t = np.ascontiguousarray(xy.T)                                            # (2, T): contiguous rows
     for start, size in zip(starts[large].tolist(), sizes[large].tolist()):
         p = xy_t[:, start:start + size]                                          # (2, n)
-        vertex = p[:, np.argmax(_DIRECTIONS.T @ p, axis=1)].T                    # (8, 2) extreme points, CCW
-        normal, limit = _octagon_sides(vertex[None])
+        vertex = p[:, np.argmax(directions.T @ p, axis=1)].T                     # (K, 2) extreme points, CCW
+        normal, limit = _polygon_sides(vertex[None])
         inside[start:start + size] = (normal[0] @ p > limit[0][:, None]).all(axis=0)
     if not large.all():
         small_sizes = sizes[~large]
         rows = np.repeat(starts[~large] - np.cumsum(small_sizes) + small_sizes, small_sizes)
         rows += np.arange(len(rows))                                             # their points, in order
-        inside[rows] = _inside_octagons_together(xy[rows], small_sizes)
+        inside[rows] = _inside_polygons_together(xy[rows], small_sizes, directions)
     return inside
 
 
-def _octagon_sides(vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Half-planes of M octagons (M, 8, 2) with CCW vertices: ``normal`` (M, 8, 2) and ``limit`` (M, 8), a
+def _polygon_sides(vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half-planes of M K-gons (M, K, 2) with CCW vertices: ``normal`` (M, K, 2) and ``limit`` (M, K), a
     point p strictly inside when ``normal[j] . p > limit[j]`` for every side j (e x p > e x v + margin
-    along edge e from vertex v; a repeated vertex, no edge, passes every point; an octagon with no area
+    along edge e from vertex v; a repeated vertex, no edge, passes every point; a polygon with no area
     passes none)."""
     nxt = np.roll(vertex, -1, axis=1)
-    edge = nxt - vertex                                                          # (M, 8, 2)
+    edge = nxt - vertex                                                          # (M, K, 2)
     length = np.hypot(edge[..., 0], edge[..., 1])
     scale = np.ptp(vertex.reshape(len(vertex), -1), axis=1)[:, None]
     area = 0.5 * (vertex[..., 0] * nxt[..., 1] - nxt[..., 0] * vertex[..., 1]).sum(1)         # shoelace
@@ -122,22 +144,21 @@ def _octagon_sides(vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([-edge[..., 1], edge[..., 0]], axis=-1), limit
 
 
-def _inside_octagons_together(xy: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """:func:`_inside_extreme_octagon` of all instances at once (``xy`` (T, 2) grouped by instance)."""
-    m = len(sizes)
-    owner = np.repeat(np.arange(m), sizes)
+def _inside_polygons_together(xy: np.ndarray, sizes: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """:func:`_inside_extreme_polygon` of all instances at once (``xy`` (T, 2) grouped by instance, every
+    size > 0): per-instance values reach the points by ``np.repeat``, never by a gather."""
+    if len(xy) == 0:
+        return np.zeros(0, bool)
     starts = np.cumsum(sizes) - sizes
-    proj = xy @ _DIRECTIONS                                                      # (T, 8)
-    best = np.maximum.reduceat(proj, starts, axis=0)                             # (M, 8)
-    vertex = np.zeros((m, 8, 2))                                                 # extreme points, CCW
-    for j in range(8):
-        rows = np.flatnonzero(proj[:, j] == best[owner, j])
-        first = rows[np.unique(owner[rows], return_index=True)[1]]               # one per instance
-        vertex[:, j] = xy[first]
-    normal, limit = _octagon_sides(vertex)
+    proj = xy @ directions                                                       # (T, K)
+    best = np.maximum.reduceat(proj, starts, axis=0)                             # (M, K)
+    row = np.where(proj == np.repeat(best, sizes, axis=0), np.arange(len(xy))[:, None], len(xy))
+    normal, limit = _polygon_sides(xy[np.minimum.reduceat(row, starts, axis=0)])  # first extreme point, CCW
+    x, y = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
     inside = np.ones(len(xy), bool)
-    for j in range(8):
-        inside &= normal[owner, j, 0] * xy[:, 0] + normal[owner, j, 1] * xy[:, 1] > limit[owner, j]
+    for j in range(directions.shape[1]):
+        inside &= (np.repeat(normal[:, j, 0], sizes) * x + np.repeat(normal[:, j, 1], sizes) * y
+                   > np.repeat(limit[:, j], sizes))
     return inside
 
 
@@ -148,93 +169,90 @@ def _hull_chains(xy: np.ndarray, owner: np.ndarray) -> Chains:
     """The convex hull of each instance's points, all instances at once (Andrew's monotone chains).
 
     ``xy`` (T, 2) with ``owner`` (T,). The points of an instance sorted by (x, y) form its lower and its
-    upper chain. Every pass drops, everywhere at once, each inner point of a chain that does not make a
-    strict turn (left on the lower chain, right on the upper) with its neighbours: it lies on or beyond
-    the segment between two points of its set, so it is no hull vertex, whatever else is dropped. The
-    passes end when both chains turn strictly everywhere: they are then the hull.
+    upper chain; the upper chain is the lower chain of the points mirrored in y, so one loop prunes both.
+    Every pass drops, everywhere at once, each inner point of a chain that does not make a strict left
+    turn with its neighbours: it lies on or beyond the segment between two points of its set, so it is no
+    hull vertex, whatever else is dropped. The passes end when every chain turns strictly everywhere: they
+    are then the hull.
 
-    Returns ``((edge vectors (E, 2), their owners (E,)), (vertices (H, 2), their owners (H,)))``; a
-    flat footprint gets its segment, a single point no edge.
+    Returns ``((edge vectors (E, 2), their owners (E,)), (vertices (H, 2), their owners (H,)))``, the lower
+    chains' before the upper chains'; a flat footprint gets its segment, a single point no edge.
     """
     order = np.lexsort((xy[:, 1], xy[:, 0], owner))
     xy, owner = xy[order], owner[order]
     fresh = np.ones(len(xy), bool)             # repeated points go: the argument needs distinct ones
     fresh[1:] = (owner[1:] != owner[:-1]) | (xy[1:] != xy[:-1]).any(axis=1)
     xy, owner = xy[fresh], owner[fresh]
-    edges, edge_owner, vertices, vertex_owner = [], [], [], []
-    for sign in (1.0, -1.0):                     # lower chain: left turns, upper chain: right turns
-        idx = np.arange(len(xy))
-        while len(idx) > 2:
-            a, b, c = xy[idx[:-2]], xy[idx[1:-1]], xy[idx[2:]]
-            inner = (owner[idx[:-2]] == owner[idx[1:-1]]) & (owner[idx[2:]] == owner[idx[1:-1]])
-            turn = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-            drop = inner & (sign * turn <= 0)
-            if not drop.any():
-                break
-            idx = idx[np.concatenate([[True], ~drop, [True]])]
-        same = owner[idx[:-1]] == owner[idx[1:]]
-        edges.append((xy[idx[1:]] - xy[idx[:-1]])[same])
-        edge_owner.append(owner[idx[:-1]][same])
-        vertices.append(xy[idx])
-        vertex_owner.append(owner[idx])
-    return ((np.concatenate(edges), np.concatenate(edge_owner)),
-            (np.concatenate(vertices), np.concatenate(vertex_owner)))
-
-
-def _padded(values: np.ndarray, owner: np.ndarray, m: int, fill: np.ndarray) -> np.ndarray:
-    """(M, L, ...) rows of ``values`` per owner (sorted by owner, in [0, M)), each padded with its own first
-    value (an owner with none: ``fill``)."""
-    counts = np.bincount(owner, minlength=m)
-    starts = np.cumsum(counts) - counts
-    out = np.broadcast_to(fill, (m, max(int(counts.max(initial=0)), 1)) + fill.shape).copy()
-    first = np.flatnonzero(counts)
-    out[first] = values[starts[first]][:, None]
-    out[owner, np.arange(len(owner)) - starts[owner]] = values
-    return out
+    mirrored = int(owner.max(initial=-1)) + 1                  # the mirrored copies' owners start here
+    p = np.concatenate([xy, xy * [1.0, -1.0]])                 # the chains' points, kept ones only
+    who = np.concatenate([owner, owner + mirrored])
+    while len(p) > 2:
+        dx, dy = p[1:, 0] - p[:-1, 0], p[1:, 1] - p[:-1, 1]   # a -> b and b -> c of every inner point b
+        turn = dx[:-1] * dy[1:] - dy[:-1] * dx[1:]
+        drop = (who[:-2] == who[1:-1]) & (who[2:] == who[1:-1]) & (turn <= 0)
+        if not drop.any():
+            break
+        keep = np.concatenate([[True], ~drop, [True]])
+        p, who = p[keep], who[keep]
+    same = who[:-1] == who[1:]
+    edges, edge_owner = (p[1:] - p[:-1])[same], who[:-1][same]
+    vertices, vertex_owner = p, who
+    for points, owners in ((edges, edge_owner), (vertices, vertex_owner)):   # the upper chains back in place
+        upper = owners >= mirrored
+        points[upper, 1] *= -1.0
+        owners[upper] -= mirrored
+    return (edges, edge_owner), (vertices, vertex_owner)
 
 
 RECTANGLE_BLOCK = 1 << 22
-"""Most (instance, candidate yaw, hull vertex) triples compared in one array operation (32 MB of float64)."""
+"""Most (candidate yaw, hull vertex) pairs compared in one array operation (32 MB of float64); an instance
+with more goes alone."""
 
 
 def _min_area_rectangles(yaws: np.ndarray, yaw_owner: np.ndarray, xy: np.ndarray, xy_owner: np.ndarray,
                          m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The least-area rectangle of each of ``m`` instances: candidate yaws (hull edge directions folded
-    into [0, pi/2); none: 0) and the bounding points (hull vertices), with their owners. Returns yaw (M,)
-    and the (M, 2) min / max corners in the frame rotated by yaw, the longer side along the rotated x
-    axis and yaw in (-pi/2, pi/2]. Instances go in blocks of at most :data:`RECTANGLE_BLOCK` triples."""
+    into [0, pi/2); none: 0) and the bounding points (hull vertices, at least one per instance), with their
+    owners. Returns yaw (M,) and the (M, 2) min / max corners in the frame rotated by yaw, the longer side
+    along the rotated x axis and yaw in (-pi/2, pi/2]. Each instance's candidate yaws meet each of its
+    points once (no padding to the largest hull); instances go in blocks of at most
+    :data:`RECTANGLE_BLOCK` pairs."""
+    alone = np.flatnonzero(np.bincount(yaw_owner, minlength=m) == 0)            # no edge: yaw 0
+    yaws, yaw_owner = np.concatenate([yaws, np.zeros(len(alone))]), np.concatenate([yaw_owner, alone])
     by_yaw, by_xy = np.argsort(yaw_owner, kind="stable"), np.argsort(xy_owner, kind="stable")
     yaws, yaw_owner, xy, xy_owner = yaws[by_yaw], yaw_owner[by_yaw], xy[by_xy], xy_owner[by_xy]
-    a_n = np.maximum(np.bincount(yaw_owner, minlength=m), 1)
-    h_n = np.bincount(xy_owner, minlength=m)
+    pairs = np.bincount(yaw_owner, minlength=m) * np.bincount(xy_owner, minlength=m)
+    block = (np.cumsum(pairs) - pairs) // RECTANGLE_BLOCK                        # instances of a block: adjacent
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(block)) + 1, [m]])
     angle, lo, hi = np.zeros(m), np.zeros((m, 2)), np.zeros((m, 2))
-    first = 0
-    while first < m:
-        last, a_max, h_max = first + 1, a_n[first], h_n[first]
-        while last < m and (last - first + 1) * max(a_max, a_n[last]) * max(h_max, h_n[last]) <= RECTANGLE_BLOCK:
-            a_max, h_max, last = max(a_max, a_n[last]), max(h_max, h_n[last]), last + 1
+    for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         ys = slice(*np.searchsorted(yaw_owner, [first, last]))
         xs = slice(*np.searchsorted(xy_owner, [first, last]))
         angle[first:last], lo[first:last], hi[first:last] = _rectangles(
-            _padded(yaws[ys], yaw_owner[ys] - first, last - first, np.zeros(())),
-            _padded(xy[xs], xy_owner[xs] - first, last - first, np.zeros(2)))
-        first = last
+            yaws[ys], yaw_owner[ys] - first, xy[xs], xy_owner[xs] - first, last - first)
     return angle, lo, hi
 
 
-def _rectangles(yaws: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_min_area_rectangles` of padded blocks: candidate yaws (M, A), points (M, H, 2)."""
-    m = len(yaws)
-    c, s = np.cos(yaws)[..., None], np.sin(yaws)[..., None]                      # (M, A, 1)
-    x, y = xy[:, None, :, 0], xy[:, None, :, 1]                                   # (M, 1, H)
-    u, v = c * x + s * y, -s * x + c * y                                          # rotation by -yaw: (M, A, H)
-    lo = np.stack([u.min(2), v.min(2)], axis=-1)                                  # (M, A, 2)
-    hi = np.stack([u.max(2), v.max(2)], axis=-1)
+def _rectangles(yaws: np.ndarray, yaw_owner: np.ndarray, xy: np.ndarray, xy_owner: np.ndarray,
+                m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_min_area_rectangles` of one block, yaws and points sorted by owner, every owner with both."""
+    per_owner = np.bincount(xy_owner, minlength=m)
+    per_yaw = per_owner[yaw_owner]                                               # the pairs of each yaw
+    pair_start = np.cumsum(per_yaw) - per_yaw
+    point = np.repeat(np.cumsum(per_owner)[yaw_owner] - per_owner[yaw_owner] - pair_start, per_yaw)
+    point += np.arange(point.size)                                               # its owner's points in turn
+    c, s = np.repeat(np.cos(yaws), per_yaw), np.repeat(np.sin(yaws), per_yaw)
+    x, y = xy[point, 0], xy[point, 1]
+    u, v = c * x + s * y, -s * x + c * y                                          # rotation by -yaw
+    lo = np.stack([np.minimum.reduceat(u, pair_start), np.minimum.reduceat(v, pair_start)], axis=-1)   # (A, 2)
+    hi = np.stack([np.maximum.reduceat(u, pair_start), np.maximum.reduceat(v, pair_start)], axis=-1)
     extent = hi - lo
-    best = np.argmin(extent[..., 0] * extent[..., 1] + 1e-12 * np.abs(yaws), axis=1)   # ties: the smaller yaw
-    rows = np.arange(m)
-    angle, lo, hi = yaws[rows, best], lo[rows, best], hi[rows, best]
-    turn = extent[rows, best, 1] > extent[rows, best, 0]        # make x the longer side: turn by 90 degrees
+    area = extent[:, 0] * extent[:, 1] + 1e-12 * np.abs(yaws)                    # ties: the smaller yaw
+    yaw_start = np.searchsorted(yaw_owner, np.arange(m))
+    least = np.minimum.reduceat(area, yaw_start)
+    best = np.minimum.reduceat(np.where(area == least[yaw_owner], np.arange(len(area)), len(area)), yaw_start)
+    angle, lo, hi, extent = yaws[best], lo[best], hi[best], extent[best]
+    turn = extent[:, 1] > extent[:, 0]                          # make x the longer side: turn by 90 degrees
     angle = np.where(turn, angle + np.pi / 2, angle)
     lo, hi = (np.where(turn[:, None], np.stack([lo[:, 1], -hi[:, 0]], 1), lo),
               np.where(turn[:, None], np.stack([hi[:, 1], -lo[:, 0]], 1), hi))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from folk_ros.core.geometry import oriented_boxes
+from folk_ros.core.geometry import grouped_oriented_boxes
 from folk_ros.core.map_config import MapConfig
 from folk_ros.core.map_voxels import (MAX_CELL, VoxelGrid, concat_sets, isin_sorted, neighbourhood,
                                       overlap_counts, unpack)
@@ -532,7 +532,7 @@ class InstanceMap:
         counts = np.diff(np.append(starts, keys.size))
         self.centroids[idx] = (np.add.reduceat(cells.astype(np.float64), starts, axis=0) / counts[:, None]
                                + 0.5) * size + origin
-        obb = oriented_boxes((cells + 0.5) * size + origin, np.split(np.arange(keys.size), starts[1:]))
+        obb = grouped_oriented_boxes((cells + 0.5) * size + origin, counts)
         self.obb_center[idx], self.obb_yaw[idx] = obb.center, obb.yaw
         self.obb_size[idx] = obb.size + size          # voxel centres: the box reaches half a voxel further
 

@@ -59,25 +59,27 @@ class VoxelMasks:
         return torch.from_numpy(np.take(voxel_masks.numpy(), inverse_map.cpu().numpy(), axis=1))
 
     def point_ids(self, inverse_map: torch.Tensor) -> list[np.ndarray]:
-        """Each mask's points: M ascending int64 arrays of indices into the N points, ``inverse_map`` (N,)
-        being each point's voxel. Every entry expands to its voxel's points (points grouped by voxel
-        with one sort), so the cost follows the masks' points, not M x N."""
+        """Each mask's points: M ascending int64 arrays of indices into the N points (:meth:`point_groups`,
+        split)."""
+        return split_groups(*self.point_groups(inverse_map))
+
+    def point_groups(self, inverse_map: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Every mask's points in one array: (T,) int64 indices into the N points, grouped by mask (mask 0
+        first) and ascending within each, and the (M,) int64 group sizes; ``inverse_map`` (N,) is each
+        point's voxel. Each point becomes one (point, mask) pair per mask of its voxel, made in point order,
+        and a stable radix sort by mask groups them: no comparison sort, and the cost follows N and the
+        masks' points, not M x N."""
         m, v = self.shape
-        if m == 0:
-            return []
-        inverse_map = inverse_map.to(self.rows.device)
-        counts = torch.bincount(inverse_map, minlength=v)
-        by_voxel = torch.sort(inverse_map, stable=True).indices             # the points of voxel j, in order,
-        voxel_start = counts.cumsum(0) - counts                              # at by_voxel[start[j]:][:counts[j]]
-        per_entry = counts[self.cols]
-        entry = torch.repeat_interleave(torch.arange(self.cols.numel(), device=self.rows.device), per_entry)
-        entry_start = per_entry.cumsum(0) - per_entry
-        points = by_voxel[(voxel_start[self.cols] - entry_start)[entry]
-                          + torch.arange(entry.numel(), device=self.rows.device)]
-        row = self.rows[entry] * inverse_map.numel()                         # rows ascending: one sort of
-        points = torch.sort(row + points).values - row                       # (row, point) orders each row
-        sizes = torch.zeros(m, dtype=torch.int64, device=self.rows.device).index_add_(0, self.rows, per_entry)
-        return np.split(points.cpu().numpy(), sizes.cumsum(0)[:-1].cpu().numpy())
+        rows, cols = self.rows.cpu().numpy(), self.cols.cpu().numpy()
+        inverse = inverse_map.cpu().numpy()
+        per_voxel = np.bincount(cols, minlength=v)                       # masks of each voxel
+        voxel_masks = rows[stable_order(cols, v)]                         # voxel j's at [start[j], + per_voxel[j])
+        per_point = per_voxel[inverse]
+        first = np.cumsum(per_point) - per_point                          # each point's first pair
+        pair = np.arange(int(per_point.sum()))
+        mask = voxel_masks[np.repeat(np.cumsum(per_voxel)[inverse] - per_point - first, per_point) + pair]
+        points = np.repeat(np.arange(inverse.size), per_point)
+        return points[stable_order(mask, m)], np.bincount(mask, minlength=m)
 
     def winners(self, priority: torch.Tensor) -> torch.Tensor:
         """(V,) int64: in each voxel the mask of highest ``priority`` (M,) (a permutation of 0..M-1), -1 in
@@ -107,3 +109,18 @@ class VoxelMasks:
 
     def to(self, device: torch.device | str) -> "VoxelMasks":
         return VoxelMasks(self.rows.to(device), self.cols.to(device), self.shape)
+
+
+def stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
+    """The stable argsort of non-negative integer ``keys`` below ``bound``: one pass per 16 bits, least
+    significant first (numpy sorts 16-bit keys stably by a radix sort, in linear time)."""
+    keys = np.asarray(keys)
+    order = np.argsort(keys.astype(np.uint16), kind="stable")             # the low 16 bits
+    for shift in range(16, int(bound - 1).bit_length(), 16):
+        order = order[np.argsort((keys[order] >> shift).astype(np.uint16), kind="stable")]
+    return order
+
+
+def split_groups(values: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    """The M groups of ``values`` stored one after the other, ``sizes`` (M,) long: M views (none for M = 0)."""
+    return np.split(values, np.cumsum(sizes)[:-1]) if len(sizes) else []

@@ -14,12 +14,13 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from folk_ros.core.geometry import oriented_boxes
+from folk_ros.core.geometry import grouped_oriented_boxes
 from folk_ros.core.pointcloud2 import CloudConversion
 from folk_ros.core.segmenter import Instances, mask_geometry
-from folk_ros.core.voxel_masks import VoxelMasks
+from folk_ros.core.voxel_masks import VoxelMasks, split_groups
 from folk_ros.ros import parameters as params
-from folk_ros.ros.conversions import cloud_to_msg, instances_to_msg, label_colors, markers_from_instances
+from folk_ros.ros.conversions import (cloud_to_msg, instances_to_msg, label_colors, markers_from_instances,
+                                      packed_label_colors)
 
 
 @dataclass(frozen=True)
@@ -27,20 +28,27 @@ class PointLabels:
     """Segmenter output mapped back to the K kept input points.
 
     Attributes:
-        point_ids: M arrays of (K_i,) int64 indices into the kept points, one per instance.
+        points: (T,) int64 indices into the kept points, instance 0's first, each instance's ascending;
+            sizes: (M,) int64 how many are each instance's (:meth:`VoxelMasks.point_groups`).
         instance_id, label_index: (K,) int32 (-1: none); score: (K,) float32 (0: none); where instances
             overlap the higher score wins (:func:`point_labels`).
         centroids, boxes_min, boxes_max: (M, 3) float64 mean and axis-aligned box of each instance's
             kept points.
     """
 
-    point_ids: list[np.ndarray]
+    points: np.ndarray
+    sizes: np.ndarray
     instance_id: np.ndarray
     label_index: np.ndarray
     score: np.ndarray
     centroids: np.ndarray
     boxes_min: np.ndarray
     boxes_max: np.ndarray
+
+    @property
+    def point_ids(self) -> list[np.ndarray]:
+        """M arrays of (K_i,) indices into the kept points, one per instance."""
+        return split_groups(self.points, self.sizes)
 
 
 def label_points(instances: Instances, inverse: np.ndarray | None, xyz: np.ndarray) -> PointLabels:
@@ -49,7 +57,7 @@ def label_points(instances: Instances, inverse: np.ndarray | None, xyz: np.ndarr
     reads its voxel's mask bits (no (M, K) array)."""
     to_voxel = instances.inverse_map if inverse is None else instances.inverse_map[inverse]
     to_voxel_t = torch.from_numpy(to_voxel)
-    ids = instances.voxel_masks.point_ids(to_voxel_t)
+    points, sizes = instances.voxel_masks.point_groups(to_voxel_t)
     if inverse is None:   # the same points: the Segmenter's geometry
         centroids, boxes = instances.centroids, instances.boxes
     else:                 # every kept point of an instance, also those its voxel's point stands for
@@ -57,7 +65,7 @@ def label_points(instances: Instances, inverse: np.ndarray | None, xyz: np.ndarr
                                                              instances.voxel_masks, to_voxel_t))
     iid, lab, score = point_labels(instances.voxel_masks, to_voxel, instances.label_indices, instances.scores)
     boxes = np.asarray(boxes, np.float64).reshape(-1, 2, 3)
-    return PointLabels(point_ids=ids, instance_id=iid, label_index=lab, score=score,
+    return PointLabels(points=points, sizes=sizes, instance_id=iid, label_index=lab, score=score,
                        centroids=np.asarray(centroids, np.float64).reshape(-1, 3), boxes_min=boxes[:, 0],
                        boxes_max=boxes[:, 1])
 
@@ -105,8 +113,8 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
     """
     xyz, origin = conv.cloud.xyz, conv.origin   # geometry in the cloud's recentred frame, published in the input's
     centroids, bmin, bmax = (a + origin for a in (labels.centroids, labels.boxes_min, labels.boxes_max))
-    obb = oriented_boxes(xyz, labels.point_ids).shifted(origin)
-    msg_ids = [conv.indices[ids] for ids in labels.point_ids]
+    obb = grouped_oriented_boxes(xyz[labels.points], labels.sizes).shifted(origin)
+    msg_ids = split_groups(conv.indices[labels.points], labels.sizes)
     inst_msg = instances_to_msg(header, instances.vocabulary, msg_ids, instances.label_indices,
                                 instances.scores, centroids, bmin, bmax, obb=obb)
     colors = label_colors(instances.label_indices)
@@ -136,4 +144,4 @@ def labeled_cloud_msg(header: Header, conv: CloudConversion, n_input: int, insta
             full = np.full(n_input, none, fields[name].dtype)
             full[conv.indices] = fields[name]
             fields[name] = full
-    return cloud_to_msg(xyz, label_colors(fields["label_index"]), header, fields)
+    return cloud_to_msg(xyz, packed_label_colors(fields["label_index"]), header, fields)

@@ -45,6 +45,7 @@ _TAB20 = np.array([
 ], np.uint8)
 UNLABELED_COLOR = (90, 90, 90)  # colour of label index -1 (no label / no instance)
 _PALETTE = np.vstack([_TAB20, np.array(UNLABELED_COLOR, np.uint8)])     # row 20: unlabeled
+_PACKED_PALETTE = (_PALETTE[:, 0].astype(np.uint32) << 16) | (_PALETTE[:, 1].astype(np.uint32) << 8) | _PALETTE[:, 2]
 
 
 def cloud_from_msg(msg: PointCloud2, default_rgb=DEFAULT_RGB, origin=None,
@@ -67,7 +68,8 @@ def cloud_to_msg(xyz: np.ndarray, rgb: np.ndarray | None, header: Header,
     Args:
         xyz: (N, 3) real positions: FLOAT64 fields for float64 input (e.g. UTM coordinates), else FLOAT32.
         rgb: (N, 3) uint8 0..255, or float in [0, 1]; packed into a FLOAT32 ``rgb`` field with the
-            bits 0x00RRGGBB (what RViz's RGB8 colour transformer reads); None leaves the field out.
+            bits 0x00RRGGBB (what RViz's RGB8 colour transformer reads); or (N,) uint32 already packed
+            (:func:`packed_label_colors`); None leaves the field out.
         header: copied (frame_id and stamp) into the message.
         extra_fields: name -> (N,) array of int8/uint8/int16/uint16/int32/uint32/float32/float64
             (bool becomes uint8), e.g. ``instance_id`` int32, ``label_index`` int32, ``score`` float32.
@@ -111,8 +113,10 @@ def cloud_to_msg(xyz: np.ndarray, rgb: np.ndarray | None, header: Header,
 
 
 def _pack_rgb(rgb: np.ndarray, n: int) -> np.ndarray:
-    """(N,) uint32 0x00RRGGBB from (N, 3) uint8 or float [0, 1] colours."""
+    """(N,) uint32 0x00RRGGBB from (N, 3) uint8 or float [0, 1] colours (or (N,) uint32, packed already)."""
     rgb = np.asarray(rgb)
+    if rgb.dtype == np.uint32 and rgb.shape == (n,):
+        return rgb & 0x00FFFFFF
     if rgb.shape != (n, 3):
         raise ValueError(f"rgb must have shape ({n}, 3), got {rgb.shape}")
     if rgb.dtype != np.uint8:
@@ -133,10 +137,25 @@ def label_colors(label_indices: np.ndarray) -> np.ndarray:
     The same label index always gets the same colour (index mod 20); -1 (or any negative index)
     gets ``UNLABELED_COLOR``. Works on (M,) instance labels and (N,) per-point labels alike.
     """
+    return np.take(_PALETTE, _palette_rows(label_indices), axis=0)
+
+
+def packed_label_colors(label_indices: np.ndarray) -> np.ndarray:
+    """:func:`label_colors` packed as uint32 0x00RRGGBB (a PointCloud2 ``rgb`` field), without the (..., 3)
+    array."""
+    return _PACKED_PALETTE[_palette_rows(label_indices)]
+
+
+def _palette_rows(label_indices: np.ndarray) -> np.ndarray:
+    """The palette row of each label index: index mod 20, or the unlabeled row for negative ones. Per-point
+    labels span a few values: one table over their range is read once per point."""
     idx = np.asarray(label_indices)
     if not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"label_indices must be integers, got dtype {idx.dtype}")
-    return np.take(_PALETTE, np.where(idx < 0, len(_TAB20), np.mod(idx, len(_TAB20))), axis=0)
+    lo, hi = int(idx.min(initial=0)), int(idx.max(initial=0))
+    values = np.arange(lo, hi + 1) if hi - lo < max(idx.size, 1) else idx
+    rows = np.where(values < 0, len(_TAB20), np.mod(values, len(_TAB20)))
+    return rows[idx - lo] if values is not idx else rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,12 +338,16 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
     template = Marker(header=shared_header, action=Marker.ADD, frame_locked=False,
                       lifetime=Duration(sec=lifetime_sec, nanosec=lifetime_ns))
 
-    def marker(ns: str, marker_id: int, kind: int, color: ColorRGBA) -> Marker:
-        # Marker() builds a dozen default sub-messages (~50 us); a shallow copy of the template shares its
-        # header, lifetime and empty texture/mesh parts (~8 us), and gets fresh pose, scale, colour, lists
+    # parts every marker of a kind has alike, made once and shared (the array is serialised, never mutated)
+    identity = Pose(orientation=Quaternion(w=1.0))
+    line_scale, text_scale = Vector3(x=float(line_width)), Vector3(z=float(text_height))
+    point_scale, white = Vector3(x=float(point_size), y=float(point_size)), ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+
+    def marker(ns: str, marker_id: int, kind: int, color: ColorRGBA, pose: Pose, scale: Vector3) -> Marker:
+        # Marker() builds a dozen default sub-messages (~15 us); a shallow copy of the template shares its
+        # header, lifetime and empty texture/mesh parts (~4 us), and gets its own lists
         mk = copy.copy(template)
-        mk.ns, mk.id, mk.type, mk.color = ns, marker_id, kind, color
-        mk.pose, mk.scale = Pose(orientation=Quaternion(w=1.0)), Vector3()
+        mk.ns, mk.id, mk.type, mk.color, mk.pose, mk.scale = ns, marker_id, kind, color, pose, scale
         mk.points, mk.colors, mk.uv_coordinates = [], [], []
         return mk
 
@@ -346,22 +369,22 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
     label_at = np.c_[center[:, :2], center[:, 2] + size[:, 2] / 2 + text_height].tolist()
     for i, mid in enumerate(ids):
         r, g, b = rgba[i].tolist()
+        color = ColorRGBA(r=r, g=g, b=b, a=1.0)
         if box_style == "cube":
-            box = marker(f"{namespace}/boxes", mid, Marker.CUBE, ColorRGBA(r=r, g=g, b=b, a=0.35))
-            box.pose = Pose(position=_point(center[i]), orientation=yaw_quaternion(obb.yaw[i]))
-            box.scale.x, box.scale.y, box.scale.z = (float(s) for s in np.maximum(size[i], 1e-3))
+            sx, sy, sz = np.maximum(size[i], 1e-3).tolist()
+            box = marker(f"{namespace}/boxes", mid, Marker.CUBE, ColorRGBA(r=r, g=g, b=b, a=0.35),
+                         Pose(position=_point(center[i]), orientation=yaw_quaternion(obb.yaw[i])),
+                         Vector3(x=sx, y=sy, z=sz))
         else:
-            box = marker(f"{namespace}/boxes", mid, Marker.LINE_LIST, ColorRGBA(r=r, g=g, b=b, a=1.0))
+            box = marker(f"{namespace}/boxes", mid, Marker.LINE_LIST, color, identity, line_scale)
             # 24 line ends over 8 corner Points: an end appears three times, a Point is made once
             ends = [Point(x=x, y=y, z=z) for x, y, z in corners[i]]
             box.points = [ends[k] for k in _BOX_EDGE_ENDS]
-            box.scale.x = float(line_width)
         markers.append(box)
 
-        text = marker(f"{namespace}/labels", mid, Marker.TEXT_VIEW_FACING, ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0))
         x, y, z = label_at[i]
-        text.pose.position = Point(x=x, y=y, z=z)
-        text.scale.z = float(text_height)
+        text = marker(f"{namespace}/labels", mid, Marker.TEXT_VIEW_FACING, white,
+                      Pose(position=Point(x=x, y=y, z=z), orientation=identity.orientation), text_scale)
         text.text = f"{names[i] or 'unlabeled'} {scores[i]:.2f}"
         markers.append(text)
 
@@ -369,9 +392,8 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
             pts = np.asarray(point_sets[i], np.float64).reshape(-1, 3)
             if len(pts) > max_marker_points:
                 pts = pts[:: math.ceil(len(pts) / max_marker_points)]
-            cloud = marker(f"{namespace}/points", mid, Marker.POINTS, ColorRGBA(r=r, g=g, b=b, a=1.0))
+            cloud = marker(f"{namespace}/points", mid, Marker.POINTS, color, identity, point_scale)
             cloud.points = [Point(x=x, y=y, z=z) for x, y, z in pts.tolist()]
-            cloud.scale.x = cloud.scale.y = float(point_size)
             markers.append(cloud)
     return MarkerArray(markers=markers)
 
