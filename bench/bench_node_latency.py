@@ -5,7 +5,7 @@ worker thread after loading the model on a thread of its own, as the node does
 (:mod:`folk_ros.core.torch_threads`), and without a ROS graph: PointCloud2 -> ``cloud_from_msg`` (convert)
 -> ``fit_point_budget`` (downsample, only above max_points) -> ``Segmenter.segment`` (text, proposals: the
 Mask3D network, postprocess: mask threshold + DBSCAN split + NMS, student, classify) ->
-``label_points`` + ``build_outputs`` (messages) -> ``serialize_message`` of the three outputs
+``build_outputs`` (messages) -> ``serialize_message`` of the three outputs
 (serialize, the CPU part of publishing). DDS transport is not included (over loopback a 200k-point
 cloud takes ~30-50 ms stamp-to-callback, see the shared ROS 2 notes).
 
@@ -46,7 +46,7 @@ from folk_ros.core.bundle import read_manifest
 from folk_ros.core.cloud import fit_point_budget
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.ros import parameters as params
-from folk_ros.ros.cloud_outputs import build_outputs, label_points
+from folk_ros.ros.cloud_outputs import build_outputs
 from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
 from training.atomic import write_json_atomic
 from training.data.synthetic import generate_scene, scene_name, scene_seed
@@ -97,8 +97,7 @@ def time_cloud(segmenter: Segmenter, msg, settings: params.NodeSettings) -> dict
     instances = segmenter.segment(cloud, settings.vocabulary)
     timings.update({k: v for k, v in instances.timings.items() if k != "total"})
     t0 = time.perf_counter()
-    outputs = build_outputs(msg.header, conv, msg.width * msg.height, instances,
-                            label_points(instances, inverse, conv.cloud.xyz), settings)
+    outputs = build_outputs(msg.header, conv, msg.width * msg.height, instances, inverse, settings)
     t1 = time.perf_counter()
     for out in (outputs.instances, outputs.markers, outputs.labeled_cloud):
         serialize_message(out)

@@ -11,8 +11,9 @@ from std_msgs.msg import Header
 from folk_ros.core.cloud import fit_point_budget
 from folk_ros.core.segmenter import Instances
 from folk_ros.core.voxel_masks import VoxelMasks
-from folk_ros.ros.cloud_outputs import label_points, labeled_cloud_msg, point_labels
+from folk_ros.ros.cloud_outputs import build_outputs, instance_points, labeled_cloud_msg, voxel_labels
 from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
+from folk_ros.ros.parameters import PARAMETERS, read_settings
 from test.fixtures import box_room_cloud
 from test.ros_harness import cloud_fields
 
@@ -34,41 +35,49 @@ def test_fit_point_budget_and_mapping_back():
                      label_probs=np.ones(3, np.float32), proposal_scores=np.ones(3, np.float32),
                      embeddings=np.zeros((3, 4), np.float32), boxes=np.zeros((3, 2, 3), np.float32),
                      centroids=np.zeros((3, 3), np.float32), vocabulary=("a", "b", "c"))
-    labels = label_points(inst, inverse, cloud.xyz)
+    found = instance_points(inst, inverse, cloud.xyz)
     for i in range(3):   # an input point belongs to an instance iff its voxel's point does
-        np.testing.assert_array_equal(labels.point_ids[i], np.flatnonzero(masks[i][inverse]))
-    assert labels.instance_id.shape == (len(cloud),)
-    first = labels.instance_id == 0    # instance 0 has the best score: it wins every overlap
+        np.testing.assert_array_equal(found.point_ids[i], np.flatnonzero(masks[i][inverse]))
+    instance_id, label_index, score = (a[inverse] for a in voxel_labels(inst.voxel_masks, inst.label_indices,
+                                                                        inst.scores))
+    assert instance_id.shape == (len(cloud),)
+    first = instance_id == 0    # instance 0 has the best score: it wins every overlap
     np.testing.assert_array_equal(first, masks[0][inverse])
-    assert (labels.label_index[first] == 2).all() and np.allclose(labels.score[first], 0.9)
+    assert (label_index[first] == 2).all() and np.allclose(score[first], 0.9)
     for i in range(3):   # boxes and centroids over every input point of the instance
-        points = cloud.xyz[labels.point_ids[i]]
-        np.testing.assert_allclose(labels.centroids[i], points.mean(0), atol=1e-5)
-        np.testing.assert_array_equal(labels.boxes_min[i], points.min(0))
-        np.testing.assert_array_equal(labels.boxes_max[i], points.max(0))
-    direct = label_points(inst, None, sub.xyz)        # not downsampled: masks are over the input points
+        points = cloud.xyz[found.point_ids[i]]
+        np.testing.assert_allclose(found.centroids[i], points.mean(0), atol=1e-5)
+        np.testing.assert_array_equal(found.boxes_min[i], points.min(0))
+        np.testing.assert_array_equal(found.boxes_max[i], points.max(0))
+    direct = instance_points(inst, None, sub.xyz)     # not downsampled: masks are over the input points
     np.testing.assert_array_equal(direct.point_ids[1], np.flatnonzero(masks[1]))
-    assert direct.instance_id.shape == (len(sub),)
     np.testing.assert_array_equal(direct.centroids, inst.centroids)   # the Segmenter's own geometry
     np.testing.assert_array_equal(direct.boxes_min, inst.boxes[:, 0])
 
+    # the three messages: the labeled cloud's points take their voxel's labels, the instances their points
+    header = Header(frame_id="map")
+    conv = cloud_from_msg(cloud_to_msg(cloud.xyz, None, header))
+    outputs = build_outputs(header, conv, len(cloud), inst, inverse, read_settings({p.name: p.default
+                                                                                    for p in PARAMETERS}))
+    np.testing.assert_array_equal(cloud_fields(outputs.labeled_cloud)["instance_id"], instance_id)
+    assert [list(i.point_indices) for i in outputs.instances.instances] == [ids.tolist() for ids in found.point_ids]
 
-def test_point_labels():
-    # 2 masks over 4 voxels; points 0-5 in voxels 0, 0, 1, 2, 3, 1
+
+def test_voxel_labels():
+    # 2 masks over 4 voxels
     masks = VoxelMasks.from_dense(torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]], dtype=torch.bool))
-    inverse = np.array([0, 0, 1, 2, 3, 1])
-    inst, label, score = point_labels(masks, inverse, np.array([4, -1]), np.array([0.5, 0.9]))
-    assert inst.tolist() == [0, 0, 1, 1, -1, 1]  # voxel 1 is in both: the higher score (instance 1) wins
-    assert label.tolist() == [4, 4, -1, -1, -1, -1]
-    np.testing.assert_allclose(score, [0.5, 0.5, 0.9, 0.9, 0.0, 0.9])
-    inst, _, _ = point_labels(masks, inverse, np.array([4, 1]), np.array([0.7, 0.7]))
-    assert inst.tolist() == [0, 0, 1, 1, -1, 1]  # equal scores: the later instance
-    # no instance at all (every proposal under the score threshold): every point unlabeled
-    inst, label, score = point_labels(VoxelMasks.empty(4), inverse, np.zeros(0, int), np.zeros(0, np.float32))
-    assert inst.tolist() == label.tolist() == [-1] * 6 and score.tolist() == [0.0] * 6
+    inst, label, score = voxel_labels(masks, np.array([4, -1]), np.array([0.5, 0.9]))
+    assert inst.tolist() == [0, 1, 1, -1]  # voxel 1 is in both: the higher score (instance 1) wins
+    assert label.tolist() == [4, -1, -1, -1]
+    np.testing.assert_allclose(score, [0.5, 0.9, 0.9, 0.0])
+    inst, _, _ = voxel_labels(masks, np.array([4, 1]), np.array([0.7, 0.7]))
+    assert inst.tolist() == [0, 1, 1, -1]  # equal scores: the later instance
+    # no instance at all (every proposal under the score threshold): every voxel unlabeled
+    inst, label, score = voxel_labels(VoxelMasks.empty(4), np.zeros(0, int), np.zeros(0, np.float32))
+    assert inst.tolist() == label.tolist() == [-1] * 4 and score.tolist() == [0.0] * 4
     assert (inst.dtype, label.dtype, score.dtype) == (np.int32, np.int32, np.float32)
     with pytest.raises(ValueError, match="2 masks"):
-        point_labels(masks, inverse, np.array([4]), np.array([0.5, 0.9]))
+        voxel_labels(masks, np.array([4]), np.array([0.5, 0.9]))
 
 
 def test_labeled_cloud_keeps_input_rows_with_and_without_dropped_points():

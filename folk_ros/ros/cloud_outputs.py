@@ -24,23 +24,18 @@ from folk_ros.ros.conversions import (cloud_to_msg, instances_to_msg, label_colo
 
 
 @dataclass(frozen=True)
-class PointLabels:
-    """Segmenter output mapped back to the K kept input points.
+class InstancePoints:
+    """Each instance's points among the K kept input points, and their geometry.
 
     Attributes:
         points: (T,) int64 indices into the kept points, instance 0's first, each instance's ascending;
             sizes: (M,) int64 how many are each instance's (:meth:`VoxelMasks.point_groups`).
-        instance_id, label_index: (K,) int32 (-1: none); score: (K,) float32 (0: none); where instances
-            overlap the higher score wins (:func:`point_labels`).
         centroids, boxes_min, boxes_max: (M, 3) float64 mean and axis-aligned box of each instance's
             kept points.
     """
 
     points: np.ndarray
     sizes: np.ndarray
-    instance_id: np.ndarray
-    label_index: np.ndarray
-    score: np.ndarray
     centroids: np.ndarray
     boxes_min: np.ndarray
     boxes_max: np.ndarray
@@ -51,38 +46,41 @@ class PointLabels:
         return split_groups(self.points, self.sizes)
 
 
-def label_points(instances: Instances, inverse: np.ndarray | None, xyz: np.ndarray) -> PointLabels:
-    """Map the instances of the N segmented points back to the K kept input points ``xyz`` (K, 3) through
-    ``inverse`` (K,) (None: K = N, the cloud was not downsampled). The masks stay sparse: each kept point
-    reads its voxel's mask bits (no (M, K) array)."""
-    to_voxel = instances.inverse_map if inverse is None else instances.inverse_map[inverse]
-    to_voxel_t = torch.from_numpy(to_voxel)
-    points, sizes = instances.voxel_masks.point_groups(to_voxel_t)
+def voxel_of_kept_points(instances: Instances, inverse: np.ndarray | None) -> np.ndarray:
+    """(K,) the voxel of each kept input point: through ``inverse`` (K,), the segmented point that stands
+    for it (None: K = N, the cloud was not downsampled)."""
+    return instances.inverse_map if inverse is None else instances.inverse_map[inverse]
+
+
+def instance_points(instances: Instances, inverse: np.ndarray | None, xyz: np.ndarray) -> InstancePoints:
+    """The instances of the N segmented points mapped back to the K kept input points ``xyz`` (K, 3) through
+    ``inverse`` (:func:`voxel_of_kept_points`). The masks stay sparse: each kept point reads its voxel's mask
+    bits (no (M, K) array)."""
+    to_voxel = torch.from_numpy(voxel_of_kept_points(instances, inverse))
+    points, sizes = instances.voxel_masks.point_groups(to_voxel)
     if inverse is None:   # the same points: the Segmenter's geometry
         centroids, boxes = instances.centroids, instances.boxes
     else:                 # every kept point of an instance, also those its voxel's point stands for
         boxes, centroids = (t.numpy() for t in mask_geometry(torch.from_numpy(np.asarray(xyz)),
-                                                             instances.voxel_masks, to_voxel_t))
-    iid, lab, score = point_labels(instances.voxel_masks, to_voxel, instances.label_indices, instances.scores)
+                                                             instances.voxel_masks, to_voxel))
     boxes = np.asarray(boxes, np.float64).reshape(-1, 2, 3)
-    return PointLabels(points=points, sizes=sizes, instance_id=iid, label_index=lab, score=score,
-                       centroids=np.asarray(centroids, np.float64).reshape(-1, 3), boxes_min=boxes[:, 0],
-                       boxes_max=boxes[:, 1])
+    return InstancePoints(points=points, sizes=sizes, centroids=np.asarray(centroids, np.float64).reshape(-1, 3),
+                          boxes_min=boxes[:, 0], boxes_max=boxes[:, 1])
 
 
-def point_labels(masks: VoxelMasks, inverse_map: np.ndarray, label_indices: np.ndarray, scores: np.ndarray
+def voxel_labels(masks: VoxelMasks, label_indices: np.ndarray, scores: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-point instance id, label index and score for the ``labeled_cloud`` extra fields.
+    """Per-voxel instance id, label index and score for the ``labeled_cloud`` extra fields (a point takes
+    its voxel's).
 
-    Where masks overlap, the higher-scoring instance wins (of equal scores the later); points in no mask
+    Where masks overlap, the higher-scoring instance wins (of equal scores the later); voxels in no mask
     get -1, -1, 0.
 
     Args:
-        masks: M masks over V voxels; inverse_map: (N,) int the voxel of each point; label_indices: (M,) int
-            (-1: no label); scores: (M,) float.
+        masks: M masks over V voxels; label_indices: (M,) int (-1: no label); scores: (M,) float.
 
     Returns:
-        instance_id (N,) int32, label_index (N,) int32, score (N,) float32.
+        instance_id (V,) int32, label_index (V,) int32, score (V,) float32.
     """
     label_indices, scores = np.asarray(label_indices), np.asarray(scores, np.float32)
     m = len(masks)
@@ -90,7 +88,7 @@ def point_labels(masks: VoxelMasks, inverse_map: np.ndarray, label_indices: np.n
         raise ValueError(f"{m} masks need (M,) label_indices and scores, got {label_indices.shape}, {scores.shape}")
     priority = np.empty(m, np.int64)
     priority[np.argsort(scores, kind="stable")] = np.arange(m)
-    instance_id = masks.winners(torch.from_numpy(priority)).numpy().astype(np.int32)[np.asarray(inverse_map)]
+    instance_id = masks.winners(torch.from_numpy(priority)).numpy().astype(np.int32)
     # a sentinel row at the end: instance_id -1 picks it (also when there are no instances at all)
     label = np.append(label_indices.astype(np.int32), np.int32(-1))[instance_id]
     score = np.append(scores, np.float32(0))[instance_id]
@@ -105,25 +103,29 @@ class Outputs:
 
 
 def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances: Instances,
-                  labels: PointLabels, settings: params.NodeSettings) -> Outputs:
+                  inverse: np.ndarray | None, settings: params.NodeSettings) -> Outputs:
     """The three output messages of one cloud, all in ``header``'s frame and stamp.
 
     ``n_input`` is the message's point count (width * height); ``conv.indices`` maps the K kept
-    points to it, so instance point indices and labeled-cloud points are in input row-major order.
+    points to it, so instance point indices and labeled-cloud points are in input row-major order;
+    ``inverse`` maps them to the segmented points (:func:`instance_points`).
     """
     xyz, origin = conv.cloud.xyz, conv.origin   # geometry in the cloud's recentred frame, published in the input's
-    centroids, bmin, bmax = (a + origin for a in (labels.centroids, labels.boxes_min, labels.boxes_max))
-    obb = grouped_oriented_boxes(xyz[labels.points], labels.sizes).shifted(origin)
-    msg_ids = split_groups(conv.indices[labels.points], labels.sizes)
+    found = instance_points(instances, inverse, xyz)
+    centroids, bmin, bmax = (a + origin for a in (found.centroids, found.boxes_min, found.boxes_max))
+    obb = grouped_oriented_boxes(xyz[found.points], found.sizes).shifted(origin)
+    msg_ids = split_groups(conv.indices[found.points], found.sizes)
     inst_msg = instances_to_msg(header, instances.vocabulary, msg_ids, instances.label_indices,
                                 instances.scores, centroids, bmin, bmax, obb=obb)
     colors = label_colors(instances.label_indices)
-    point_sets = [xyz[ids] + origin for ids in labels.point_ids] if settings.marker_points else None
+    point_sets = [xyz[ids] + origin for ids in found.point_ids] if settings.marker_points else None
     markers = markers_from_instances(header, instances.labels, instances.scores, bmin, bmax, colors,
                                      lifetime_s=settings.marker_lifetime, point_sets=point_sets, obb=obb)
     labeled = None
-    if settings.publish_labeled_cloud:
-        labeled = labeled_cloud_msg(header, conv, n_input, labels.instance_id, labels.label_index, labels.score)
+    if settings.publish_labeled_cloud:   # each kept point takes its voxel's labels
+        to_voxel = voxel_of_kept_points(instances, inverse)
+        by_voxel = voxel_labels(instances.voxel_masks, instances.label_indices, instances.scores)
+        labeled = labeled_cloud_msg(header, conv, n_input, *(values[to_voxel] for values in by_voxel))
     return Outputs(instances=inst_msg, markers=markers, labeled_cloud=labeled)
 
 

@@ -35,7 +35,8 @@ on the executor runs serially, because a second OpenMP team made Mask3D about tw
 (:mod:`folk_ros.core.torch_threads`).
 
 Clouds above ``max_points`` are voxel-downsampled before Mask3D (:func:`fit_point_budget`), and the
-masks are mapped back to every input point through the voxel inverse map (:func:`label_points`).
+masks are mapped back to every input point through the voxel inverse map
+(:func:`~folk_ros.ros.cloud_outputs.instance_points`).
 
 Run::
 
@@ -60,12 +61,11 @@ from rclpy.node import Node
 
 from folk_ros.core.cloud import fit_point_budget
 from folk_ros.ros import parameters as params
-from folk_ros.ros.cloud_outputs import label_points
 from folk_ros.ros.segmenter_runtime import (SERVICE_QUERY, SERVICE_RESET, SERVICE_SAVE, TOPIC_DIAGNOSTICS, TOPIC_IN,
                                             TOPIC_INSTANCES, TOPIC_LABELED, TOPIC_MARKERS, SegmenterRuntime,
                                             StartupError)
 
-__all__ = ["SegmenterNode", "StartupError", "main", "run", "fit_point_budget", "label_points", "TOPIC_IN",
+__all__ = ["SegmenterNode", "StartupError", "main", "run", "fit_point_budget", "TOPIC_IN",
            "TOPIC_INSTANCES", "TOPIC_MARKERS", "TOPIC_LABELED", "TOPIC_DIAGNOSTICS", "SERVICE_QUERY",
            "SERVICE_RESET", "SERVICE_SAVE"]
 

@@ -37,7 +37,7 @@ from folk_ros.core.pointcloud2 import CloudFormatError
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.ros import diagnostics
 from folk_ros.ros import parameters as params
-from folk_ros.ros.cloud_outputs import Outputs, build_outputs, label_points
+from folk_ros.ros.cloud_outputs import Outputs, build_outputs
 from folk_ros.ros.conversions import cloud_from_msg
 from folk_ros.ros.diagnostics import NodeStats
 from folk_ros.ros.map_mode import LogLine, MapMode
@@ -433,8 +433,7 @@ class SegmenterRuntime(MapMode):
         instances = self.segmenter.segment(cloud, live.vocabulary)
         timings.update({k: v for k, v in instances.timings.items() if k != "total"})
         t0 = time.perf_counter()
-        labels = label_points(instances, inverse, job.conv.cloud.xyz)
-        outputs = build_outputs(job.header, job.conv, job.n_input, instances, labels, self.settings)
+        outputs = build_outputs(job.header, job.conv, job.n_input, instances, inverse, self.settings)
         timings["messages"] = (time.perf_counter() - t0) * 1e3
         return outputs, CloudReport(n_input=job.n_input, n_nonfinite=job.conv.dropped_nonfinite,
                                     n_segmented=len(cloud), n_instances=len(instances), timings=timings)
