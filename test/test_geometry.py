@@ -70,11 +70,11 @@ def reference_box(pts: np.ndarray) -> tuple[float, float]:
 @pytest.mark.parametrize("loop_points", [None, 1, 10 ** 9], ids=["mixed", "one by one", "all together"])
 def test_many_instances_match_a_rectangle_search_over_every_hull_edge(monkeypatch, loop_points):
     if loop_points is not None:   # how the points are thinned must not change the boxes
-        monkeypatch.setattr("folk_ros.core.geometry.POLYGON_LOOP_POINTS", loop_points)
+        monkeypatch.setattr("folk_ros.core.geometry.OCTAGON_LOOP_POINTS", loop_points)
     rng = np.random.default_rng(3)
     clouds = []
     for i in range(80):         # boxes, blobs, thin sticks and voxel grids (repeated footprints), big and small
-        n = int(rng.integers(3, 4000)) if i % 10 else 20_000    # some above POLYGON_LOOP_POINTS
+        n = int(rng.integers(3, 4000)) if i % 10 else 20_000    # some above OCTAGON_LOOP_POINTS
         if i % 4 == 0:
             pts = box_surface(rng.uniform(-5, 5, 3), rng.uniform(0.05, 2, 3), rng.uniform(-np.pi, np.pi), n, seed=i)
         elif i % 4 == 1:

@@ -5,11 +5,11 @@ floor plane): the rectangle of least area around a convex polygon has a side on 
 the convex hull's edge directions are the only candidates (rotating calipers). Height comes from the
 points' z range. A flat footprint (collinear points) gets its line's direction, a single point yaw 0.
 
-The points are thinned first (Akl-Toussaint: a point strictly inside the polygon of its instance's
-extreme points in 8 directions is no hull vertex; large instances one by one, the others together; then
-the survivors again with 16 directions), then all instances at once: the hulls of what is left found by
-monotone chains pruned in vectorised passes, and every candidate edge direction of an instance tried
-against each of its hull vertices in one array operation.
+The points are thinned first (Akl-Toussaint: a point strictly inside the octagon of its instance's
+extreme points in 8 directions is no hull vertex; large instances one by one, the others together), then
+all instances at once: the hulls of what is left found by monotone chains pruned in vectorised passes, and
+every candidate edge direction of an instance tried against each of its hull vertices in one array
+operation.
 """
 
 from __future__ import annotations
@@ -73,9 +73,7 @@ def grouped_oriented_boxes(points: np.ndarray, sizes: np.ndarray) -> OrientedBox
         return OrientedBoxes(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0))
     starts = np.cumsum(sizes) - sizes
     owner = np.repeat(np.arange(m), sizes)
-    keep = np.flatnonzero(~_inside_extreme_polygon(pts[:, :2], starts, sizes, _OCTAGON))
-    kept_sizes = np.bincount(owner[keep], minlength=m)       # > 0: an instance's extreme points are never inside
-    keep = keep[~_inside_polygons_together(pts[keep, :2], kept_sizes, _SIXTEEN_GON)]
+    keep = ~_inside_extreme_octagon(pts[:, :2], starts, sizes)
     edges, vertices = _hull_chains(pts[keep, :2], owner[keep])
     angle, lo, hi = _min_area_rectangles(np.mod(np.arctan2(edges[0][:, 1], edges[0][:, 0]), np.pi / 2), edges[1],
                                          vertices[0], vertices[1], m)
@@ -87,15 +85,9 @@ def grouped_oriented_boxes(points: np.ndarray, sizes: np.ndarray) -> OrientedBox
     return OrientedBoxes(center, size, angle)
 
 
-def _directions(k: int) -> np.ndarray:
-    """(2, k) unit vectors at k equal angles, counter-clockwise from +x."""
-    angle = np.arange(k) * (2.0 * np.pi / k)
-    return np.stack([np.cos(angle), np.sin(angle)])
+_DIRECTIONS = np.stack([np.cos(np.arange(8) * (np.pi / 4)), np.sin(np.arange(8) * (np.pi / 4))])   # (2, 8)
 
-
-_OCTAGON, _SIXTEEN_GON = _directions(8), _directions(16)
-
-POLYGON_LOOP_POINTS = 1024
+OCTAGON_LOOP_POINTS = 1024
 """Instances of at least this many points are thinned one by one (a few (8, n) array operations each); the
 smaller ones together in (T, 8) passes, which cost more per point but no Python step per instance.
 The octagon stage alone, measured on 2 cores (median of 7 minima): bench_node_latency's 100k-point room
@@ -104,37 +96,36 @@ its 200k-point room (100 instances, 369k points) 48.5, 10.5, 8.6, 7.8 ms; 1000 i
 21 ms together, 45 ms one by one, 21 ms split."""
 
 
-def _inside_extreme_polygon(xy: np.ndarray, starts: np.ndarray, sizes: np.ndarray,
-                            directions: np.ndarray) -> np.ndarray:
-    """(T,) True for points strictly inside the convex polygon spanned by their instance's extreme points
-    in the K ``directions`` (2, K) (so not vertices of its hull; a margin keeps points near an edge).
+def _inside_extreme_octagon(xy: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """(T,) True for points strictly inside the convex octagon spanned by their instance's extreme points
+    in 8 directions (so not vertices of its hull; a margin keeps points near an edge).
     ``xy`` (T, 2) grouped by instance, instance i in rows ``starts[i]`` to ``starts[i] + sizes[i]``.
-    Instances whose polygon has no area keep every point."""
-    large = sizes >= POLYGON_LOOP_POINTS
+    Instances whose octagon has no area keep every point."""
+    large = sizes >= OCTAGON_LOOP_POINTS
     if not large.any():
-        return _inside_polygons_together(xy, sizes, directions)
+        return _inside_octagons_together(xy, sizes)
     inside = np.zeros(len(xy), bool)
     xy_t = np.ascontiguousarray(xy.T)                                            # (2, T): contiguous rows
     for start, size in zip(starts[large].tolist(), sizes[large].tolist()):
         p = xy_t[:, start:start + size]                                          # (2, n)
-        vertex = p[:, np.argmax(directions.T @ p, axis=1)].T                     # (K, 2) extreme points, CCW
-        normal, limit = _polygon_sides(vertex[None])
+        vertex = p[:, np.argmax(_DIRECTIONS.T @ p, axis=1)].T                    # (8, 2) extreme points, CCW
+        normal, limit = _octagon_sides(vertex[None])
         inside[start:start + size] = (normal[0] @ p > limit[0][:, None]).all(axis=0)
     if not large.all():
         small_sizes = sizes[~large]
         rows = np.repeat(starts[~large] - np.cumsum(small_sizes) + small_sizes, small_sizes)
         rows += np.arange(len(rows))                                             # their points, in order
-        inside[rows] = _inside_polygons_together(xy[rows], small_sizes, directions)
+        inside[rows] = _inside_octagons_together(xy[rows], small_sizes)
     return inside
 
 
-def _polygon_sides(vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Half-planes of M K-gons (M, K, 2) with CCW vertices: ``normal`` (M, K, 2) and ``limit`` (M, K), a
+def _octagon_sides(vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half-planes of M octagons (M, 8, 2) with CCW vertices: ``normal`` (M, 8, 2) and ``limit`` (M, 8), a
     point p strictly inside when ``normal[j] . p > limit[j]`` for every side j (e x p > e x v + margin
-    along edge e from vertex v; a repeated vertex, no edge, passes every point; a polygon with no area
+    along edge e from vertex v; a repeated vertex, no edge, passes every point; an octagon with no area
     passes none)."""
     nxt = np.roll(vertex, -1, axis=1)
-    edge = nxt - vertex                                                          # (M, K, 2)
+    edge = nxt - vertex                                                          # (M, 8, 2)
     length = np.hypot(edge[..., 0], edge[..., 1])
     scale = np.ptp(vertex.reshape(len(vertex), -1), axis=1)[:, None]
     area = 0.5 * (vertex[..., 0] * nxt[..., 1] - nxt[..., 0] * vertex[..., 1]).sum(1)         # shoelace
@@ -144,19 +135,19 @@ def _polygon_sides(vertex: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([-edge[..., 1], edge[..., 0]], axis=-1), limit
 
 
-def _inside_polygons_together(xy: np.ndarray, sizes: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """:func:`_inside_extreme_polygon` of all instances at once (``xy`` (T, 2) grouped by instance, every
+def _inside_octagons_together(xy: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """:func:`_inside_extreme_octagon` of all instances at once (``xy`` (T, 2) grouped by instance, every
     size > 0): per-instance values reach the points by ``np.repeat``, never by a gather."""
     if len(xy) == 0:
         return np.zeros(0, bool)
     starts = np.cumsum(sizes) - sizes
-    proj = xy @ directions                                                       # (T, K)
-    best = np.maximum.reduceat(proj, starts, axis=0)                             # (M, K)
+    proj = xy @ _DIRECTIONS                                                      # (T, 8)
+    best = np.maximum.reduceat(proj, starts, axis=0)                             # (M, 8)
     row = np.where(proj == np.repeat(best, sizes, axis=0), np.arange(len(xy))[:, None], len(xy))
-    normal, limit = _polygon_sides(xy[np.minimum.reduceat(row, starts, axis=0)])  # first extreme point, CCW
+    normal, limit = _octagon_sides(xy[np.minimum.reduceat(row, starts, axis=0)])  # first extreme point, CCW
     x, y = np.ascontiguousarray(xy[:, 0]), np.ascontiguousarray(xy[:, 1])
     inside = np.ones(len(xy), bool)
-    for j in range(directions.shape[1]):
+    for j in range(8):
         inside &= (np.repeat(normal[:, j, 0], sizes) * x + np.repeat(normal[:, j, 1], sizes) * y
                    > np.repeat(limit[:, j], sizes))
     return inside
