@@ -1,9 +1,10 @@
 """VoxelMasks: instance masks over voxels kept as (mask, voxel) entries."""
 
 import numpy as np
+import pytest
 import torch
 
-from folk_ros.core.voxel_masks import VoxelMasks, split_groups, stable_order
+from folk_ros.core.voxel_masks import VoxelMasks, split_groups, stable_order, stable_sort_indices
 
 
 def _dense(seed=0, m=5, v=40):
@@ -70,6 +71,14 @@ def test_stable_order_is_numpys_stable_argsort():
     np.testing.assert_array_equal(stable_order(keys, 2 ** 40), np.argsort(keys, kind="stable"))
     np.testing.assert_array_equal(stable_order(keys % 7, 7), np.argsort(keys % 7, kind="stable"))
     assert stable_order(np.zeros(0, np.int64), 1).size == 0 and split_groups(np.arange(3), np.zeros(0)) == []
+
+
+@pytest.mark.parametrize("bound", [7, 2 ** 15, 2 ** 15 + 1, 2 ** 31 + 1])   # sorted as int16, int32, int64
+def test_stable_sort_indices_in_a_narrow_type_equal_an_int64_sort(bound):
+    keys = torch.randint(0, bound, (3000,), generator=torch.Generator().manual_seed(8))
+    keys[::4] = bound - 1                                            # the largest key fits, and ties keep order
+    want = torch.sort(keys, stable=True).indices
+    assert torch.equal(stable_sort_indices(keys, bound), want)
 
 
 def test_winners_take_each_voxel_by_priority():
