@@ -49,12 +49,10 @@ from folk_ros.ros import parameters as params
 from folk_ros.ros.cloud_outputs import build_outputs
 from folk_ros.ros.conversions import cloud_from_msg, cloud_to_msg
 from training.atomic import write_json_atomic
-from training.data.synthetic import generate_scene, scene_name, scene_seed
+from training.data.synthetic import FOLK_TEST_RUN_SEED, generate_scene, scene_name, scene_seed
 from training.untrained_bundle import SIZES, make_untrained_bundle
 
 BENCH_VOCABULARY = ("chair", "table", "couch", "bed", "cabinet", "shelf", "lamp", "plant")
-HELD_OUT_RUN_SEED = 600
-"""The run seed of models/folk-synth's held-out test scenes (its manifest; never trained or tuned on)."""
 STAGES = ("convert", "downsample", "text", "proposals", "postprocess", "student", "classify", "messages", "serialize")
 
 
@@ -125,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=int, default=3,
                         help="also time this many held-out synthetic rooms (whole-scene clouds like the ones the "
                              "bundle's Mask3D was trained on; 0: none)")
-    parser.add_argument("--scene-seed", type=int, default=HELD_OUT_RUN_SEED,
+    parser.add_argument("--scene-seed", type=int, default=FOLK_TEST_RUN_SEED,
                         help="run seed of those rooms (default: the test split of models/folk-synth)")
     parser.add_argument("--out", type=Path, default=Path("out/bench/node_latency.json"), help="JSON result path")
     args = parser.parse_args(argv)

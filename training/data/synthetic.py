@@ -47,6 +47,9 @@ from training.data.types import Frame, SceneMesh
 META_FILE = "synth_meta.json"
 SUMMARY_FILE = "summary.json"
 BAG_DIR = "bags"
+FOLK_TEST_RUN_SEED = 600
+"""The run seed of models/folk-synth's held-out test scenes (scripts/train_bundle.sh; the bundle's manifest
+records it): never trained or tuned on."""
 
 Cloud = tuple[float, np.ndarray, np.ndarray]
 
