@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from folk_ros.core.voxel_masks import VoxelMasks, split_groups, stable_order, stable_sort_indices
+from folk_ros.core.voxel_masks import VoxelMasks, radix_order, split_groups, stable_sort_indices
 
 
 def _dense(seed=0, m=5, v=40):
@@ -65,12 +65,12 @@ def test_point_groups_over_more_voxels_than_one_radix_pass_sorts():
         np.testing.assert_array_equal(got, w)
 
 
-def test_stable_order_is_numpys_stable_argsort():
+def test_radix_order_is_numpys_stable_argsort():
     keys = np.random.default_rng(7).integers(0, 2 ** 40, 5000)
     keys[::3] = keys[1::3][: len(keys[::3])]                         # ties keep their order
-    np.testing.assert_array_equal(stable_order(keys, 2 ** 40), np.argsort(keys, kind="stable"))
-    np.testing.assert_array_equal(stable_order(keys % 7, 7), np.argsort(keys % 7, kind="stable"))
-    assert stable_order(np.zeros(0, np.int64), 1).size == 0 and split_groups(np.arange(3), np.zeros(0)) == []
+    np.testing.assert_array_equal(radix_order(keys, 2 ** 40), np.argsort(keys, kind="stable"))
+    np.testing.assert_array_equal(radix_order(keys % 7, 7), np.argsort(keys % 7, kind="stable"))
+    assert radix_order(np.zeros(0, np.int64), 1).size == 0 and split_groups(np.arange(3), np.zeros(0)) == []
 
 
 @pytest.mark.parametrize("bound", [7, 2 ** 15, 2 ** 15 + 1, 2 ** 31 + 1])   # sorted as int16, int32, int64

@@ -73,13 +73,13 @@ class VoxelMasks:
         rows, cols = self.rows.cpu().numpy(), self.cols.cpu().numpy()
         inverse = inverse_map.cpu().numpy()
         per_voxel = np.bincount(cols, minlength=v)                       # masks of each voxel
-        voxel_masks = rows[stable_order(cols, v)]                         # voxel j's at [start[j], + per_voxel[j])
+        voxel_masks = rows[radix_order(cols, v)]                          # voxel after voxel
         per_point = per_voxel[inverse]
         first = np.cumsum(per_point) - per_point                          # each point's first pair
-        pair = np.arange(int(per_point.sum()))
+        pair = np.arange(int(per_point.sum()))                            # its voxel's masks, in turn
         mask = voxel_masks[np.repeat(np.cumsum(per_voxel)[inverse] - per_point - first, per_point) + pair]
         points = np.repeat(np.arange(inverse.size), per_point)
-        return points[stable_order(mask, m)], np.bincount(mask, minlength=m)
+        return points[radix_order(mask, m)], np.bincount(mask, minlength=m)
 
     def winners(self, priority: torch.Tensor) -> torch.Tensor:
         """(V,) int64: in each voxel the mask of highest ``priority`` (M,) (a permutation of 0..M-1), -1 in
@@ -111,7 +111,7 @@ class VoxelMasks:
         return VoxelMasks(self.rows.to(device), self.cols.to(device), self.shape)
 
 
-def stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
+def radix_order(keys: np.ndarray, bound: int) -> np.ndarray:
     """The stable argsort of non-negative integer ``keys`` below ``bound``: one pass per 16 bits, least
     significant first (numpy sorts 16-bit keys stably by a radix sort, in linear time)."""
     keys = np.asarray(keys)

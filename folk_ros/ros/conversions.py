@@ -152,10 +152,12 @@ def _palette_rows(label_indices: np.ndarray) -> np.ndarray:
     idx = np.asarray(label_indices)
     if not np.issubdtype(idx.dtype, np.integer):
         raise ValueError(f"label_indices must be integers, got dtype {idx.dtype}")
+
+    def rows(values: np.ndarray) -> np.ndarray:
+        return np.where(values < 0, len(_TAB20), np.mod(values, len(_TAB20)))
+
     lo, hi = int(idx.min(initial=0)), int(idx.max(initial=0))
-    values = np.arange(lo, hi + 1) if hi - lo < max(idx.size, 1) else idx
-    rows = np.where(values < 0, len(_TAB20), np.mod(values, len(_TAB20)))
-    return rows[idx - lo] if values is not idx else rows
+    return rows(np.arange(lo, hi + 1))[idx - lo] if hi - lo < max(idx.size, 1) else rows(idx)
 
 
 # ---------------------------------------------------------------------------------------------
