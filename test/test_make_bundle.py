@@ -48,6 +48,10 @@ def test_bundle_round_trip(sources, tmp_path):
     assert manifest.provenance["evaluation"] == {"student": {"ap50": 0.1}}
     assert manifest.provenance["mask3d_training"]["history"][0]["val_ap50"] == 0.5
     assert "optimizer" not in torch.load(out / "mask3d.pt", weights_only=False)
+    again = make_bundle(sources / "mask3d_best.pt", sources / "clip", sources / "student_best.pt", tmp_path / "again",
+                        {}, "")
+    assert again.sha256 == read_manifest(tmp_path / "again").sha256        # returned as written, hashes included
+    assert set(again.sha256) == {"mask3d.pt", "clip", "student.pt"}
     assert not (out / "clip" / "checkpoints").exists()
     seg = Segmenter.from_bundle(out, device="cpu", score_threshold=0.0, min_points=1)
     assert seg.cfg.temperature == 0.05

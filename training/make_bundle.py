@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from folk_ros.core.checkpoint_io import UnsafeCheckpointError, load_weights
-from folk_ros.core.bundle import BundleManifest, file_sha256, write_manifest
+from folk_ros.core.bundle import BundleManifest, file_sha256, read_manifest, write_manifest
 from folk_ros.core.mask3d.checkpoint import FORMAT as MASK3D_FORMAT
 from folk_ros.core.mask3d.config import PostprocessConfig
 from folk_ros.core.segmenter import Segmenter
@@ -124,7 +124,7 @@ def make_bundle(mask3d: Path, clip: Path, student: Path, out: Path, provenance: 
     manifest = replace(manifest, provenance={**prov, "text_cache": text_cache})
     write_manifest(manifest)
     Segmenter.from_bundle(out, device="cpu")          # loads, checks every sha256
-    return manifest
+    return read_manifest(out, verify=False)           # as written, its sha256 included (just checked)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
