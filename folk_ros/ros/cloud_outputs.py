@@ -113,7 +113,7 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
     xyz, origin = conv.cloud.xyz, conv.origin   # geometry in the cloud's recentred frame, published in the input's
     found = instance_points(instances, inverse, xyz)
     centroids, bmin, bmax = (a + origin for a in (found.centroids, found.boxes_min, found.boxes_max))
-    obb = grouped_oriented_boxes(xyz[found.points], found.sizes).shifted(origin)
+    obb = grouped_oriented_boxes(np.take(xyz, found.points, axis=0), found.sizes).shifted(origin)   # 3x xyz[...]
     msg_ids = split_groups(conv.indices[found.points], found.sizes)
     inst_msg = instances_to_msg(header, instances.vocabulary, msg_ids, instances.label_indices,
                                 instances.scores, centroids, bmin, bmax, obb=obb)

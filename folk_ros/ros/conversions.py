@@ -99,17 +99,20 @@ def cloud_to_msg(xyz: np.ndarray, rgb: np.ndarray | None, header: Header,
         columns.append((name, dtype, values))
 
     record = np.dtype([(name, dt) for name, dt, _ in columns])  # packed, no alignment padding
-    table = np.empty(n, record)
+    data = array.array("B", b"\0") * (record.itemsize * n)      # the message's bytes, written in place below
+    table = np.frombuffer(data, record)
     for name, _, values in columns:
         table[name] = values
     fields = [PointField(name=name, offset=record.fields[name][1],
                          datatype=PointField.FLOAT32 if name == "rgb" else _DATATYPE_OF_NUMPY[dt], count=1)
               for name, dt, _ in columns]
-    data = array.array("B")
-    data.frombytes(table.view(np.uint8))
-    return PointCloud2(header=_copy_header(header), height=1, width=n, fields=fields, is_bigendian=False,
-                       point_step=record.itemsize, row_step=record.itemsize * n, data=data,
-                       is_dense=bool(np.isfinite(xyz).all()))
+    msg = PointCloud2(header=_copy_header(header), height=1, width=n, fields=fields, is_bigendian=False,
+                      point_step=record.itemsize, row_step=record.itemsize * n,
+                      is_dense=bool(np.isfinite(xyz).all()), check_fields=True)
+    # with check_fields the setter keeps a uint8 array.array as it is; given to the constructor, or set
+    # unchecked (Kilted's default), the bytes are copied once or twice (~1 ms each for 100k points)
+    msg.data = data
+    return msg
 
 
 def _pack_rgb(rgb: np.ndarray, n: int) -> np.ndarray:
