@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from folk_ros.core.voxel_masks import radix_order
+
 
 @dataclass(frozen=True)
 class OrientedBoxes:
@@ -169,7 +171,8 @@ def _hull_chains(xy: np.ndarray, owner: np.ndarray) -> Chains:
     Returns ``((edge vectors (E, 2), their owners (E,)), (vertices (H, 2), their owners (H,)))``, the lower
     chains' before the upper chains'; a flat footprint gets its segment, a single point no edge.
     """
-    order = np.lexsort((xy[:, 1], xy[:, 0], owner))
+    order = np.argsort(xy[:, 0] + 1j * xy[:, 1])               # by x then y (numpy orders complex so), ...
+    order = order[radix_order(owner[order], int(owner.max(initial=0)) + 1)]   # ... stably by owner: 2x lexsort
     xy, owner = xy[order], owner[order]
     fresh = np.ones(len(xy), bool)             # repeated points go: the argument needs distinct ones
     fresh[1:] = (owner[1:] != owner[:-1]) | (xy[1:] != xy[:-1]).any(axis=1)

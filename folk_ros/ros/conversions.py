@@ -15,7 +15,6 @@ spinning anything (DESIGN.md, "Callbacks convert and enqueue").
 from __future__ import annotations
 
 import array
-import copy
 import math
 from typing import Mapping, Sequence
 
@@ -230,17 +229,17 @@ def instances_to_msg(header: Header, vocabulary: Sequence[str], point_indices_pe
                geometry["centroids"].tolist(), geometry["boxes_min"].tolist(), geometry["boxes_max"].tolist(),
                obb.center.tolist(), obb.size.tolist(), obb.yaw.tolist(), stamps["first_seen"], stamps["last_seen"],
                point_indices)
-    # Instance() builds its default sub-messages (~13 us); a shallow copy of an empty one (~4 us) gets every
+    # Instance() builds its default sub-messages (~11 us); a shallow copy of an empty one (~1 us) gets every
     # field set below, sub-messages new, so no two instances share a mutable part
     template = Instance()
     instances = []
     for iid, li, score, seen, c, lo, hi, obb_c, obb_s, yaw, first, last, indices in rows:
-        inst = copy.copy(template)
+        inst = _shallow_copy(template)
         inst.id, inst.label, inst.label_index, inst.score = iid, vocabulary[li] if li >= 0 else "", li, score
         inst.point_indices, inst.observations = indices, seen
         inst.centroid, inst.bbox_min, inst.bbox_max = _point(c), _point(lo), _point(hi)
         inst.first_seen, inst.last_seen = _copy_time(first), _copy_time(last)
-        inst.obb_pose = Pose(position=_point(obb_c), orientation=yaw_quaternion(yaw))
+        inst.obb_pose = _pose(_point(obb_c), yaw_quaternion(yaw))
         inst.obb_size = Vector3(x=obb_s[0], y=obb_s[1], z=obb_s[2])
         instances.append(inst)
     return InstanceArray(header=_copy_header(header), vocabulary=vocabulary, instances=instances)
@@ -350,8 +349,8 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
 
     def marker(ns: str, marker_id: int, kind: int, color: ColorRGBA, pose: Pose, scale: Vector3) -> Marker:
         # Marker() builds a dozen default sub-messages (~15 us); a shallow copy of the template shares its
-        # header, lifetime and empty texture/mesh parts (~4 us), and gets its own lists
-        mk = copy.copy(template)
+        # header, lifetime and empty texture/mesh parts (~1.5 us), and gets its own lists
+        mk = _shallow_copy(template)
         mk.ns, mk.id, mk.type, mk.color, mk.pose, mk.scale = ns, marker_id, kind, color, pose, scale
         mk.points, mk.colors, mk.uv_coordinates = [], [], []
         return mk
@@ -378,7 +377,7 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
         if box_style == "cube":
             sx, sy, sz = np.maximum(size[i], 1e-3).tolist()
             box = marker(f"{namespace}/boxes", mid, Marker.CUBE, ColorRGBA(r=r, g=g, b=b, a=0.35),
-                         Pose(position=_point(center[i]), orientation=yaw_quaternion(obb.yaw[i])),
+                         _pose(_point(center[i]), yaw_quaternion(obb.yaw[i])),
                          Vector3(x=sx, y=sy, z=sz))
         else:
             box = marker(f"{namespace}/boxes", mid, Marker.LINE_LIST, color, identity, line_scale)
@@ -389,7 +388,7 @@ def markers_from_instances(header: Header, names: Sequence[str], scores: np.ndar
 
         x, y, z = label_at[i]
         text = marker(f"{namespace}/labels", mid, Marker.TEXT_VIEW_FACING, white,
-                      Pose(position=Point(x=x, y=y, z=z), orientation=identity.orientation), text_scale)
+                      _pose(Point(x=x, y=y, z=z), identity.orientation), text_scale)
         text.text = f"{names[i] or 'unlabeled'} {scores[i]:.2f}"
         markers.append(text)
 
@@ -414,6 +413,28 @@ def _marker_colors(colors: np.ndarray, m: int) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # small message helpers
+
+
+def _shallow_copy(msg):
+    """``copy.copy`` of a rosidl message: a new one of its class holding the same field values (a generated
+    message class keeps all it holds in ``__slots__``). 1-1.5 us against copy.copy's 3-3.5 us, which goes
+    through the generic reduce protocol; a constructor builds every default sub-message first."""
+    cls = type(msg)
+    out = cls.__new__(cls)
+    for name in cls.__slots__:
+        setattr(out, name, getattr(msg, name))
+    return out
+
+
+_EMPTY_POSE = Pose()
+
+
+def _pose(position: Point, orientation: Quaternion) -> Pose:
+    """``Pose(position=..., orientation=...)`` without the default Point and Quaternion its constructor
+    builds and drops (0.7 us against 2.8 us)."""
+    pose = _shallow_copy(_EMPTY_POSE)
+    pose.position, pose.orientation = position, orientation
+    return pose
 
 
 def _copy_header(header: Header) -> Header:
