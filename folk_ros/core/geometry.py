@@ -108,11 +108,12 @@ def _inside_extreme_octagon(xy: np.ndarray, starts: np.ndarray, sizes: np.ndarra
         return _inside_octagons_together(xy, sizes)
     inside = np.zeros(len(xy), bool)
     xy_t = np.ascontiguousarray(xy.T)                                            # (2, T): contiguous rows
-    for start, size in zip(starts[large].tolist(), sizes[large].tolist()):
-        p = xy_t[:, start:start + size]                                          # (2, n)
-        vertex = p[:, np.argmax(_DIRECTIONS.T @ p, axis=1)].T                    # (8, 2) extreme points, CCW
-        normal, limit = _octagon_sides(vertex[None])
-        inside[start:start + size] = (normal[0] @ p > limit[0][:, None]).all(axis=0)
+    spans = [(start, start + size) for start, size in zip(starts[large].tolist(), sizes[large].tolist())]
+    vertex = np.stack([xy_t[:, a:b][:, np.argmax(_DIRECTIONS.T @ xy_t[:, a:b], axis=1)].T   # (L, 8, 2) extreme
+                       for a, b in spans])                                                  # points, CCW
+    normal, limit = _octagon_sides(vertex)                                       # all large octagons at once
+    for (a, b), normal_i, limit_i in zip(spans, normal, limit[:, :, None]):
+        inside[a:b] = (normal_i @ xy_t[:, a:b] > limit_i).all(axis=0)
     if not large.all():
         small_sizes = sizes[~large]
         rows = np.repeat(starts[~large] - np.cumsum(small_sizes) + small_sizes, small_sizes)
@@ -171,31 +172,30 @@ def _hull_chains(xy: np.ndarray, owner: np.ndarray) -> Chains:
     Returns ``((edge vectors (E, 2), their owners (E,)), (vertices (H, 2), their owners (H,)))``, the lower
     chains' before the upper chains'; a flat footprint gets its segment, a single point no edge.
     """
-    order = np.argsort(xy[:, 0] + 1j * xy[:, 1])               # by x then y (numpy orders complex so), ...
-    order = order[radix_order(owner[order], int(owner.max(initial=0)) + 1)]   # ... stably by owner: 2x lexsort
-    xy, owner = xy[order], owner[order]
-    fresh = np.ones(len(xy), bool)             # repeated points go: the argument needs distinct ones
-    fresh[1:] = (owner[1:] != owner[:-1]) | (xy[1:] != xy[:-1]).any(axis=1)
-    xy, owner = xy[fresh], owner[fresh]
+    key = np.empty(len(xy), np.complex128)     # numpy orders complex numbers by real, then imaginary part
+    key.real, key.imag = xy[:, 0], xy[:, 1]
+    order = np.argsort(key)                                     # by x then y, then stably by owner: 2x lexsort
+    order = order[radix_order(owner[order], int(owner.max(initial=0)) + 1)]
+    key, owner = key[order], owner[order]
+    fresh = np.ones(len(key), bool)             # repeated points go: the argument needs distinct ones
+    fresh[1:] = (owner[1:] != owner[:-1]) | (key[1:] != key[:-1])
+    key, owner = key[fresh], owner[fresh]
     mirrored = int(owner.max(initial=-1)) + 1                  # the mirrored copies' owners start here
-    p = np.concatenate([xy, xy * [1.0, -1.0]])                 # the chains' points, kept ones only
+    x, y = np.concatenate([key.real, key.real]), np.concatenate([key.imag, -key.imag])   # the chains' points
     who = np.concatenate([owner, owner + mirrored])
-    while len(p) > 2:
-        dx, dy = p[1:, 0] - p[:-1, 0], p[1:, 1] - p[:-1, 1]   # a -> b and b -> c of every inner point b
+    while len(x) > 2:                          # x, y apart: contiguous, and three 1-d compactions a pass
+        dx, dy = x[1:] - x[:-1], y[1:] - y[:-1]   # a -> b and b -> c of every inner point b
         turn = dx[:-1] * dy[1:] - dy[:-1] * dx[1:]
         drop = (who[:-2] == who[1:-1]) & (who[2:] == who[1:-1]) & (turn <= 0)
         if not drop.any():
             break
         keep = np.concatenate([[True], ~drop, [True]])
-        p, who = p[keep], who[keep]
+        x, y, who = x[keep], y[keep], who[keep]
+    upper = who >= mirrored                    # the upper chains back in place
+    y, owner = np.where(upper, -y, y), np.where(upper, who - mirrored, who)
     same = who[:-1] == who[1:]
-    edges, edge_owner = (p[1:] - p[:-1])[same], who[:-1][same]
-    vertices, vertex_owner = p, who
-    for points, owners in ((edges, edge_owner), (vertices, vertex_owner)):   # the upper chains back in place
-        upper = owners >= mirrored
-        points[upper, 1] *= -1.0
-        owners[upper] -= mirrored
-    return (edges, edge_owner), (vertices, vertex_owner)
+    edges = np.stack([(x[1:] - x[:-1])[same], (y[1:] - y[:-1])[same]], axis=1)
+    return (edges, owner[:-1][same]), (np.stack([x, y], axis=1), owner)
 
 
 RECTANGLE_BLOCK = 1 << 22
