@@ -129,6 +129,18 @@ def _estimated_pairs(tree: cKDTree, eps: float, sample: int = 500) -> float:
     return degree * n / 2.0
 
 
+def _index_type(bound: int) -> type:
+    """int32 for indices below ``bound`` when they fit (half the bytes to gather and sort), else int64."""
+    return np.int32 if bound < 2 ** 31 else np.int64
+
+
+def _take_rows(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``a[rows]`` of a 2-d array, gathering each row as one record (numpy's row gather of a 2-d array takes
+    a slower path: 1.95M rows of one uint64, 14 ms against 9)."""
+    records = np.ascontiguousarray(a).view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).reshape(-1)
+    return records[rows].view(a.dtype).reshape(len(rows), a.shape[1])
+
+
 def _column_words(bools: np.ndarray) -> np.ndarray:
     """(A, Q) bool -> (A, ceil(Q / 64)) uint64 bit sets (bit q of word q // 64 = column q)."""
     packed = np.packbits(bools, axis=1, bitorder="little")
@@ -161,7 +173,7 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     point_cell = key_ids(cell_keys(np.floor((xyz[active] - xyz[active].min(0)) / side).astype(np.int64)))
     n_cells = int(point_cell.max()) + 1
     by_cell = _sort_order(point_cell, n_cells)                  # points sorted by cell: a pair i < j has
-    cell = point_cell[by_cell]                                  # cell[i] <= cell[j]
+    cell = point_cell[by_cell].astype(_index_type(n_cells))    # cell[i] <= cell[j]; narrow: faster gathers
     tree = cKDTree(xyz[active[by_cell]], balanced_tree=False, compact_nodes=False)   # 2x faster build, as
     if _estimated_pairs(tree, eps) > MAX_SPLIT_PAIRS:                           # fast pairs on these points
         return None
@@ -170,8 +182,8 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     cell_words = np.bitwise_or.reduceat(words, np.searchsorted(cell, np.arange(n_cells)), axis=0)
     pairs = tree.query_pairs(eps, output_type="ndarray")
     ci, cj = cell[pairs[:, 0]], cell[pairs[:, 1]]
-    both = words[pairs[:, 0]] & words[pairs[:, 1]]             # an empty set links nothing: kept, not filtered
-    key_type = np.int32 if n_cells * n_cells < 2 ** 31 else np.int64          # int32 when they fit
+    both = _take_rows(words, pairs[:, 0]) & _take_rows(words, pairs[:, 1])    # an empty set links nothing:
+    key_type = _index_type(n_cells * n_cells)                                 # kept, not filtered
     key = ci.astype(key_type) * key_type(n_cells) + cj.astype(key_type)
     order = _sort_order(key, n_cells * n_cells)
     key = key[order]
@@ -181,14 +193,16 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     cross = ci[head] != cj[head]                                               # within a cell: its clique
     edge_a, edge_b, edge_words = ci[head][cross], cj[head][cross], edge_words[cross]
     node_q, node_c = _nonzero(_unpack_columns(cell_words, q_cols).T)
-    node_of = np.full((q_cols, n_cells), -1, dtype=np.int64)
-    node_of[node_q, node_c] = np.arange(node_q.size)
+    node_type = _index_type(node_q.size)
+    node_of = np.full(q_cols * n_cells, -1, dtype=node_type)                   # node of (column, cell), flat:
+    node_of[node_q * n_cells + node_c] = np.arange(node_q.size, dtype=node_type)   # 1-d gathers are 2x faster
     e, q = _nonzero(_unpack_columns(edge_words, q_cols))
-    src, dst = node_of[q, edge_a[e]], node_of[q, edge_b[e]]
+    q_base = q * n_cells
+    src, dst = node_of[q_base + edge_a[e]], node_of[q_base + edge_b[e]]
     graph = coo_matrix((np.ones(src.size, dtype=np.int8), (src, dst)), shape=(node_q.size, node_q.size))
     _, comp = connected_components(graph, directed=False)
     entry_q, entry_a = _nonzero(pos.T)                                         # (column, point) order
-    cluster = comp[node_of[entry_q, point_cell[entry_a]]]                      # every component has entries
+    cluster = comp[node_of[entry_q * n_cells + point_cell[entry_a]]]           # every component has entries
     return active[entry_a], entry_q, renumber_by_first_occurrence(cluster)[0]
 
 
