@@ -5,8 +5,8 @@ worker thread after loading the model on a thread of its own, as the node does
 (:mod:`folk_ros.core.torch_threads`), and without a ROS graph: PointCloud2 -> ``cloud_from_msg`` (convert)
 -> ``fit_point_budget`` (downsample, only above max_points) -> ``Segmenter.segment`` (text, proposals: the
 Mask3D network, postprocess: mask threshold + DBSCAN split + NMS, student, classify) ->
-``build_outputs`` (messages) -> ``serialize_message`` of the three outputs
-(serialize, the CPU part of publishing). DDS transport is not included (over loopback a 200k-point
+``build_outputs`` (messages; the labeled cloud on a helper thread, as the worker does) -> ``serialize_message``
+of the three outputs (serialize, the CPU part of publishing). DDS transport is not included (over loopback a 200k-point
 cloud takes ~30-50 ms stamp-to-callback, see the shared ROS 2 notes).
 
 The clouds are box rooms (floor, four walls, eight boxes) sampled uniformly over their surface area, so a
@@ -32,7 +32,7 @@ import argparse
 import resource
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,7 +83,7 @@ def postprocess_share(t: dict[str, float]) -> float:
     return t["postprocess"] / (t["proposals"] + t["postprocess"])
 
 
-def time_cloud(segmenter: Segmenter, msg, settings: params.NodeSettings) -> dict[str, float]:
+def time_cloud(segmenter: Segmenter, msg, settings: params.NodeSettings, helper: Executor) -> dict[str, float]:
     """Milliseconds per stage for one cloud, through the node's own functions."""
     timings = {}
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def time_cloud(segmenter: Segmenter, msg, settings: params.NodeSettings) -> dict
     instances = segmenter.segment(cloud, settings.vocabulary)
     timings.update({k: v for k, v in instances.timings.items() if k != "total"})
     t0 = time.perf_counter()
-    outputs = build_outputs(msg.header, conv, msg.width * msg.height, instances, inverse, settings)
+    outputs = build_outputs(msg.header, conv, msg.width * msg.height, instances, inverse, settings, helper)
     t1 = time.perf_counter()
     for out in (outputs.instances, outputs.markers, outputs.labeled_cloud):
         serialize_message(out)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # the node's threads: the model loads on a thread of its own, one worker segments (torch_threads)
-    with tempfile.TemporaryDirectory() as tmp, \
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1) as helper, \
             ThreadPoolExecutor(1, initializer=torch_threads.use_threads, initargs=(args.threads,)) as worker:
         bundle = args.bundle or torch_threads.on_own_thread(make_untrained_bundle, Path(tmp) / "bundle",
                                                             size=args.size, threads=args.threads)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name, xyz, rgb in tqdm(clouds, desc="clouds"):
             msg = cloud_to_msg(xyz, rgb, Header(frame_id="map"))
-            runs = [worker.submit(time_cloud, segmenter, msg, settings).result()
+            runs = [worker.submit(time_cloud, segmenter, msg, settings, helper).result()
                     for _ in tqdm(range(args.repeats + 1), desc=f"{len(xyz):,}", leave=False)][1:]
             rows.append((name, len(xyz), {k: float(np.median([r[k] for r in runs])) for k in runs[0]}))
 

@@ -3,6 +3,9 @@ labeled cloud. Pure functions, no node."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -57,10 +60,18 @@ def test_fit_point_budget_and_mapping_back():
     # the three messages: the labeled cloud's points take their voxel's labels, the instances their points
     header = Header(frame_id="map")
     conv = cloud_from_msg(cloud_to_msg(cloud.xyz, None, header))
-    outputs = build_outputs(header, conv, len(cloud), inst, inverse, read_settings({p.name: p.default
-                                                                                    for p in PARAMETERS}))
+    settings = read_settings({p.name: p.default for p in PARAMETERS})
+    outputs = build_outputs(header, conv, len(cloud), inst, inverse, settings)
     np.testing.assert_array_equal(cloud_fields(outputs.labeled_cloud)["instance_id"], instance_id)
     assert [list(i.point_indices) for i in outputs.instances.instances] == [ids.tolist() for ids in found.point_ids]
+    # the node's worker makes the labeled cloud on a helper thread: the same three messages
+    with ThreadPoolExecutor(max_workers=1) as helper:
+        helped = build_outputs(header, conv, len(cloud), inst, inverse, settings, helper)
+        unlabeled = build_outputs(header, conv, len(cloud), inst, inverse,
+                                  replace(settings, publish_labeled_cloud=False), helper)
+    for name in ("instances", "markers", "labeled_cloud"):
+        assert getattr(helped, name) == getattr(outputs, name), name      # messages compare field by field
+    assert unlabeled.labeled_cloud is None
 
 
 def test_voxel_labels():

@@ -5,6 +5,7 @@ Pure functions over the Segmenter's :class:`Instances`: tested without spinning.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
+from folk_ros.core import torch_threads
 from folk_ros.core.geometry import grouped_oriented_boxes
 from folk_ros.core.pointcloud2 import CloudConversion
 from folk_ros.core.segmenter import Instances, mask_geometry
@@ -103,13 +105,22 @@ class Outputs:
 
 
 def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances: Instances,
-                  inverse: np.ndarray | None, settings: params.NodeSettings) -> Outputs:
+                  inverse: np.ndarray | None, settings: params.NodeSettings,
+                  helper: Executor | None = None) -> Outputs:
     """The three output messages of one cloud, all in ``header``'s frame and stamp.
 
     ``n_input`` is the message's point count (width * height); ``conv.indices`` maps the K kept
     points to it, so instance point indices and labeled-cloud points are in input row-major order;
     ``inverse`` maps them to the segmented points (:func:`instance_points`).
+
+    With a ``helper`` (one long-lived thread: the node's worker owns one), the labeled cloud is made there
+    while this thread finds the instances' points and boxes. Both are mostly numpy loops, which run without
+    the GIL, so they overlap: at 100k points on 2 cores the messages took 17.5-18.6 ms against 19.0-19.8 ms
+    one after the other (a thread made per cloud gained nothing).
     """
+    args = (header, conv, n_input, instances, inverse)
+    labeled = (helper.submit(_serially, labeled_cloud_of, *args)
+               if helper is not None and settings.publish_labeled_cloud else None)
     xyz, origin = conv.cloud.xyz, conv.origin   # geometry in the cloud's recentred frame, published in the input's
     found = instance_points(instances, inverse, xyz)
     centroids, bmin, bmax = (a + origin for a in (found.centroids, found.boxes_min, found.boxes_max))
@@ -121,12 +132,27 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
     point_sets = [xyz[ids] + origin for ids in found.point_ids] if settings.marker_points else None
     markers = markers_from_instances(header, instances.labels, instances.scores, bmin, bmax, colors,
                                      lifetime_s=settings.marker_lifetime, point_sets=point_sets, obb=obb)
-    labeled = None
-    if settings.publish_labeled_cloud:   # each kept point takes its voxel's labels
-        to_voxel = voxel_of_kept_points(instances, inverse)
-        by_voxel = voxel_labels(instances.voxel_masks, instances.label_indices, instances.scores)
-        labeled = labeled_cloud_msg(header, conv, n_input, *(values[to_voxel] for values in by_voxel))
-    return Outputs(instances=inst_msg, markers=markers, labeled_cloud=labeled)
+    if not settings.publish_labeled_cloud:
+        labeled_cloud = None
+    else:
+        labeled_cloud = labeled.result() if labeled is not None else labeled_cloud_of(*args)
+    return Outputs(instances=inst_msg, markers=markers, labeled_cloud=labeled_cloud)
+
+
+def _serially(fn, *args):
+    """``fn(*args)`` with this thread's torch kernels on this thread alone: a helper thread opens no OpenMP
+    team beside the worker's (:mod:`folk_ros.core.torch_threads`)."""
+    with torch_threads.serial():
+        return fn(*args)
+
+
+def labeled_cloud_of(header: Header, conv: CloudConversion, n_input: int, instances: Instances,
+                     inverse: np.ndarray | None) -> PointCloud2:
+    """``labeled_cloud`` of one cloud: each kept point takes its voxel's labels (:func:`voxel_labels`,
+    through :func:`voxel_of_kept_points`)."""
+    by_voxel = voxel_labels(instances.voxel_masks, instances.label_indices, instances.scores)
+    to_voxel = voxel_of_kept_points(instances, inverse)
+    return labeled_cloud_msg(header, conv, n_input, *(values[to_voxel] for values in by_voxel))
 
 
 def labeled_cloud_msg(header: Header, conv: CloudConversion, n_input: int, instance_id: np.ndarray,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import replace
 
 import rclpy
@@ -333,7 +334,12 @@ class SegmenterRuntime(MapMode):
 
     def _work(self) -> None:
         torch_threads.use_threads(self._threads)   # the one thread that runs torch in parallel
-        slot = self._slot                           # this activation's (a later one has its own worker)
+        # the labeled cloud is made on a helper beside the other outputs (cloud_outputs.build_outputs); the
+        # helper's thread ends with this one
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="folk_segmenter_outputs") as helper:
+            self._work_loop(self._slot, helper)    # this activation's slot (a later one has its own worker)
+
+    def _work_loop(self, slot: LatestSlot, helper: Executor) -> None:
         while True:
             work = slot.take()
             if work is None:
@@ -353,7 +359,7 @@ class SegmenterRuntime(MapMode):
                                        f"after ready ({params.describe_vocabulary(live.vocabulary)})")
             try:
                 if work.item is not None:
-                    outputs, report = self._process(work.item, live)
+                    outputs, report = self._process(work.item, live, helper)
                 elif self.live_map is not None and self._last_map_job is not None:
                     outputs, report = self._republish_map(live), None   # vocabulary change or reset
                 else:
@@ -362,6 +368,8 @@ class SegmenterRuntime(MapMode):
                 self._reject(f"cloud skipped: {err}")
                 continue
             except Exception as err:  # keep the node alive; the next cloud may be fine
+                if slot.closed:       # the node shut down meanwhile (its helper may be gone): drop the cloud
+                    return
                 self._failed(f"segmentation failed: {type(err).__name__}: {err}", traceback.format_exc())
                 continue
             if not self._publish(outputs, report):
@@ -424,7 +432,7 @@ class SegmenterRuntime(MapMode):
             self._errors_traced.add(text)
             self.get_logger().error(text + (f"\n{trace}" if trace and first else ""))
 
-    def _process(self, job: Job, live: params.LiveSettings) -> tuple[Outputs, CloudReport]:
+    def _process(self, job: Job, live: params.LiveSettings, helper: Executor) -> tuple[Outputs, CloudReport]:
         if self.live_map is not None:
             return self._process_map(job, live)
         t0 = time.perf_counter()
@@ -433,7 +441,7 @@ class SegmenterRuntime(MapMode):
         instances = self.segmenter.segment(cloud, live.vocabulary)
         timings.update({k: v for k, v in instances.timings.items() if k != "total"})
         t0 = time.perf_counter()
-        outputs = build_outputs(job.header, job.conv, job.n_input, instances, inverse, self.settings)
+        outputs = build_outputs(job.header, job.conv, job.n_input, instances, inverse, self.settings, helper)
         timings["messages"] = (time.perf_counter() - t0) * 1e3
         return outputs, CloudReport(n_input=job.n_input, n_nonfinite=job.conv.dropped_nonfinite,
                                     n_segmented=len(cloud), n_instances=len(instances), timings=timings)
