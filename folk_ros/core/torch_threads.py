@@ -15,7 +15,7 @@ The node therefore keeps one team:
   (:func:`use_threads` when it starts);
 * torch work elsewhere either runs on a short-lived thread, whose team ends with it
   (:func:`on_own_thread`: the model's loading at configure), or runs serially (:func:`serial`: the
-  map services on the executor).
+  map services on the executor, the worker's helper that makes the labeled cloud).
 """
 
 from __future__ import annotations
