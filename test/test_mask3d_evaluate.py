@@ -157,7 +157,8 @@ def test_cli_colourless_gives_the_model_a_grey_cloud(scene_and_model, tmp_path, 
 @pytest.mark.parametrize("columns, eps", [(6, 0.25), (21, 0.3), (3, 0.05), (70, 0.25)])
 def test_vectorised_split_equals_query_by_query(monkeypatch, columns, eps):
     """dbscan_parts' one-pass split (cells of diagonal eps, column bit sets over more than one byte, and
-    over two 64-bit words as for the official model's 100 queries) equals DBSCAN run per query (the path taken when pairs are too many), duplicate points included."""
+    over two 64-bit words as for the official model's 100 queries) equals DBSCAN run per query (the path
+    taken when pairs are too many), duplicate points included."""
     from folk_ros.core.mask3d import dbscan
     gen = torch.Generator().manual_seed(columns)
     xyz = torch.rand((400, 3), generator=gen) * torch.tensor([3.0, 3.0, 1.0])

@@ -1,4 +1,5 @@
-"""folk_ros.ros.conversions: PointCloud2 <-> numpy, InstanceArray and MarkerArray, without a node."""
+"""folk_ros.ros.conversions, markers and message_parts: PointCloud2 <-> numpy, InstanceArray and MarkerArray,
+without a node."""
 
 import time
 
@@ -15,7 +16,8 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 from folk_ros.core.pointcloud2 import CloudFormatError  # noqa: E402
 from folk_ros.ros.conversions import (  # noqa: E402
     UNLABELED_COLOR, cloud_from_msg, cloud_to_msg, instances_to_msg,
-    label_colors, markers_from_instances, packed_label_colors)
+    label_colors, packed_label_colors)
+from folk_ros.ros.markers import markers_from_instances  # noqa: E402
 
 _DATATYPE = {np.dtype(code): datatype for datatype, code in
              enumerate(["i1", "u1", "i2", "u2", "i4", "u4", "f4", "f8"], start=1)}
@@ -370,3 +372,26 @@ def test_recentred_clouds_come_back_in_float64():
     assert [f.datatype for f in msg.fields[:3]] == [PointField.FLOAT64] * 3
     back = cloud_from_msg(msg)
     np.testing.assert_allclose(back.cloud.xyz.astype(np.float64) + back.origin, xyz, atol=1e-6)
+
+
+def test_message_parts_are_copies_and_poses():
+    """shallow_copy equals copy.copy for the templates the outputs are made from, and shares nothing set
+    on the copy back into the template; pose() equals the constructor's Pose."""
+    import copy
+
+    from builtin_interfaces.msg import Duration
+    from folk_ros_interfaces.msg import Instance
+    from geometry_msgs.msg import Point, Pose, Quaternion
+
+    from folk_ros.ros.message_parts import pose, shallow_copy
+    for template in (Marker(header=_header(), ns="folk/boxes", lifetime=Duration(sec=1)), Instance(), Pose()):
+        made = shallow_copy(template)
+        assert made == copy.copy(template) and made is not template and type(made) is type(template)
+    marker = Marker(ns="a")
+    made = shallow_copy(marker)
+    made.ns, made.points = "b", [Point(x=1.0)]
+    assert marker.ns == "a" and marker.points == []
+    where, turn = Point(x=1.0, y=2.0, z=3.0), Quaternion(z=0.6, w=0.8)
+    assert pose(where, turn) == Pose(position=where, orientation=turn)
+    assert rclpy_serialization.serialize_message(pose(where, turn)) == \
+        rclpy_serialization.serialize_message(Pose(position=where, orientation=turn))

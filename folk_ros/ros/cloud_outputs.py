@@ -21,8 +21,8 @@ from folk_ros.core.pointcloud2 import CloudConversion
 from folk_ros.core.segmenter import Instances, mask_geometry
 from folk_ros.core.voxel_masks import VoxelMasks, split_groups
 from folk_ros.ros import parameters as params
-from folk_ros.ros.conversions import (cloud_to_msg, instances_to_msg, label_colors, markers_from_instances,
-                                      packed_label_colors)
+from folk_ros.ros.conversions import cloud_to_msg, instances_to_msg, label_colors, packed_label_colors
+from folk_ros.ros.markers import markers_from_instances
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ from folk_ros.core.live_map import LiveMap
 from folk_ros.core.pointcloud2 import CloudConversion
 from folk_ros.ros import parameters as params
 from folk_ros.ros.cloud_outputs import Outputs, labeled_cloud_msg
-from folk_ros.ros.conversions import instances_to_msg, label_colors, markers_from_instances
+from folk_ros.ros.conversions import instances_to_msg, label_colors
+from folk_ros.ros.markers import markers_from_instances
 
 MAX_QUERY_PHRASES = 64      # phrases per query request
 MAX_PHRASE_CHARS = 300      # characters per phrase (CLIP reads 77 tokens; longer text is noise)
