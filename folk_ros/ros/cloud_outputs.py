@@ -133,9 +133,8 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
     point_sets = [xyz[ids] + origin for ids in found.point_ids] if settings.marker_points else None
     markers = markers_from_instances(header, instances.labels, instances.scores, bmin, bmax, colors,
                                      lifetime_s=settings.marker_lifetime, point_sets=point_sets, obb=obb)
-    if not settings.publish_labeled_cloud:
-        labeled_cloud = None
-    else:
+    labeled_cloud = None
+    if settings.publish_labeled_cloud:
         labeled_cloud = labeled.result() if labeled is not None else labeled_cloud_of(*args)
     return Outputs(instances=inst_msg, markers=markers, labeled_cloud=labeled_cloud)
 
