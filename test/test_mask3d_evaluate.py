@@ -171,6 +171,28 @@ def test_vectorised_split_equals_query_by_query(monkeypatch, columns, eps):
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
 
 
+@pytest.mark.parametrize("path", ["sets", "table too large", "sums collide"])
+def test_mask_intersections_equal_the_dense_product(monkeypatch, path):
+    """Over the voxels' mask sets, over the voxels (the membership table would be too large), or over the
+    voxels after the exact check caught two sets with one key sum: the weighted intersections of the dense
+    product."""
+    from folk_ros.core.mask3d import postprocess
+    gen = torch.Generator().manual_seed(2)
+    v, k = 500, 30
+    masks = torch.rand((v, k), generator=gen) < 0.3
+    masks[:250] = masks[250:]                                       # repeated sets, as Mask3D's parts make
+    masks[::7] = False                                              # voxels in no mask
+    weights = torch.randint(1, 5, (v,), generator=gen).double()
+    if path == "table too large":
+        monkeypatch.setattr(postprocess, "MASK_SET_TABLE", 0)
+    if path == "sums collide":                                      # every voxel's sum is 0: one "set"
+        monkeypatch.setattr(postprocess, "_mask_keys", lambda n: np.zeros(n, np.int64))
+    voxel, mask = masks.nonzero(as_tuple=True)
+    got = postprocess.mask_intersections(mask.numpy(), voxel.numpy(), weights.numpy(), k).toarray()
+    want = (weights[:, None] * masks.double()).T @ masks.double()
+    np.testing.assert_allclose(got, want.numpy())
+
+
 def test_mask_nms_keeps_what_greedy_dense_nms_keeps():
     """The sparse NMS equals greedy NMS over dense point-weighted IoUs, ties broken by index."""
     from folk_ros.core.mask3d.postprocess import mask_nms

@@ -114,9 +114,8 @@ def mask_nms(voxel: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, iou_
     r = rank[mask].cpu().numpy()                          # rows in score order
     v = voxel.cpu().numpy()
     n_vox = int(v.max()) + 1 if v.size else 0
-    w = np.ones(v.size) if weights is None else weights.double()[voxel].cpu().numpy()
-    weighted = csr_matrix((w, (r, v)), shape=(k, n_vox))
-    inter = (weighted @ csr_matrix((np.ones(v.size), (r, v)), shape=(k, n_vox)).T).tocsr()   # (K, K) sparse
+    w = np.ones(n_vox) if weights is None else weights.double()[:n_vox].cpu().numpy()
+    inter = mask_intersections(r, v, w, k)
     area = inter.diagonal()
     suppressed = np.zeros(k, dtype=bool)
     keep = []
@@ -128,6 +127,53 @@ def mask_nms(voxel: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, iou_
         both = inter.data[inter.indptr[i]:inter.indptr[i + 1]]
         suppressed[cols[both / np.maximum(area[i] + area[cols] - both, 1e-9) > iou_threshold]] = True
     return order[torch.as_tensor(keep, dtype=torch.int64, device=order.device)]
+
+
+MASK_SET_TABLE = 1 << 24
+"""Most (voxel mask set, mask) cells :func:`mask_intersections` tabulates (16 MB of bools); above, it multiplies
+over the voxels."""
+
+
+def _mask_keys(k: int) -> np.ndarray:
+    """(K,) random int64 keys of the masks, the same on every call; any sum of K of them stays below 2**62."""
+    return np.random.default_rng(0).integers(0, 2 ** 62 // max(k, 1), k)
+
+
+def mask_intersections(mask: np.ndarray, voxel: np.ndarray, weights: np.ndarray, k: int) -> csr_matrix:
+    """(K, K) sparse: entry (i, j) = the sum of ``weights`` (V,) over the voxels in masks i and j (the diagonal:
+    each mask's area), from the masks' (E,) entries ``mask``, ``voxel`` (each pair once).
+
+    The voxels covered by the same set of masks add the same to every pair of that set, and Mask3D's parts
+    cover a room with few such sets (the 200k-point bench room: 2,141 sets over 91,790 voxels and 737k
+    entries), so the product runs over the sets. A voxel's set is found by a sum of random integer keys of
+    its masks, then checked exactly: every voxel holds as many masks as its set's first voxel, each of them
+    in that voxel's set. A failed check (two sets with one sum) multiplies over the voxels instead, as does a
+    membership table above :data:`MASK_SET_TABLE` cells.
+    """
+    n_vox = len(weights)
+    if mask.size == 0:
+        return csr_matrix((k, k))
+    count = np.bincount(voxel, minlength=n_vox)
+    total = torch.zeros(n_vox, dtype=torch.int64).index_add_(0, torch.from_numpy(voxel),
+                                                             torch.from_numpy(_mask_keys(k)[mask])).numpy()
+    covered = np.flatnonzero(count)
+    _, first, set_of = np.unique(total[covered], return_index=True, return_inverse=True)
+    n_sets = len(first)
+    if n_sets * k <= MASK_SET_TABLE:
+        voxel_set = np.full(n_vox, -1, np.int64)
+        voxel_set[covered] = set_of.reshape(-1)
+        first_voxel = covered[first]
+        entry_set = voxel_set[voxel]
+        rep = voxel == first_voxel[entry_set]                                   # the entries of each set's
+        member = np.zeros((n_sets, k), bool)                                    # first voxel
+        member[entry_set[rep], mask[rep]] = True
+        if (count[covered] == count[first_voxel][set_of.reshape(-1)]).all() and member[entry_set, mask].all():
+            set_weight = np.bincount(set_of.reshape(-1), weights=weights[covered], minlength=n_sets)
+            rows, cols = entry_set[rep], mask[rep]
+            weighted = csr_matrix((set_weight[rows], (rows, cols)), shape=(n_sets, k))
+            return (weighted.T @ csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_sets, k))).tocsr()
+    weighted = csr_matrix((weights[voxel], (mask, voxel)), shape=(k, n_vox))
+    return (weighted @ csr_matrix((np.ones(voxel.size), (mask, voxel)), shape=(k, n_vox)).T).tocsr()
 
 
 def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tensor, inverse_map: torch.Tensor,
