@@ -158,17 +158,17 @@ def mask_intersections(mask: np.ndarray, voxel: np.ndarray, weights: np.ndarray,
                                                              torch.from_numpy(_mask_keys(k)[mask])).numpy()
     covered = np.flatnonzero(count)
     _, first, set_of = np.unique(total[covered], return_index=True, return_inverse=True)
-    n_sets = len(first)
+    set_of, n_sets = set_of.reshape(-1), len(first)
     if n_sets * k <= MASK_SET_TABLE:
         voxel_set = np.full(n_vox, -1, np.int64)
-        voxel_set[covered] = set_of.reshape(-1)
+        voxel_set[covered] = set_of
         first_voxel = covered[first]
         entry_set = voxel_set[voxel]
         rep = voxel == first_voxel[entry_set]                                   # the entries of each set's
         member = np.zeros((n_sets, k), bool)                                    # first voxel
         member[entry_set[rep], mask[rep]] = True
-        if (count[covered] == count[first_voxel][set_of.reshape(-1)]).all() and member[entry_set, mask].all():
-            set_weight = np.bincount(set_of.reshape(-1), weights=weights[covered], minlength=n_sets)
+        if (count[covered] == count[first_voxel][set_of]).all() and member[entry_set, mask].all():
+            set_weight = np.bincount(set_of, weights=weights[covered], minlength=n_sets)
             rows, cols = entry_set[rep], mask[rep]
             weighted = csr_matrix((set_weight[rows], (rows, cols)), shape=(n_sets, k))
             return (weighted.T @ csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n_sets, k))).tocsr()
