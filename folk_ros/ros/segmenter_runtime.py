@@ -5,7 +5,8 @@ parameters, load and check the model and the map, create publishers and services
 (start the worker, subscribe, start /diagnostics), :meth:`_deactivate` (the reverse) and
 :meth:`_cleanup` (save the map, free the model). ``folk_ros.ros.node.SegmenterNode`` runs the first two
 at construction; ``folk_ros.ros.lifecycle_node.ManagedSegmenterNode`` runs each on its lifecycle
-transition. Map mode (the live map's worker path and services) is :class:`~folk_ros.ros.map_mode.MapMode`.
+transition. The worker thread is :class:`~folk_ros.ros.cloud_worker.CloudWorker`; map mode (the live map's
+worker path and services) is :class:`~folk_ros.ros.map_mode.MapMode`.
 See ``folk_ros/ros/node.py`` for the topics, services and threading.
 """
 
@@ -13,11 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
-from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import replace
 
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from folk_ros_interfaces.msg import InstanceArray
@@ -30,25 +27,21 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from folk_ros.core import torch_threads
-from folk_ros.core.cloud import fit_point_budget
 from folk_ros.core.map_file import MapFileError
 from folk_ros.core.live_map import LiveMap
-from folk_ros.core.mask3d.model import CloudTooSmallError
 from folk_ros.core.pointcloud2 import CloudFormatError
 from folk_ros.core.segmenter import Segmenter
 from folk_ros.ros import diagnostics
 from folk_ros.ros import parameters as params
-from folk_ros.ros.cloud_outputs import Outputs, build_outputs
+from folk_ros.ros.cloud_worker import REQUEST_TEXT, CloudWorker
 from folk_ros.ros.conversions import cloud_from_msg
 from folk_ros.ros.diagnostics import NodeStats
 from folk_ros.ros.map_mode import LogLine, MapMode
-from folk_ros.ros.work import CloudReport, Job, LatestSlot, Throttle, input_problem
+from folk_ros.ros.work import Job, LatestSlot, Throttle, input_problem
 
 TOPIC_IN, TOPIC_INSTANCES, TOPIC_MARKERS, TOPIC_LABELED = "cloud_in", "instances", "markers", "labeled_cloud"
 TOPIC_DIAGNOSTICS = "/diagnostics"
 SERVICE_QUERY, SERVICE_RESET, SERVICE_SAVE = "~/query", "~/reset_map", "~/save_map"
-REQUEST_TEXT = "text"
-"""The worker's request to encode the start-up vocabulary (names the text store lacked) before any cloud."""
 OUTPUT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -56,7 +49,7 @@ class StartupError(RuntimeError):
     """The node cannot start (bad parameter, missing bundle); the message is the one line to print."""
 
 
-class SegmenterRuntime(MapMode):
+class SegmenterRuntime(CloudWorker, MapMode):
     """The node's behaviour; mixed into an rclpy ``Node`` or ``LifecycleNode`` (see the module docstring)."""
 
     # ---------------------------------------------------------------- the four steps
@@ -330,86 +323,6 @@ class SegmenterRuntime(MapMode):
         self._stats.add(rejected=1)
         self._warn(text)
 
-    # ---------------------------------------------------------------- worker thread
-
-    def _work(self) -> None:
-        torch_threads.use_threads(self._threads)   # the one thread that runs torch in parallel
-        # the labeled cloud is made on a helper beside the other outputs (cloud_outputs.build_outputs); the
-        # helper's thread ends with this one
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="folk_segmenter_outputs") as helper:
-            self._work_loop(self._slot, helper)    # this activation's slot (a later one has its own worker)
-
-    def _work_loop(self, slot: LatestSlot, helper: Executor) -> None:
-        while True:
-            work = slot.take()
-            if work is None:
-                return
-            try:
-                live = self._current_live()
-            except Exception as err:   # e.g. CLIP failed to load: no labels rather than labels of other names
-                if slot.closed:
-                    return
-                self._failed(f"cannot encode the vocabulary, so no cloud is segmented until it can be: "
-                             f"{type(err).__name__}: {err}", traceback.format_exc())
-                continue
-            if slot.closed:            # the node shut down while CLIP loaded (not waited for): touch nothing
-                return
-            if REQUEST_TEXT in work.requests:
-                self.get_logger().info(f"vocabulary text encoded {time.perf_counter() - self._text_requested:.1f} s "
-                                       f"after ready ({params.describe_vocabulary(live.vocabulary)})")
-            try:
-                if work.item is not None:
-                    outputs, report = self._process(work.item, live, helper)
-                elif self.live_map is not None and self._last_map_job is not None:
-                    outputs, report = self._republish_map(live), None   # vocabulary change or reset
-                else:
-                    continue
-            except CloudTooSmallError as err:    # bad input, not a failure: one throttled warning
-                self._reject(f"cloud skipped: {err}")
-                continue
-            except Exception as err:  # keep the node alive; the next cloud may be fine
-                if slot.closed:       # the node shut down meanwhile (its helper may be gone): drop the cloud
-                    return
-                self._failed(f"segmentation failed: {type(err).__name__}: {err}", traceback.format_exc())
-                continue
-            if not self._publish(outputs, report):
-                return
-
-    def _current_live(self) -> params.LiveSettings:
-        """The committed live settings; the text is encoded here (cached) and the Segmenter's config follows."""
-        with self._live_lock:
-            live = self._live
-        self._encode_text(live)
-        self.segmenter.cfg = replace(self.segmenter.cfg, prompt_template=live.prompt_template,
-                                     score_threshold=live.score_threshold)  # only this thread segments
-        return live
-
-    def _publish(self, outputs: Outputs, report: CloudReport | None) -> bool:
-        """Publish one set of outputs; False when the node is shutting down. A publisher error while the
-        node runs is logged (with its traceback, once per distinct error) and the worker goes on."""
-        t0 = time.perf_counter()
-        try:
-            if outputs.labeled_cloud is not None and self._pub_cloud is not None:
-                self._pub_cloud.publish(outputs.labeled_cloud)
-            self._pub_markers.publish(outputs.markers)
-            self._pub_instances.publish(outputs.instances)
-        except Exception as err:
-            if self._slot.closed or not rclpy.ok(context=self.context):
-                return False
-            self._failed(f"publishing failed: {type(err).__name__}: {err}", traceback.format_exc())
-            return True
-        if report is not None:
-            report.timings["publish"] = (time.perf_counter() - t0) * 1e3
-            self._stats.processed_ok(report.timings)
-            if self._throttle.ready("cloud"):
-                counts = self._stats.snapshot()
-                self.get_logger().info(report.line(counts.processed, counts.dropped))
-        return True
-
-    def _failed(self, text: str, trace: str) -> None:
-        self._stats.failure(text)
-        self._error_once(text, trace)
-
     # ---------------------------------------------------------------- /diagnostics (executor thread)
 
     def _publish_diagnostics(self) -> None:
@@ -424,24 +337,3 @@ class SegmenterRuntime(MapMode):
                                 max_latency_s=self.settings.diagnostics_max_latency_s, extra=extra)
         self._pub_diagnostics.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()),
                                                       status=[st]))
-
-    def _error_once(self, text: str, trace: str = "") -> None:
-        """Log an error at most once per log_throttle_s (per distinct text); the first time with ``trace``."""
-        if self._throttle.ready(text):
-            first = text not in self._errors_traced
-            self._errors_traced.add(text)
-            self.get_logger().error(text + (f"\n{trace}" if trace and first else ""))
-
-    def _process(self, job: Job, live: params.LiveSettings, helper: Executor) -> tuple[Outputs, CloudReport]:
-        if self.live_map is not None:
-            return self._process_map(job, live)
-        t0 = time.perf_counter()
-        cloud, inverse, _ = fit_point_budget(job.conv.cloud, self.settings.max_points, self.settings.voxel_size)
-        timings = {"convert": job.convert_ms, "downsample": (time.perf_counter() - t0) * 1e3}
-        instances = self.segmenter.segment(cloud, live.vocabulary)
-        timings.update({k: v for k, v in instances.timings.items() if k != "total"})
-        t0 = time.perf_counter()
-        outputs = build_outputs(job.header, job.conv, job.n_input, instances, inverse, self.settings, helper)
-        timings["messages"] = (time.perf_counter() - t0) * 1e3
-        return outputs, CloudReport(n_input=job.n_input, n_nonfinite=job.conv.dropped_nonfinite,
-                                    n_segmented=len(cloud), n_instances=len(instances), timings=timings)
