@@ -48,3 +48,13 @@ def box_room_scene(root: Path, seed: int = 0) -> Path:
     scene_dir = root / mesh.scene_id
     write_scannet_scene(scene_dir, mesh, frames=[])
     return scene_dir
+
+
+def segment_yaml_parameters() -> dict:
+    """The folk_segmenter parameters config/segment.yaml sets (the file holds that one node)."""
+    import yaml
+
+    from folk_ros.ros.parameters import NODE_NAME   # rclpy: imported by the tests that read the file only
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/segment.yaml").read_text())
+    assert list(doc) == [NODE_NAME]
+    return doc[NODE_NAME]["ros__parameters"]
