@@ -171,6 +171,44 @@ def test_vectorised_split_equals_query_by_query(monkeypatch, columns, eps):
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
 
 
+def test_split_in_slabs_on_threads_equals_query_by_query(monkeypatch):
+    """The neighbour search split into slabs along x (three threads, slabs of at least 100 points) gives what
+    DBSCAN per query gives, on a cloud where whole regions share their masks (cells joined by full links),
+    and every neighbour pair lies inside one slab."""
+    from scipy.spatial import cKDTree
+
+    from folk_ros.core.mask3d import dbscan
+    gen = torch.Generator().manual_seed(5)
+    xyz = torch.rand((900, 3), generator=gen) * torch.tensor([4.0, 2.0, 0.5])
+    logits = torch.randn((900, 9), generator=gen)
+    region = (xyz[:, 0] * 2).long()                                # eight slices of 0.5 m, each one mask set
+    logits = torch.where(torch.rand((900, 1), generator=gen) < 0.7, (region[:, None] % 3 == torch.arange(9) % 3)
+                         * 6.0 - 3.0, logits)
+    xyz_np = xyz.double().numpy()
+    active = (logits > 0).any(1).numpy()
+    side = 0.2 / np.sqrt(3.0) * (1.0 - 1e-9)
+    grid = np.floor((xyz_np[active] - xyz_np[active].min(0)) / side).astype(np.int64)
+    order = np.lexsort(grid.T[::-1])
+    slabs = dbscan._slabs(grid[order, 0], 3)
+    assert len(slabs) == 3
+    pairs = cKDTree(xyz_np[active][order]).query_pairs(0.2, output_type="ndarray")
+    covered = np.zeros(len(pairs), bool)
+    for start, end in slabs:
+        covered |= (pairs >= start).all(1) & (pairs < end).all(1)
+    assert covered.all()
+    monkeypatch.setattr(dbscan, "MIN_SLAB_POINTS", 100)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        fast = dbscan.dbscan_split(logits, xyz, 0.2, 1)
+    finally:
+        torch.set_num_threads(previous)
+    monkeypatch.setattr(dbscan, "MAX_SPLIT_PAIRS", 0)
+    slow = dbscan.dbscan_split(logits, xyz, 0.2, 1)
+    assert fast[0].shape[1] > logits.shape[1]
+    assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
+
+
 @pytest.mark.parametrize("path", ["sets", "table too large", "sums collide"])
 def test_mask_intersections_equal_the_dense_product(monkeypatch, path):
     """Over the voxels' mask sets, over the voxels (the membership table would be too large), or over the

@@ -48,6 +48,32 @@ def test_on_own_thread_returns_or_raises_from_a_thread_that_has_ended():
         torch_threads.on_own_thread(lambda: 1 / 0, threads=1)
 
 
+def test_concurrently_runs_each_call_on_a_thread_of_its_own_serially():
+    """The first call here, the others on helper threads that have ended on return, all with serial torch;
+    results in order; one call runs alone with this thread's count; an error is raised once every call has
+    finished."""
+    def report(tag):
+        return tag, threading.get_ident(), torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    got = torch_threads.concurrently([lambda t=t: report(t) for t in "abc"])
+    assert [g[0] for g in got] == list("abc") and [g[2] for g in got] == [1, 1, 1]
+    helpers = {g[1] for g in got[1:]}
+    assert got[0][1] == threading.get_ident() not in helpers
+    assert not helpers & {t.ident for t in threading.enumerate()}
+    assert torch.get_num_threads() == before
+    assert torch_threads.concurrently([lambda: report("x")])[0][1:] == (threading.get_ident(), before)
+    finished = threading.Event()
+
+    def slow():
+        finished.wait(0.2)
+        finished.set()
+
+    with pytest.raises(ZeroDivisionError):
+        torch_threads.concurrently([lambda: 1 / 0, slow])
+    assert finished.is_set()
+
+
 # Thread A keeps a 2-thread OpenMP team (as the node's worker); thread B then runs torch work and stays
 # alive (as the executor serving a query). The script prints how many OS threads the process has.
 TEAMS_SCRIPT = """

@@ -20,7 +20,7 @@ The node therefore keeps one team:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
@@ -55,6 +55,29 @@ def serial() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def serially(fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` inside :func:`serial`: what a helper thread runs, so that it opens no OpenMP team
+    beside the worker's."""
+    with serial():
+        return fn(*args)
+
+
+def concurrently(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run the ``calls`` at once, the first on this thread and the others on helper threads (one per call at
+    most), their torch kernels serial (:func:`serial`); their results, in order. One call runs here alone,
+    with this thread's torch threads.
+
+    For work that spends its time in code that releases the GIL (numpy's array loops, scipy's kd-tree
+    searches) split into as many parts as this thread has torch threads. The threads have ended when this
+    returns; a call's exception is re-raised once all have finished.
+    """
+    if len(calls) <= 1:
+        return [call() for call in calls]
+    with ThreadPoolExecutor(max_workers=len(calls) - 1) as pool:
+        others = [pool.submit(serially, call) for call in calls[1:]]
+        return [serially(calls[0]), *(future.result() for future in others)]
 
 
 def on_own_thread(fn: Callable[..., T], *args, threads: int, **kwargs) -> T:

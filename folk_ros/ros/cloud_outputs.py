@@ -120,7 +120,7 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
     gained nothing).
     """
     args = (header, conv, n_input, instances, inverse)
-    labeled = (helper.submit(_serially, labeled_cloud_of, *args)
+    labeled = (helper.submit(torch_threads.serially, labeled_cloud_of, *args)
                if helper is not None and settings.publish_labeled_cloud else None)
     xyz, origin = conv.cloud.xyz, conv.origin   # geometry in the cloud's recentred frame, published in the input's
     found = instance_points(instances, inverse, xyz)
@@ -137,13 +137,6 @@ def build_outputs(header: Header, conv: CloudConversion, n_input: int, instances
     if settings.publish_labeled_cloud:
         labeled_cloud = labeled.result() if labeled is not None else labeled_cloud_of(*args)
     return Outputs(instances=inst_msg, markers=markers, labeled_cloud=labeled_cloud)
-
-
-def _serially(fn, *args):
-    """``fn(*args)`` with this thread's torch kernels on this thread alone: a helper thread opens no OpenMP
-    team beside the worker's (:mod:`folk_ros.core.torch_threads`)."""
-    with torch_threads.serial():
-        return fn(*args)
 
 
 def labeled_cloud_of(header: Header, conv: CloudConversion, n_input: int, instances: Instances,
