@@ -209,6 +209,39 @@ def test_split_in_slabs_on_threads_equals_query_by_query(monkeypatch):
     assert torch.equal(fast[0], slow[0]) and torch.equal(fast[1], slow[1])
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_proposals_over_atoms_equal_the_dense_parts(monkeypatch, fast):
+    """Sizes, scores and NMS over the parts' atoms (the vectorised split's groups of cells, or each voxel
+    its own atom when queries are split one by one) give the proposals of the dense candidates of
+    dbscan_split: objectness * mean sigmoid over each part, parts under min_points dropped, then NMS."""
+    from folk_ros.core.mask3d import dbscan
+    from folk_ros.core.mask3d.postprocess import mask_nms
+    gen = torch.Generator().manual_seed(7)
+    xyz = torch.rand((600, 3), generator=gen) * torch.tensor([3.0, 2.0, 0.5])
+    region = (xyz[:, 0] * 2).long()
+    logits = torch.where(torch.rand((600, 1), generator=gen) < 0.8, (region[:, None] % 4 == torch.arange(12) % 4)
+                         * 6.0 - 3.0, torch.randn((600, 12), generator=gen))
+    logits += 0.1 * torch.rand((600, 12), generator=gen)                  # no ties between the parts' scores
+    pred_logits = torch.randn((12, 2), generator=gen)
+    inverse = torch.randint(0, 600, (900,), generator=gen)
+    cfg = PostprocessConfig.class_agnostic(0.15, nms_iou=0.5, min_points=4, mask_threshold=0.5)
+    if not fast:
+        monkeypatch.setattr(dbscan, "MAX_SPLIT_PAIRS", 0)
+    masks, scores = class_agnostic_proposals(pred_logits, logits, inverse, xyz, cfg)
+
+    candidates, src = dbscan.dbscan_split(logits, xyz, 0.15, 1)
+    inside = candidates != 0
+    objectness = 1 - pred_logits.softmax(-1)[:, 1]
+    want = objectness[src] * (candidates.sigmoid() * inside).sum(0) / inside.sum(0)
+    points = torch.bincount(inverse, minlength=600).double() @ inside.double()
+    keep = (points >= 4).nonzero().flatten()
+    voxel, mask = inside[:, keep].nonzero(as_tuple=True)
+    kept = keep[mask_nms(voxel, mask, want[keep], 0.5, torch.bincount(inverse, minlength=600))]
+    assert len(masks) == len(kept) > 10
+    assert torch.equal(masks.dense(), inside[:, kept].T)
+    torch.testing.assert_close(scores, want[kept].float())
+
+
 @pytest.mark.parametrize("path", ["sets", "table too large", "sums collide"])
 def test_mask_intersections_equal_the_dense_product(monkeypatch, path):
     """Over the voxels' mask sets, over the voxels (the membership table would be too large), or over the

@@ -1,7 +1,7 @@
 """Mask3D's DBSCAN split of query masks (``use_dbscan``): every mask cut into its DBSCAN clusters.
 
 The official code runs scikit-learn's DBSCAN per query. Here, with ``min_samples`` 1 (the components of
-the eps-graph), every query is split at once over cells of diagonal eps (:func:`dbscan_parts`); DBSCAN
+the eps-graph), every query is split at once over cells of diagonal eps (:func:`mask_parts`); DBSCAN
 proper (core and border points) and the query-by-query path remain for other settings and for clouds
 with too many neighbour pairs.
 """
@@ -18,7 +18,9 @@ from scipy.spatial import cKDTree
 
 from folk_ros.core import torch_threads
 from folk_ros.core.voxel_masks import stable_sort_indices
-from folk_ros.core.voxelize import cell_keys, first_occurrence, key_ids, renumber_by_first_occurrence
+from folk_ros.core.voxelize import cell_keys, first_occurrence, key_ids
+
+from .parts import MaskParts
 
 
 def _sort_order(keys: np.ndarray, bound: int) -> np.ndarray:
@@ -119,7 +121,7 @@ def dbscan(xyz: np.ndarray, eps: float, min_samples: int = 1) -> np.ndarray:
 
 
 MAX_SPLIT_PAIRS = 10_000_000
-"""Above this many neighbour pairs (estimated; 16 bytes each) :func:`dbscan_parts` splits query by query."""
+"""Above this many neighbour pairs (estimated; 16 bytes each) :func:`mask_parts` splits query by query."""
 
 
 def _estimated_pairs(tree: cKDTree, eps: float, sample: int = 500) -> float:
@@ -249,7 +251,14 @@ def _column_components(a: np.ndarray, b: np.ndarray, link_words: np.ndarray, cel
     return component, group, n_groups
 
 
-def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float):
+def _row_ids(words: np.ndarray) -> np.ndarray:
+    """(A,) int64 ids of the distinct rows of ``words`` (A, W) uint64."""
+    if words.shape[1] == 1:
+        return key_ids(words.view(np.int64)[:, 0])
+    return key_ids(np.ascontiguousarray(words).view(np.dtype((np.void, 8 * words.shape[1]))).reshape(-1))
+
+
+def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float) -> MaskParts | None:
     """eps-graph components of every column's positive points at once, or None when too many pairs.
 
     Exact, and cheap in the number of (pair, column) edges: the points are binned into cells of
@@ -261,8 +270,8 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     The search runs in slabs along x, as many as the calling thread has torch threads (at least
     :data:`MIN_SLAB_POINTS` points each), on threads of their own
     (:func:`~folk_ros.core.torch_threads.concurrently`).
-    Returns (point index (K,), column (K,), cluster (K,)) per positive entry, in (column, point)
-    order, clusters numbered by first occurrence (the order of :func:`dbscan_split`'s candidates).
+    Returns the components as :class:`MaskParts`, a column's component a part, whose atoms are the points of
+    one group of cells positive in the same columns.
     """
     active = np.flatnonzero(positive.any(1))
     pos = positive[active]                                                     # (A, Q)
@@ -285,27 +294,40 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     cell_words = np.bitwise_or.reduceat(words, np.searchsorted(cell, np.arange(n_cells)), axis=0)
     component, group, n_groups = _column_components(*(np.concatenate(part) for part in zip(*links)), cell_words,
                                                     pos.shape[1])
-    entry_q, entry_a = _nonzero(pos.T)                                         # (column, point) order
-    cluster = component[entry_q * n_groups + group[point_cell[entry_a]]]      # every component has entries
-    return active[entry_a], entry_q, renumber_by_first_occurrence(cluster)[0]
+    point_group = group[cell]
+    word_id = _row_ids(words)
+    atom = key_ids(point_group.astype(np.int64) * (int(word_id.max()) + 1) + word_id)   # by group, then word
+    n_atoms = int(atom.max()) + 1
+    by_atom = _sort_order(atom, n_atoms)
+    voxel = active[by_cell[by_atom]]
+    atom_start = np.r_[0, np.cumsum(np.bincount(atom, minlength=n_atoms))]
+    first = by_atom[atom_start[:-1]]                                           # one point of each atom
+    entry_atom, entry_q = _nonzero(_unpack_columns(words[first], pos.shape[1]))
+    comp = component[entry_q * n_groups + point_group[first][entry_atom]]     # every component has entries
+    lowest = np.full(int(comp.max()) + 1, len(positive), np.int64)
+    np.minimum.at(lowest, comp, np.minimum.reduceat(voxel, atom_start[:-1])[entry_atom])
+    comp_query = np.empty_like(lowest)
+    comp_query[comp] = entry_q
+    order = np.argsort(comp_query * len(positive) + lowest)                    # by query, then lowest voxel
+    part_of = np.empty_like(order)
+    part_of[order] = np.arange(len(order))
+    return MaskParts(voxel, atom_start, entry_atom.astype(np.int64), part_of[comp], comp_query[order])
 
 
-def dbscan_parts(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int,
-                 logit_threshold: float = 0.0):
-    """The DBSCAN clusters of every query mask (``logit > logit_threshold``) as sparse entries.
+def mask_parts(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int,
+               logit_threshold: float = 0.0) -> MaskParts:
+    """The DBSCAN clusters of every query mask (``logit > logit_threshold``), as :class:`MaskParts`.
 
-    mask_logits (V, Q); voxel_xyz (V, 3).  Returns numpy int64 arrays (voxel (E,), query (E,),
-    part (E,)), one entry per voxel of a part, parts numbered by query, then by cluster id (order of
-    first occurrence); noise voxels (``min_points > 1``) are in no part.  With ``min_points <= 1``
-    (components of the eps-graph) all queries are split in vectorised passes when the neighbour
-    pairs fit (:data:`MAX_SPLIT_PAIRS`), else one by one.
+    mask_logits (V, Q); voxel_xyz (V, 3). Noise voxels (``min_points > 1``) are in no part. With
+    ``min_points <= 1`` (components of the eps-graph) all queries are split in vectorised passes when the
+    neighbour pairs fit (:data:`MAX_SPLIT_PAIRS`), else one by one.
     """
     xyz = voxel_xyz.detach().cpu().numpy().astype(np.float64)
     positive = (mask_logits > logit_threshold).cpu().numpy()
     fast = _columnwise_eps_components(xyz, positive, eps) if min_points <= 1 and positive.any() else None
     if fast is not None:
         return fast
-    vs, qs, parts, offset = [], [], [], 0
+    vs, qs, parts, offset = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
     for q in range(mask_logits.shape[1]):
         sel = np.flatnonzero(positive[:, q])
         if sel.size == 0:
@@ -316,16 +338,7 @@ def dbscan_parts(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float,
         qs.append(np.full(int(inside.sum()), q, dtype=np.int64))
         parts.append(labels[inside] + offset)
         offset += int(labels.max()) + 1 if inside.any() else 0
-    if not vs:
-        return (np.zeros(0, np.int64),) * 3
-    return np.concatenate(vs), np.concatenate(qs), np.concatenate(parts)
-
-
-def part_sources(query: np.ndarray, part: np.ndarray) -> np.ndarray:
-    """(K,) source query of each part numbered 0..K-1."""
-    src = np.zeros(int(part.max()) + 1 if part.size else 0, dtype=np.int64)
-    src[part] = query
-    return src
+    return MaskParts.from_entries(np.concatenate(vs), np.concatenate(qs), np.concatenate(parts))
 
 
 def dbscan_split(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float, min_points: int):
@@ -333,11 +346,11 @@ def dbscan_split(mask_logits: torch.Tensor, voxel_xyz: torch.Tensor, eps: float,
 
     mask_logits (V, Q); voxel_xyz (V, 3).  Returns (candidate logits (V, K), source
     query (K,) int64): candidate = query logits zeroed outside the cluster; order:
-    by query, then by cluster id (:func:`dbscan_parts`).  Queries with an empty mask give no candidate.
+    by query, then by cluster id (:class:`MaskParts`).  Queries with an empty mask give no candidate.
     """
-    v, q, part = dbscan_parts(mask_logits, voxel_xyz, eps, min_points)
-    src = part_sources(q, part)
-    out = mask_logits.new_zeros((mask_logits.shape[0], src.size))
+    parts = mask_parts(mask_logits, voxel_xyz, eps, min_points)
+    v, q, part = parts.entries()
+    out = mask_logits.new_zeros((mask_logits.shape[0], len(parts.part_query)))
     vt, qt, pt = (torch.from_numpy(a).to(mask_logits.device) for a in (v, q, part))
     out[vt, pt] = mask_logits[vt, qt]
-    return out, torch.from_numpy(src)
+    return out, torch.from_numpy(parts.part_query)

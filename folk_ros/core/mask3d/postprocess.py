@@ -18,7 +18,8 @@ from scipy.sparse import csr_matrix
 from folk_ros.core.voxel_masks import VoxelMasks
 
 from .config import PostprocessConfig
-from .dbscan import dbscan_parts, dbscan_split, part_sources
+from .dbscan import dbscan_split, mask_parts
+from .parts import MaskParts
 
 
 # ---------------------------------------------------------- scoring ---------
@@ -176,6 +177,26 @@ def mask_intersections(mask: np.ndarray, voxel: np.ndarray, weights: np.ndarray,
     return (weighted @ csr_matrix((np.ones(voxel.size), (mask, voxel)), shape=(k, n_vox)).T).tocsr()
 
 
+def _part_scores(parts: MaskParts, objectness: torch.Tensor, mask_logits: torch.Tensor,
+                 points_per_voxel: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each part's score (objectness of its query * mean sigmoid of its query's logits over its voxels) and
+    points (K,), and each atom's points (T,): sums over atoms, the sigmoids summed per (atom, query)."""
+    atom = torch.from_numpy(parts.voxel_atom()).to(mask_logits.device)
+    voxel = torch.from_numpy(parts.voxel).to(mask_logits.device)
+    n_atoms = len(parts.atom_sizes)
+    atom_points = torch.zeros(n_atoms, dtype=torch.float64, device=atom.device).index_add_(
+        0, atom, points_per_voxel[voxel].double()).cpu().numpy()
+    heat = torch.zeros((n_atoms, mask_logits.shape[1]), device=atom.device).index_add_(
+        0, atom, mask_logits[voxel].float().sigmoid()).cpu().numpy()
+    k = len(parts.part_query)
+    query = parts.part_query[parts.entry_part]
+    points = np.bincount(parts.entry_part, weights=atom_points[parts.entry_atom], minlength=k)
+    voxels = np.bincount(parts.entry_part, weights=parts.atom_sizes[parts.entry_atom], minlength=k)
+    heat_sum = np.bincount(parts.entry_part, weights=heat[parts.entry_atom, query], minlength=k)
+    objectness = objectness.double().cpu().numpy()[parts.part_query]
+    return (objectness * heat_sum / np.maximum(voxels, 1)).astype(np.float32), points, atom_points
+
+
 def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tensor, inverse_map: torch.Tensor,
                              voxel_xyz: torch.Tensor, cfg: PostprocessConfig = PostprocessConfig()):
     """One proposal per query (or DBSCAN part), mask NMS; FOLK's use of Mask3D.
@@ -192,29 +213,24 @@ def class_agnostic_proposals(pred_logits: torch.Tensor, mask_logits: torch.Tenso
     objectness = 1.0 - pred_logits.float().softmax(-1)[:, -1]
     points_per_voxel = torch.bincount(inverse_map, minlength=mask_logits.shape[0])
     min_points = max(cfg.min_points, 1)
-    if cfg.use_dbscan:   # the parts stay sparse (voxel, part) entries: sizes, scores and NMS read those
-        v, q, part = dbscan_parts(mask_logits, voxel_xyz, cfg.dbscan_eps, cfg.dbscan_min_points,
-                                  cfg.mask_logit_threshold)
-        src = torch.from_numpy(part_sources(q, part)).to(objectness.device)
-        vt, qt, pt = (torch.from_numpy(a).to(mask_logits.device) for a in (v, q, part))
-        k = src.numel()
-        voxels = torch.bincount(pt, minlength=k).clamp(min=1)
-        points = torch.zeros(k, device=pt.device).index_add_(0, pt, points_per_voxel[vt].float())
-        mscore = torch.zeros(k, device=pt.device).index_add_(0, pt, mask_logits[vt, qt].float().sigmoid()) / voxels
-        scores = objectness[src] * mscore
-        keep = (points >= min_points) & (scores > cfg.min_score)
-        column = torch.full((k,), -1, dtype=torch.int64, device=pt.device)
-        column[keep] = torch.arange(int(keep.sum()), device=pt.device)
-        entry = keep[pt]
-        voxel, mask = vt[entry], column[pt[entry]]          # the kept parts' entries, never densified
-        scores = scores[keep]
-    else:
-        binary, mscore = mask_scores(mask_logits, cfg.mask_logit_threshold)
-        scores = objectness * mscore
-        points = points_per_voxel.to(torch.float32) @ binary.to(torch.float32)     # (K,) points per proposal
-        keep = ((points >= min_points) & (scores > cfg.min_score)).nonzero().flatten()
-        scores = scores[keep]
-        voxel, mask = binary[:, keep].nonzero(as_tuple=True)
+    if cfg.use_dbscan:   # sizes, scores and NMS over the parts' atoms; voxels listed for the kept parts only
+        parts = mask_parts(mask_logits, voxel_xyz, cfg.dbscan_eps, cfg.dbscan_min_points, cfg.mask_logit_threshold)
+        scores, points, atom_points = _part_scores(parts, objectness, mask_logits, points_per_voxel)
+        keep = np.flatnonzero((points >= min_points) & (scores > cfg.min_score))
+        column = np.full(len(scores), -1, np.int64)
+        column[keep] = np.arange(len(keep))
+        entry = column[parts.entry_part] >= 0
+        scores = torch.from_numpy(scores[keep])                      # on the CPU, as the parts
+        kept = mask_nms(torch.from_numpy(parts.entry_atom[entry]), torch.from_numpy(column[parts.entry_part[entry]]),
+                        scores, cfg.nms_iou, torch.from_numpy(atom_points))
+        masks = parts.voxel_masks(keep[kept.numpy()], mask_logits.shape[0])
+        return masks.to(mask_logits.device), scores[kept].to(mask_logits.device)
+    binary, mscore = mask_scores(mask_logits, cfg.mask_logit_threshold)
+    scores = objectness * mscore
+    points = points_per_voxel.to(torch.float32) @ binary.to(torch.float32)     # (K,) points per proposal
+    keep = ((points >= min_points) & (scores > cfg.min_score)).nonzero().flatten()
+    scores = scores[keep]
+    voxel, mask = binary[:, keep].nonzero(as_tuple=True)
     kept = mask_nms(voxel, mask, scores, cfg.nms_iou, points_per_voxel)
     candidates = VoxelMasks.from_entries(mask, voxel, (scores.numel(), mask_logits.shape[0]))
     return candidates.select(kept), scores[kept]
