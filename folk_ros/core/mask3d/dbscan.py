@@ -190,14 +190,19 @@ def _or_by_key(key: np.ndarray, bound: int, words: np.ndarray) -> tuple[np.ndarr
     return order[firsts], np.bitwise_or.reduceat(words[order], firsts, axis=0)
 
 
-def _cell_links(points: np.ndarray, cell: np.ndarray, words: np.ndarray, eps: float, n_cells: int):
+def _slab_tree(points: np.ndarray, eps: float) -> tuple[cKDTree, float]:
+    """A kd-tree over one slab's points and its estimated neighbour pairs (:func:`_estimated_pairs`)."""
+    tree = cKDTree(points, balanced_tree=False, compact_nodes=False)      # 2x faster build, as fast pairs
+    return tree, _estimated_pairs(tree, eps)                              # on these points
+
+
+def _cell_links(tree: cKDTree, cell: np.ndarray, words: np.ndarray, eps: float, n_cells: int):
     """The links between the cells of one slab: (cell a (L,), cell b (L,), the OR over the pairs ``|p - q| <=
     eps`` from a to b of the columns positive at both ends (L, W)), one row per pair of distinct cells.
 
-    points (P, 3), sorted by cell, ``cell`` (P,) and ``words`` (P, W) theirs. A pair's empty column set links
-    nothing, kept rather than filtered (cheaper)."""
-    tree = cKDTree(points, balanced_tree=False, compact_nodes=False)      # 2x faster build, as fast pairs
-    pairs = tree.query_pairs(eps, output_type="ndarray")                  # on these points
+    tree: over the slab's points, sorted by cell; ``cell`` (P,) and ``words`` (P, W) theirs. A pair's empty
+    column set links nothing, kept rather than filtered (cheaper)."""
+    pairs = tree.query_pairs(eps, output_type="ndarray")
     ci, cj = cell[pairs[:, 0]], cell[pairs[:, 1]]                        # i < j: cell[i] <= cell[j]
     both = _take_rows(words, pairs[:, 0]) & _take_rows(words, pairs[:, 1])
     key_type = _index_type(n_cells * n_cells)
@@ -282,15 +287,14 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     by_cell = _sort_order(point_cell, n_cells)                  # points sorted by cell: a pair i < j has
     cell = point_cell[by_cell].astype(_index_type(n_cells))    # cell[i] <= cell[j]; narrow: faster gathers
     points = xyz[active[by_cell]]
-    words = _column_words(pos[by_cell])                                        # (A, W) uint64 bit sets
+    words = _column_words(pos)[by_cell]                                        # (A, W) uint64 bit sets
     slabs = _slabs(grid[by_cell, 0], max(1, min(torch.get_num_threads(), len(active) // MIN_SLAB_POINTS)))
-    trees = torch_threads.concurrently([partial(cKDTree, points[start:end], balanced_tree=False,
-                                                compact_nodes=False) for start, end in slabs])
-    if sum(_estimated_pairs(tree, eps) for tree in trees) > MAX_SPLIT_PAIRS:
+    trees = torch_threads.concurrently([partial(_slab_tree, points[start:end], eps) for start, end in slabs])
+    if sum(estimate for _, estimate in trees) > MAX_SPLIT_PAIRS:
         return None
+    links = torch_threads.concurrently([partial(_cell_links, tree, cell[start:end], words[start:end], eps, n_cells)
+                                        for (tree, _), (start, end) in zip(trees, slabs)])
     del trees
-    links = torch_threads.concurrently([partial(_cell_links, points[start:end], cell[start:end], words[start:end],
-                                                eps, n_cells) for start, end in slabs])
     cell_words = np.bitwise_or.reduceat(words, np.searchsorted(cell, np.arange(n_cells)), axis=0)
     component, group, n_groups = _column_components(*(np.concatenate(part) for part in zip(*links)), cell_words,
                                                     pos.shape[1])
