@@ -275,8 +275,7 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     The search runs in slabs along x, as many as the calling thread has torch threads (at least
     :data:`MIN_SLAB_POINTS` points each), on threads of their own
     (:func:`~folk_ros.core.torch_threads.concurrently`).
-    Returns the components as :class:`MaskParts`, a column's component a part, whose atoms are the points of
-    one group of cells positive in the same columns.
+    Returns the components as :class:`MaskParts` (:func:`_parts_over_atoms`).
     """
     active = np.flatnonzero(positive.any(1))
     pos = positive[active]                                                     # (A, Q)
@@ -298,21 +297,28 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     cell_words = np.bitwise_or.reduceat(words, np.searchsorted(cell, np.arange(n_cells)), axis=0)
     component, group, n_groups = _column_components(*(np.concatenate(part) for part in zip(*links)), cell_words,
                                                     pos.shape[1])
-    point_group = group[cell]
+    return _parts_over_atoms(active[by_cell], group[cell], words, component, n_groups, len(positive))
+
+
+def _parts_over_atoms(voxel: np.ndarray, group: np.ndarray, words: np.ndarray, component: np.ndarray,
+                      n_groups: int, n_voxels: int) -> MaskParts:
+    """The parts of :func:`_column_components`' ``component`` table over atoms, the voxels of one group
+    positive in the same columns. voxel, group (A,): each positive voxel and its group; words (A, W): its
+    columns."""
     word_id = _row_ids(words)
-    atom = key_ids(point_group.astype(np.int64) * (int(word_id.max()) + 1) + word_id)   # by group, then word
+    atom = key_ids(group.astype(np.int64) * (int(word_id.max()) + 1) + word_id)   # by group, then columns
     n_atoms = int(atom.max()) + 1
     by_atom = _sort_order(atom, n_atoms)
-    voxel = active[by_cell[by_atom]]
     atom_start = np.r_[0, np.cumsum(np.bincount(atom, minlength=n_atoms))]
-    first = by_atom[atom_start[:-1]]                                           # one point of each atom
-    entry_atom, entry_q = _nonzero(_unpack_columns(words[first], pos.shape[1]))
-    comp = component[entry_q * n_groups + point_group[first][entry_atom]]     # every component has entries
-    lowest = np.full(int(comp.max()) + 1, len(positive), np.int64)
+    first = by_atom[atom_start[:-1]]                                           # one voxel of each atom
+    entry_atom, entry_q = _nonzero(_unpack_columns(words[first], words.shape[1] * 64))
+    comp = component[entry_q * n_groups + group[first][entry_atom]]           # every component has entries
+    voxel = voxel[by_atom]
+    lowest = np.full(int(comp.max()) + 1, n_voxels, np.int64)
     np.minimum.at(lowest, comp, np.minimum.reduceat(voxel, atom_start[:-1])[entry_atom])
     comp_query = np.empty_like(lowest)
     comp_query[comp] = entry_q
-    order = np.argsort(comp_query * len(positive) + lowest)                    # by query, then lowest voxel
+    order = np.argsort(comp_query * n_voxels + lowest)                         # by query, then lowest voxel
     part_of = np.empty_like(order)
     part_of[order] = np.arange(len(order))
     return MaskParts(voxel, atom_start, entry_atom.astype(np.int64), part_of[comp], comp_query[order])
