@@ -103,7 +103,8 @@ def mask_nms(voxel: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, iou_
     """Greedy mask NMS over sparse masks, given as their (voxel, mask) entries.
 
     voxel, mask: (E,) int64, one entry per voxel of each of the K = ``len(scores)`` masks; weights: (V,)
-    points per voxel (IoU over points), None = 1. Returns the kept mask indices (int64) by descending
+    points per voxel (IoU over points), None = 1. A "voxel" may stand for a set of voxels in the same masks
+    (:class:`MaskParts`' atoms), its weight their points. Returns the kept mask indices (int64) by descending
     score (ties: lower index first); a mask is dropped when its IoU with a kept higher-scoring mask
     exceeds ``iou_threshold``. Intersections are one sparse product; the greedy pass reads one sparse
     row per kept mask, so no (V, K) or (K, K) dense array is made.
