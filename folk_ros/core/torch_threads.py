@@ -15,7 +15,8 @@ The node therefore keeps one team:
   (:func:`use_threads` when it starts);
 * torch work elsewhere either runs on a short-lived thread, whose team ends with it
   (:func:`on_own_thread`: the model's loading at configure), or runs serially (:func:`serial`: the
-  map services on the executor, the worker's helper that makes the labeled cloud).
+  map services on the executor, the worker's helper that makes the labeled cloud, the short-lived
+  threads of :func:`concurrently` that split the worker's DBSCAN neighbour search).
 """
 
 from __future__ import annotations
