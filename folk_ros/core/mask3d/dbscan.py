@@ -277,16 +277,16 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     (:func:`~folk_ros.core.torch_threads.concurrently`).
     Returns the components as :class:`MaskParts` (:func:`_parts_over_atoms`).
     """
-    active = np.flatnonzero(positive.any(1))
-    pos = positive[active]                                                     # (A, Q)
+    words = _column_words(positive)                                            # (V, W) uint64 bit sets
+    active = np.flatnonzero(words.any(1))
+    points = xyz[active]
     side = eps / np.sqrt(3.0) * (1.0 - 1e-9)                                   # cell diagonal < eps
-    grid = np.floor((xyz[active] - xyz[active].min(0)) / side).astype(np.int64)
+    grid = np.floor((points - points.min(0)) / side).astype(np.int64)
     point_cell = key_ids(cell_keys(grid))
     n_cells = int(point_cell.max()) + 1
     by_cell = _sort_order(point_cell, n_cells)                  # points sorted by cell: a pair i < j has
     cell = point_cell[by_cell].astype(_index_type(n_cells))    # cell[i] <= cell[j]; narrow: faster gathers
-    points = xyz[active[by_cell]]
-    words = _column_words(pos)[by_cell]                                        # (A, W) uint64 bit sets
+    points, words = np.take(points, by_cell, axis=0), words[active[by_cell]]
     slabs = _slabs(grid[by_cell, 0], max(1, min(torch.get_num_threads(), len(active) // MIN_SLAB_POINTS)))
     trees = torch_threads.concurrently([partial(_slab_tree, points[start:end], eps) for start, end in slabs])
     if sum(estimate for _, estimate in trees) > MAX_SPLIT_PAIRS:
@@ -296,7 +296,7 @@ def _columnwise_eps_components(xyz: np.ndarray, positive: np.ndarray, eps: float
     del trees
     cell_words = np.bitwise_or.reduceat(words, np.searchsorted(cell, np.arange(n_cells)), axis=0)
     component, group, n_groups = _column_components(*(np.concatenate(part) for part in zip(*links)), cell_words,
-                                                    pos.shape[1])
+                                                    positive.shape[1])
     return _parts_over_atoms(active[by_cell], group[cell], words, component, n_groups, len(positive))
 
 
