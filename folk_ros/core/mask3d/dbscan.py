@@ -179,12 +179,14 @@ def _slabs(column: np.ndarray, count: int) -> list[tuple[int, int]]:
             for start, stop in zip(cuts[:-1], cuts[1:])]
 
 
-def _or_by_key(key: np.ndarray, bound: int, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (K,) integer ``key`` values below ``bound``, each with the OR of its rows of ``words``
-    (K, W): (the position of one row of each key (D,), their OR-ed words (D, W)), by ascending key."""
+def _or_by_key(key: np.ndarray, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (K,) integer ``key`` values, each with the OR of its rows of ``words`` (K, W): (the
+    position of one row of each key (D,), their OR-ed words (D, W)), by ascending key. Sorted by numpy's
+    unstable argsort, which no result depends on (1M int32 keys of a 200k-point room's slab: 17 ms against
+    20 for torch's stable sort on one thread)."""
     if key.size == 0:
         return np.zeros(0, np.int64), words
-    order = _sort_order(key, bound)
+    order = np.argsort(key)
     key = key[order]
     firsts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     return order[firsts], np.bitwise_or.reduceat(words[order], firsts, axis=0)
@@ -206,8 +208,7 @@ def _cell_links(tree: cKDTree, cell: np.ndarray, words: np.ndarray, eps: float, 
     ci, cj = cell[pairs[:, 0]], cell[pairs[:, 1]]                        # i < j: cell[i] <= cell[j]
     both = _take_rows(words, pairs[:, 0]) & _take_rows(words, pairs[:, 1])
     key_type = _index_type(n_cells * n_cells)
-    head, link_words = _or_by_key(ci.astype(key_type) * key_type(n_cells) + cj.astype(key_type),
-                                  n_cells * n_cells, both)
+    head, link_words = _or_by_key(ci.astype(key_type) * key_type(n_cells) + cj.astype(key_type), both)
     cross = ci[head] != cj[head]                                          # within a cell: its clique
     return ci[head][cross], cj[head][cross], link_words[cross]
 
@@ -240,8 +241,7 @@ def _column_components(a: np.ndarray, b: np.ndarray, link_words: np.ndarray, cel
     apart = ga != gb                                                           # inside a group: nothing new
     ga, gb = np.minimum(ga[apart], gb[apart]), np.maximum(ga[apart], gb[apart])
     key_type = _index_type(n_groups * n_groups)
-    head, edge_words = _or_by_key(ga.astype(key_type) * key_type(n_groups) + gb.astype(key_type),
-                                  n_groups * n_groups, link_words[apart])
+    head, edge_words = _or_by_key(ga.astype(key_type) * key_type(n_groups) + gb.astype(key_type), link_words[apart])
     node_q, node_g = _nonzero(_unpack_columns(group_words, columns).T)
     node_type = _index_type(node_q.size)
     node_of = np.full(columns * n_groups, -1, dtype=node_type)                # flat: 1-d gathers are 2x faster
