@@ -48,7 +48,7 @@ def test_on_own_thread_returns_or_raises_from_a_thread_that_has_ended():
         torch_threads.on_own_thread(lambda: 1 / 0, threads=1)
 
 
-def test_concurrently_runs_each_call_on_a_thread_of_its_own_serially():
+def test_concurrently_runs_the_calls_on_helper_threads_serially():
     """The first call here, the others on helper threads that have ended on return, all with serial torch;
     results in order; one call runs alone with this thread's count; an error is raised once every call has
     finished."""
