@@ -2,12 +2,7 @@
 
 import numpy as np
 
-from folk_ros.core.mask3d.parts import MaskParts, expand_segments
-
-
-def test_expand_segments_by_hand():
-    assert expand_segments(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist() == [5, 6, 9, 10, 11]
-    assert expand_segments(np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist() == []
+from folk_ros.core.mask3d.parts import MaskParts
 
 
 def test_entries_and_kept_masks_list_each_atoms_voxels():

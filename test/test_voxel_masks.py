@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from folk_ros.core.voxel_masks import VoxelMasks, radix_order, split_groups, stable_sort_indices
+from folk_ros.core.voxel_masks import VoxelMasks, expand_segments, radix_order, split_groups, stable_sort_indices
 
 
 def _dense(seed=0, m=5, v=40):
@@ -91,3 +91,8 @@ def test_winners_take_each_voxel_by_priority():
         expected = inside[np.argmax(priority.numpy()[inside])] if inside.size else -1
         assert top[v].item() == expected
     assert (VoxelMasks.empty(7).winners(torch.zeros(0, dtype=torch.int64)) == -1).all()
+
+
+def test_expand_segments_by_hand():
+    assert expand_segments(np.array([5, 0, 9]), np.array([2, 0, 3])).tolist() == [5, 6, 9, 10, 11]
+    assert expand_segments(np.zeros(0, np.int64), np.zeros(0, np.int64)).tolist() == []

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from folk_ros.core.voxel_masks import radix_order
+from folk_ros.core.voxel_masks import expand_segments, radix_order
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,7 @@ def _inside_extreme_octagon(xy: np.ndarray, starts: np.ndarray, sizes: np.ndarra
         inside[a:b] = (normal_i @ xy_t[:, a:b] > limit_i).all(axis=0)
     if not large.all():
         small_sizes = sizes[~large]
-        rows = np.repeat(starts[~large] - np.cumsum(small_sizes) + small_sizes, small_sizes)
-        rows += np.arange(len(rows))                                             # their points, in order
+        rows = expand_segments(starts[~large], small_sizes)                      # their points, in order
         inside[rows] = _inside_octagons_together(xy[rows], small_sizes)
     return inside
 
@@ -233,8 +232,7 @@ def _rectangles(yaws: np.ndarray, yaw_owner: np.ndarray, xy: np.ndarray, xy_owne
     per_owner = np.bincount(xy_owner, minlength=m)
     per_yaw = per_owner[yaw_owner]                                               # the pairs of each yaw
     pair_start = np.cumsum(per_yaw) - per_yaw
-    point = np.repeat(np.cumsum(per_owner)[yaw_owner] - per_owner[yaw_owner] - pair_start, per_yaw)
-    point += np.arange(point.size)                                               # its owner's points in turn
+    point = expand_segments(np.cumsum(per_owner)[yaw_owner] - per_owner[yaw_owner], per_yaw)   # owner's points
     c, s = np.repeat(np.cos(yaws), per_yaw), np.repeat(np.sin(yaws), per_yaw)
     x, y = xy[point, 0], xy[point, 1]
     u, v = c * x + s * y, -s * x + c * y                                          # rotation by -yaw

@@ -31,6 +31,7 @@ from folk_ros.core.map_file import load_map, save_map
 from folk_ros.core.map_voxels import isin_sorted
 from folk_ros.core.segmenter import EmbeddedProposals, Segmenter
 from folk_ros.core.vocabulary import validate_vocabulary
+from folk_ros.core.voxel_masks import expand_segments
 
 QUERY_TEMPLATE = "{}"   # query phrases are encoded as written ("a red mug"), not through the prompt template
 
@@ -248,8 +249,7 @@ class LiveMap:
             pos = np.searchsorted(voxel_keys, vox)
             pos = pos[(pos < voxel_keys.size) & (voxel_keys[np.minimum(pos, max(voxel_keys.size - 1, 0))] == vox)]
             counts = ends[pos] - starts[pos]
-            first = np.repeat(starts[pos] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-            out.append(np.sort(order[first + np.arange(int(counts.sum()))]))
+            out.append(np.sort(order[expand_segments(starts[pos], counts)]))
         return out
 
     # ------------------------------------------------------------------ files

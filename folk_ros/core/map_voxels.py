@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from folk_ros.core.voxel_masks import expand_segments
+
 BITS = 21
 OFFSET = 1 << (BITS - 1)                 # cell c is stored as c + OFFSET in [0, 2**21)
 MASK = (1 << BITS) - 1
@@ -126,8 +128,6 @@ def overlap_counts(sets_a: list[np.ndarray], sets_b: list[np.ndarray]) -> np.nda
     n = hi - lo
     hit = n > 0
     lo, n, owner_a = lo[hit], n[hit], owner_a[hit]
-    # expand every A key into its n matches in B: positions lo, lo+1, ..., lo+n-1
-    starts = np.repeat(lo - np.concatenate([[0], np.cumsum(n)[:-1]]), n)
-    pos_b = starts + np.arange(int(n.sum()))
+    pos_b = expand_segments(lo, n)                 # every A key's n matches in B: lo, lo + 1, ..., lo + n - 1
     flat = np.repeat(owner_a, n) * shape[1] + owner_b[pos_b]
     return np.bincount(flat, minlength=shape[0] * shape[1]).reshape(shape)

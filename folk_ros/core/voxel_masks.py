@@ -76,10 +76,8 @@ class VoxelMasks:
         voxel_masks = rows[radix_order(cols, v)]                          # voxel after voxel
         inside = np.flatnonzero(per_voxel[inverse])                       # the points in some mask
         voxel = inverse[inside]
-        count = per_voxel[voxel]
-        first = np.cumsum(count) - count                                  # each point's first pair
-        pair = np.arange(int(count.sum()))                                # its voxel's masks, in turn
-        mask = voxel_masks[np.repeat(np.cumsum(per_voxel)[voxel] - count - first, count) + pair]
+        count = per_voxel[voxel]                                          # each point's voxel's masks
+        mask = voxel_masks[expand_segments(np.cumsum(per_voxel)[voxel] - count, count)]
         points = np.repeat(inside, count)
         return points[radix_order(mask, m)], np.bincount(mask, minlength=m)
 
@@ -124,6 +122,14 @@ def radix_order(keys: np.ndarray, bound: int) -> np.ndarray:
     for shift in range(16, int(bound - 1).bit_length(), 16):
         order = order[np.argsort((keys[order] >> shift).astype(np.uint16), kind="stable")]
     return order
+
+
+def expand_segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i] + 0 .. lengths[i] - 1`` for every i, one segment after the other, int64."""
+    lengths = np.asarray(lengths, np.int64)
+    offsets = np.cumsum(lengths) - lengths                        # where each segment begins in the output
+    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(np.asarray(starts, np.int64) - offsets,
+                                                                     lengths)
 
 
 def split_groups(values: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:

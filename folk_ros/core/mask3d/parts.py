@@ -14,15 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from folk_ros.core.voxel_masks import VoxelMasks, stable_sort_indices
-
-
-def expand_segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The positions ``starts[i] + 0 .. lengths[i] - 1`` for every i, in that order, int64."""
-    lengths = np.asarray(lengths, np.int64)
-    offsets = np.cumsum(lengths) - lengths                        # where each segment begins in the output
-    return np.arange(int(lengths.sum()), dtype=np.int64) + np.repeat(np.asarray(starts, np.int64) - offsets,
-                                                                     lengths)
+from folk_ros.core.voxel_masks import VoxelMasks, expand_segments, stable_sort_indices
 
 
 @dataclass(frozen=True, eq=False)
